@@ -1,0 +1,47 @@
+# The two commands of the README's first screen: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run serve test lint format system-deps bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.runtime: requirements.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+## run: the whole demo on the embedded default (SQLite + local disk, no other service)
+run: $(VENV)/.runtime
+	$(BIN)/python upload_server.py
+
+## serve: only the upload server
+serve: $(VENV)/.runtime
+	$(BIN)/python upload_server.py
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## test: installs everything the suite needs (Debian packages included) and runs it
+test: system-deps $(VENV)/.dev lint
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.dev
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

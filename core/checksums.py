@@ -1,0 +1,84 @@
+"""Streaming checksums: hash while reading, never a whole file in memory."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+# 64 KiB reads measured ~2x faster than 16 KiB or 8 MiB on these machines (NOTES.md).
+READ_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class FileDigests:
+    size: int
+    md5: str
+    sha256: str
+
+
+class StreamingDigests:
+    """md5 + sha256 of a byte stream fed piece by piece."""
+
+    def __init__(self) -> None:
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._sha256 = hashlib.sha256()
+        self.size = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._md5.update(data)
+        self._sha256.update(data)
+        self.size += len(data)
+
+    def result(self) -> FileDigests:
+        return FileDigests(self.size, self._md5.hexdigest(), self._sha256.hexdigest())
+
+
+def iter_file(path: Path, start: int = 0, length: int | None = None) -> Iterator[bytes]:
+    """Yield a file (or a byte range of it) in READ_SIZE pieces."""
+    remaining = length
+    with path.open("rb") as fh:
+        fh.seek(start)
+        while remaining is None or remaining > 0:
+            want = READ_SIZE if remaining is None else min(READ_SIZE, remaining)
+            data = fh.read(want)
+            if not data:
+                break
+            if remaining is not None:
+                remaining -= len(data)
+            yield data
+
+
+def file_digests(path: Path) -> FileDigests:
+    digests = StreamingDigests()
+    for piece in iter_file(path):
+        digests.update(piece)
+    return digests.result()
+
+
+def sha256_hex(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def content_md5(data: bytes | memoryview) -> str:
+    """RFC 1864 ``Content-MD5`` value: base64 of the raw digest."""
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+
+
+def is_hex_digest(value: object, algorithm: str) -> bool:
+    lengths = {"md5": 32, "sha256": 64}
+    if not isinstance(value, str) or len(value) != lengths[algorithm]:
+        return False
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        return False
+    return True
+
+
+def hex_digests_equal(a: str, b: str) -> bool:
+    """Constant-time, case-insensitive comparison of two hex digests."""
+    return hmac.compare_digest(a.strip().lower().encode(), b.strip().lower().encode())

@@ -1,0 +1,182 @@
+"""Wire protocol shared by the upload server and its clients.
+
+Every path, header, JSON field, upload state and error code lives here, so the
+robot's client and the server can never disagree about a name. Nothing in this
+module imports Flask or requests.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, TypedDict
+
+PROTOCOL_VERSION = 1
+
+# --- Paths ------------------------------------------------------------------
+# Flask rule syntax; the client builds concrete URLs with the helpers below.
+# The client's ``upload_url`` is the server root plus UPLOAD_PREFIX, exactly as
+# in the seed guide: ``NetworkManager(upload_url="https://host:8080/upload")``.
+UPLOAD_PREFIX = "/upload"
+HEALTH_PATH = "/health"
+INIT_PATH = "/upload/init"
+UPLOAD_PATH = "/upload/<upload_id>"
+CHUNK_PATH = "/upload/<upload_id>/chunk/<int:index>"
+FINALIZE_PATH = "/upload/<upload_id>/finalize"
+UPLOADS_PATH = "/uploads"
+DOWNLOAD_PATH = "/uploads/<upload_id>/file"
+# Robots report recorder and upload-queue status here; the reply carries operator commands.
+HEARTBEAT_PATH = "/robots/<robot_id>/heartbeat"
+
+# --- Headers ----------------------------------------------------------------
+HEADER_CHUNK_SHA256 = "X-Chunk-SHA256"
+HEADER_CONTENT_MD5 = "Content-MD5"  # RFC 1864: base64 of the raw md5 digest
+HEADER_API_KEY = "X-API-Key"
+HEADER_AUTHORIZATION = "Authorization"
+AUTH_SCHEME = "Bearer"
+HEADER_RETRY_AFTER = "Retry-After"
+HEADER_REQUEST_ID = "X-Request-ID"
+CHUNK_CONTENT_TYPE = "application/octet-stream"
+
+# --- Query parameters -------------------------------------------------------
+PARAM_LIMIT = "limit"
+PARAM_OFFSET = "offset"
+PARAM_STATE = "state"
+PARAM_CLIENT = "client"
+PARAM_RAW = "raw"  # ?raw=1 on DOWNLOAD_PATH returns the stored (compressed) bytes
+
+# --- Sizes ------------------------------------------------------------------
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+DEFAULT_CHUNK_SIZE = 8 * MiB
+
+
+class ChecksumAlgorithm(str, enum.Enum):
+    """Whole-file checksum names; md5 is the seed's contract, sha256 ours."""
+
+    MD5 = "md5"
+    SHA256 = "sha256"
+
+
+class Codec(str, enum.Enum):
+    """How the server stores a finished file."""
+
+    NONE = "none"
+    ZSTD = "zstd"
+    GZIP = "gzip"
+
+
+class UploadState(str, enum.Enum):
+    """Lifecycle of an upload on the server."""
+
+    UPLOADING = "uploading"
+    FINALIZING = "finalizing"
+    COMPLETE = "complete"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+TERMINAL_STATES = frozenset({UploadState.COMPLETE, UploadState.FAILED, UploadState.ABORTED})
+
+
+class ErrorCode(str, enum.Enum):
+    """Machine-readable ``error.code`` values of every 4xx/5xx JSON reply."""
+
+    BAD_REQUEST = "bad_request"
+    INVALID_JSON = "invalid_json"
+    INVALID_FIELD = "invalid_field"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    CONFLICT = "conflict"
+    UPLOAD_EXPIRED = "upload_expired"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    FILE_TOO_LARGE = "file_too_large"
+    CHUNK_INDEX_OUT_OF_RANGE = "chunk_index_out_of_range"
+    CHUNK_SIZE_MISMATCH = "chunk_size_mismatch"
+    CHECKSUM_MISMATCH = "checksum_mismatch"
+    UPLOAD_INCOMPLETE = "upload_incomplete"
+    RATE_LIMITED = "rate_limited"
+    INSUFFICIENT_STORAGE = "insufficient_storage"
+    INTERNAL_ERROR = "internal_error"
+    SERVICE_UNAVAILABLE = "service_unavailable"
+
+
+# --- JSON documents -----------------------------------------------------------
+class InitRequest(TypedDict, total=False):
+    """Body of ``POST /upload/init`` (seed fields first)."""
+
+    filename: str
+    filesize: int
+    chunks: int
+    checksum: str  # whole-file md5 hex, the seed's contract
+    compression: bool | str  # seed: bool; also a Codec value
+    sha256: str  # whole-file sha256 hex; preferred for verification and dedup
+    chunk_size: int  # optional; otherwise ceil(filesize / chunks)
+    metadata: dict[str, Any]
+
+
+class ErrorBody(TypedDict):
+    code: str
+    message: str
+
+
+class ErrorReply(TypedDict):
+    success: bool  # always False
+    error: ErrorBody
+
+
+# --- URL helpers for clients -----------------------------------------------------
+def server_root(upload_url: str) -> str:
+    """The server root for an ``upload_url`` ending in UPLOAD_PREFIX (or not)."""
+    url = upload_url.rstrip("/")
+    return url[: -len(UPLOAD_PREFIX)] if url.endswith(UPLOAD_PREFIX) else url
+
+
+def _upload_base(upload_url: str) -> str:
+    return server_root(upload_url) + UPLOAD_PREFIX
+
+
+def health_url(upload_url: str) -> str:
+    return server_root(upload_url) + HEALTH_PATH
+
+
+def init_url(upload_url: str) -> str:
+    return server_root(upload_url) + INIT_PATH
+
+
+def upload_status_url(upload_url: str, upload_id: str) -> str:
+    return f"{_upload_base(upload_url)}/{upload_id}"
+
+
+def chunk_url(upload_url: str, upload_id: str, index: int) -> str:
+    return f"{_upload_base(upload_url)}/{upload_id}/chunk/{index}"
+
+
+def finalize_url(upload_url: str, upload_id: str) -> str:
+    return f"{_upload_base(upload_url)}/{upload_id}/finalize"
+
+
+def uploads_url(upload_url: str) -> str:
+    return server_root(upload_url) + UPLOADS_PATH
+
+
+def download_url(upload_url: str, upload_id: str) -> str:
+    return f"{server_root(upload_url)}{UPLOADS_PATH}/{upload_id}/file"
+
+
+def heartbeat_url(upload_url: str, robot_id: str) -> str:
+    return f"{server_root(upload_url)}/robots/{robot_id}/heartbeat"
+
+
+def chunk_count(filesize: int, chunk_size: int) -> int:
+    """Number of chunks for a file; an empty file still has one (empty) chunk."""
+    return max(1, -(-filesize // chunk_size))
+
+
+def chunk_length(filesize: int, chunk_size: int, index: int) -> int:
+    """Exact byte length of chunk ``index``: every chunk is full but the last."""
+    start = index * chunk_size
+    return max(0, min(chunk_size, filesize - start))

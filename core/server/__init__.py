@@ -1,0 +1,1 @@
+"""The upload server: HTTP layer, upload service, state and blob stores, background jobs."""

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the Debian programs the test suite runs for real (nginx, redis-server, chromium,
+# openssl, curl, zstd). Idempotent: does nothing when they are all present.
+set -euo pipefail
+
+declare -A package_of=(
+  [nginx]=nginx
+  [redis-server]=redis-server
+  [chromium]=chromium
+  [openssl]=openssl
+  [curl]=curl
+  [zstd]=zstd
+  [systemd-analyze]=systemd
+)
+missing=()
+for program in "${!package_of[@]}"; do
+  command -v "$program" >/dev/null 2>&1 || [ -x "/usr/sbin/$program" ] || missing+=("${package_of[$program]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "install-system-deps: installing ${missing[*]}"
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO=sudo; else
+    echo "install-system-deps: need root (or sudo) to apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+else
+  SUDO=
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,100 @@
+"""A real gunicorn serving ``upload_server:app`` on a free 127.0.0.1 port."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import requests
+
+from core.protocol import HEALTH_PATH, UPLOAD_PREFIX
+from tests.helpers.processes import PYTHON, REPO_ROOT, ManagedProcess, free_port, wait_until
+
+
+class GunicornServer:
+    """``gunicorn -c gunicorn.conf.py upload_server:app`` configured only through the environment.
+
+    ``restart()`` keeps the port and the storage root, so a test can kill the
+    server mid-upload and resume against the same state.
+    """
+
+    def __init__(
+        self,
+        upload_dir: Path,
+        *,
+        workers: int = 4,
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        scheme: str = "http",
+        log_dir: Path | None = None,
+    ) -> None:
+        self.upload_dir = upload_dir
+        self.workers = workers
+        self.port = port or free_port()
+        self.scheme = scheme
+        self.extra_args = list(extra_args)
+        self.env = {"UPLOAD_DIR": str(upload_dir), "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.log_path = (log_dir or upload_dir.parent) / f"gunicorn-{self.port}.log"
+        self.process: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def upload_url(self) -> str:
+        return self.url + UPLOAD_PREFIX
+
+    def argv(self) -> list[str]:
+        return [
+            PYTHON, "-m", "gunicorn",
+            "-c", str(REPO_ROOT / "gunicorn.conf.py"),
+            "-w", str(self.workers),
+            "-b", f"127.0.0.1:{self.port}",
+            *self.extra_args,
+            "upload_server:app",
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 30.0) -> GunicornServer:
+        self.process = ManagedProcess(self.argv(), log_path=self.log_path, env=self.env).start()
+        try:
+            wait_until(self._healthy, timeout, 0.1, f"gunicorn on port {self.port}")
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"gunicorn did not become healthy; log:\n{self.log()}") from None
+        return self
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if not self.process.alive():
+            raise RuntimeError(f"gunicorn exited early; log:\n{self.log()}")
+        try:
+            verify = os.environ.get("REQUESTS_CA_BUNDLE", True) if self.scheme == "https" else True
+            return requests.get(self.url + HEALTH_PATH, timeout=1, verify=verify).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL the master: workers notice the lost parent and exit; no graceful shutdown."""
+        if self.process is not None:
+            self.process.kill()
+
+    def restart(self, timeout: float = 30.0) -> GunicornServer:
+        self.stop()
+        return self.start(timeout)
+
+    def log(self) -> str:
+        return self.process.log() if self.process else ""
+
+    def __enter__(self) -> GunicornServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
