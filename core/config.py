@@ -164,6 +164,10 @@ class ServerConfig:
     ssl_key: Path | None = setting(None, "SSL_KEY", "optional_path", "TLS private key (PEM)")
     log_level: str = setting("INFO", "LOG_LEVEL", "str", "Logging level")
     # --- protection (auth, rate limits, TLS, CORS, security headers) ---
+    auth_enabled: bool = setting(
+        True, "AUTH_ENABLED", "bool", "Require an API key on every route but /health (0 only for closed lab networks)"
+    )
+    ratelimit_enabled: bool = setting(True, "RATELIMIT_ENABLED", "bool", "Apply the rate limits")
     # --- dashboard and robot heartbeats ---
     # --- deployment (metrics, logging, backups, scale-out) ---
 

@@ -36,7 +36,14 @@ class GunicornServer:
         self.port = port or free_port()
         self.scheme = scheme
         self.extra_args = list(extra_args)
-        self.env = {"UPLOAD_DIR": str(upload_dir), "PYTHONUNBUFFERED": "1", **(env or {})}
+        # Auth and rate limits have their own tests; other tests opt in through ``env``.
+        self.env = {
+            "UPLOAD_DIR": str(upload_dir),
+            "PYTHONUNBUFFERED": "1",
+            "AUTH_ENABLED": "0",
+            "RATELIMIT_ENABLED": "0",
+            **(env or {}),
+        }
         self.log_path = (log_dir or upload_dir.parent) / f"gunicorn-{self.port}.log"
         self.process: ManagedProcess | None = None
 
