@@ -6,6 +6,7 @@ Command-line flags (``-w``, ``-b``, ``--certfile``) override these values.
 """
 
 import os
+import tempfile
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8080")
 workers = int(os.environ.get("GUNICORN_WORKERS", "4"))
@@ -18,3 +19,25 @@ keepalive = 75
 control_socket_disable = True
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 errorlog = "-"
+
+# Prometheus multiprocess mode (core/server/metrics.py): every worker writes its samples to files
+# in this folder and /metrics merges them. It must be set before a worker imports prometheus_client.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ros2-upload-metrics-")
+
+
+def on_starting(server):
+    """Start every master with empty metric files: old workers' counters would otherwise live on."""
+    folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(folder, exist_ok=True)
+    # Only prometheus_client's own files: the folder may be shared with something else by mistake.
+    for name in os.listdir(folder):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(folder, name))
+
+
+def child_exit(server, worker):
+    """A dead worker's gauges must stop counting (its counters and histograms are kept, as they should be)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

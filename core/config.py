@@ -155,6 +155,27 @@ class ServerConfig:
         10 * MiB, "COMPRESSION_THRESHOLD", "size", "Files smaller than this are stored uncompressed"
     )
     compression_level: int = setting(6, "COMPRESSION_LEVEL", "int", "Compression level (gzip 1-9, zstd 1-22)")
+    compression_min_saving: float = setting(
+        0.05,
+        "COMPRESSION_MIN_SAVING",
+        "float",
+        "Store a file uncompressed unless a compressed sample is at least this fraction smaller",
+    )
+    metadata_max_bytes: int = setting(
+        16 * KiB, "METADATA_MAX_BYTES", "size", "Largest `metadata` object (as JSON) accepted by /upload/init"
+    )
+    background_jobs: bool = setting(
+        True, "BACKGROUND_JOBS", "bool", "Run finalize jobs and the TTL sweep in a thread of each server process"
+    )
+    job_lease: float = setting(
+        30.0,
+        "JOB_LEASE",
+        "float",
+        "Seconds a finalize job stays claimed without renewal before another worker retries it",
+    )
+    job_max_attempts: int = setting(
+        5, "JOB_MAX_ATTEMPTS", "int", "Finalize attempts (crashes included) before an upload is marked failed"
+    )
     # --- serving ---
     host: str = setting("0.0.0.0", "HOST", "str", "Bind address of `python3 upload_server.py`")
     port: int = setting(8080, "PORT", "int", "Port of `python3 upload_server.py`")
@@ -168,8 +189,85 @@ class ServerConfig:
         True, "AUTH_ENABLED", "bool", "Require an API key on every route but /health (0 only for closed lab networks)"
     )
     ratelimit_enabled: bool = setting(True, "RATELIMIT_ENABLED", "bool", "Apply the rate limits")
+    ratelimit_default: str = setting(
+        "200 per day;50 per hour",
+        "RATELIMIT_DEFAULT",
+        "str",
+        "Limits of every route without its own (per robot key, else per client address); `;`-separated",
+    )
+    ratelimit_init: str = setting("20 per hour", "RATELIMIT_INIT", "str", "POST /upload/init per client")
+    ratelimit_chunk: str = setting(
+        "100 per minute", "RATELIMIT_CHUNK", "str", "Chunk PUTs per client (100/min x 8 MiB = 14 MB/s)"
+    )
+    ratelimit_status: str = setting(
+        "300 per minute", "RATELIMIT_STATUS", "str", "GET /upload/<id> per client (resume checks, finalize polling)"
+    )
+    ratelimit_finalize: str = setting(
+        "60 per hour", "RATELIMIT_FINALIZE", "str", "POST /upload/<id>/finalize per client (3x the init limit)"
+    )
+    ratelimit_list: str = setting(
+        "120 per minute", "RATELIMIT_LIST", "str", "GET /uploads per client (dashboards and admin scripts)"
+    )
+    ratelimit_storage_uri: str = setting(
+        "memory://",
+        "RATELIMIT_STORAGE_URI",
+        "str",
+        "Where counters live: memory:// (per process) or redis://host:6379/0 (shared by all workers and hosts)",
+    )
+    trusted_proxies: tuple[str, ...] = setting(
+        (),
+        "TRUSTED_PROXIES",
+        "list",
+        "Proxies whose X-Forwarded-For/-Proto is believed: addresses or CIDRs (e.g. 127.0.0.1), or a hop count (1)",
+    )
+    cors_origins: tuple[str, ...] = setting(
+        (), "CORS_ORIGINS", "list", "Browser origins allowed to call the API cross-origin (empty: none)"
+    )
+    max_json_size: int = setting(
+        64 * KiB, "MAX_JSON_SIZE", "size", "Largest request body on every route but chunk PUTs (MAX_CHUNK_SIZE)"
+    )
     # --- dashboard and robot heartbeats ---
+    secret_key: str | None = setting(
+        None,
+        "SECRET_KEY",
+        "optional_str",
+        "Signs dashboard session cookies; unset: generated once and kept in UPLOAD_DIR/.secret_key (0600)",
+    )
+    robot_offline_after: float = setting(
+        30.0, "ROBOT_OFFLINE_AFTER", "float", "Seconds without a heartbeat after which a robot shows as offline"
+    )
+    heartbeat_rate_limit: str = setting(
+        "120 per minute", "HEARTBEAT_RATE_LIMIT", "str", "Heartbeats each robot may send (separate from upload limits)"
+    )
+    heartbeat_interval: float = setting(
+        5.0, "HEARTBEAT_INTERVAL", "float", "Seconds between robot heartbeats the server asks for in its reply"
+    )
+    command_ttl: float = setting(
+        300.0, "COMMAND_TTL", "float", "Seconds an operator command waits for its robot before it expires"
+    )
+    dashboard_session_hours: float = setting(
+        12.0, "DASHBOARD_SESSION_HOURS", "float", "Lifetime of a dashboard sign-in"
+    )
+    sse_max_seconds: float = setting(
+        55.0, "DASHBOARD_SSE_MAX_SECONDS", "float", "Each live-update stream ends after this long (the page reconnects)"
+    )
+    sse_interval: float = setting(
+        1.0, "DASHBOARD_SSE_INTERVAL", "float", "Seconds between live-update checks of one stream"
+    )
     # --- deployment (metrics, logging, backups, scale-out) ---
+    log_format: str = setting(
+        "text", "LOG_FORMAT", "str", "Log lines as `text` (the seed's format) or `json` (one object per line)"
+    )
+    metrics_enabled: bool = setting(True, "METRICS_ENABLED", "bool", "Serve Prometheus metrics at GET /metrics")
+    health_min_free: int = setting(
+        1 * GiB, "HEALTH_MIN_FREE", "size", "/health/detailed reports degraded below this much free space in UPLOAD_DIR"
+    )
+    state_store_uri: str = setting(
+        "",
+        "STATE_STORE_URI",
+        "str",
+        "Upload sessions and robot status: empty = SQLite in UPLOAD_DIR; redis://host:6379/1 for several app servers",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
@@ -186,4 +284,148 @@ class ServerConfig:
             raise ConfigError(msg)
         if bool(self.ssl_cert) != bool(self.ssl_key):
             msg = "SSL_CERT and SSL_KEY must be set together"
+            raise ConfigError(msg)
+        if self.log_format not in ("text", "json"):
+            msg = f"LOG_FORMAT={self.log_format!r} is not one of ['text', 'json']"
+            raise ConfigError(msg)
+        if self.state_store_uri and not self.state_store_uri.startswith(("redis://", "rediss://", "unix://")):
+            msg = f"STATE_STORE_URI={self.state_store_uri!r} must be empty (SQLite) or a redis:// URL"
+            raise ConfigError(msg)
+
+
+# --- robot upload client (core/network_manager.py) ---
+CLIENT_RETENTIONS = ("keep", "delete", "move")
+STATE_DIR_NAME = "ros2-bag-upload"
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Settings of the robot's upload client; ``NetworkManager`` arguments and CLI options override them."""
+
+    upload_url: str = setting(
+        "http://localhost:8080/upload", "UPLOAD_URL", "str", "Server root + /upload, as in the seed guide"
+    )
+    api_key: str | None = setting(
+        None, "UPLOAD_API_KEY", "optional_str", "The robot's API key, sent as `Authorization: Bearer <key>`"
+    )
+    state_dir: Path | None = setting(
+        None,
+        "NETWORK_MANAGER_STATE_DIR",
+        "optional_path",
+        "Folder of the upload journal (default `$XDG_STATE_HOME/ros2-bag-upload`, else `~/.local/state/ros2-bag-upload`)",
+    )
+    max_concurrent_uploads: int = setting(2, "UPLOAD_MAX_CONCURRENT", "int", "Bags uploaded at the same time")
+    chunk_parallelism: int = setting(1, "UPLOAD_CHUNK_PARALLELISM", "int", "Chunks of one bag sent in parallel")
+    chunk_size: int = setting(DEFAULT_CHUNK_SIZE, "UPLOAD_CHUNK_SIZE", "size", "Chunk size proposed at init")
+    bandwidth_limit: int = setting(
+        0, "UPLOAD_BANDWIDTH_LIMIT", "size", "Bytes/s shared by all uploads of this robot (0 = unlimited)"
+    )
+    retention: str = setting(
+        "keep",
+        "UPLOAD_RETENTION",
+        "str",
+        "After a verified upload: keep, delete, or move the bag to UPLOAD_UPLOADED_DIR",
+    )
+    uploaded_dir: Path | None = setting(
+        None,
+        "UPLOAD_UPLOADED_DIR",
+        "optional_path",
+        "Where `move` puts uploaded bags (default `<bag folder>/uploaded`)",
+    )
+    ca_bundle: Path | None = setting(
+        None, "UPLOAD_CA_BUNDLE", "optional_path", "CA certificate(s) to trust for a server with a private CA"
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClientConfig:
+        config: ClientConfig = load(cls, environ, **overrides)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.retention not in CLIENT_RETENTIONS:
+            msg = f"UPLOAD_RETENTION={self.retention!r} is not one of {list(CLIENT_RETENTIONS)}"
+            raise ConfigError(msg)
+        if self.max_concurrent_uploads < 1 or self.chunk_parallelism < 1:
+            msg = "UPLOAD_MAX_CONCURRENT and UPLOAD_CHUNK_PARALLELISM must be at least 1"
+            raise ConfigError(msg)
+
+    def resolved_state_dir(self, environ: Mapping[str, str] | None = None) -> Path:
+        """The journal folder: the setting, else the per-user XDG state folder."""
+        if self.state_dir is not None:
+            return self.state_dir
+        env = os.environ if environ is None else environ
+        base = Path(env["XDG_STATE_HOME"]) if env.get("XDG_STATE_HOME") else Path.home() / ".local" / "state"
+        return base / STATE_DIR_NAME
+
+
+# --- recorder (ros_nodes/: the robot side that writes bags) ---
+RECORDER_STORAGES = ("mcap", "sqlite3")
+RECORDER_COMPRESSIONS = ("none", "zstd")
+RECORDER_COMPRESSION_MODES = ("storage", "file", "message")
+
+
+@dataclass(frozen=True)
+class RecorderConfig:
+    """Settings of the recording core (``ros_nodes``); CLI options of the recorder entry points override them."""
+
+    output_dir: Path = setting(Path("./bags"), "RECORDER_OUTPUT_DIR", "path", "Folder the recorder writes bags into")
+    robot_id: str = setting("robot", "ROBOT_ID", "str", "Robot name stamped on every bag and upload")
+    storage: str = setting("mcap", "RECORDER_STORAGE", "str", "Bag storage plugin: mcap or sqlite3")
+    bag_version: int = setting(
+        8, "RECORDER_BAG_VERSION", "int", "rosbag2 metadata version: 8 (Humble readers) or 9 (Jazzy and later)"
+    )
+    ros_distro: str = setting(
+        "humble", "RECORDER_ROS_DISTRO", "str", "Message definitions recorded for the generated types (humble, jazzy…)"
+    )
+    compression: str = setting("none", "RECORDER_COMPRESSION", "str", "Bag compression: none or zstd")
+    compression_mode: str = setting(
+        "storage", "RECORDER_COMPRESSION_MODE", "str", "zstd mode: storage (MCAP chunks), file or message"
+    )
+    max_bag_size: int = setting(
+        1 * GiB, "RECORDER_MAX_BAG_SIZE", "size", "Split when a bag's message bytes reach this (0: no size split)"
+    )
+    max_bag_duration: float = setting(
+        300.0, "RECORDER_MAX_BAG_DURATION", "float", "Split after this many seconds of messages (0: no time split)"
+    )
+    topics: tuple[str, ...] = setting((), "RECORDER_TOPICS", "list", "Topics to record (empty with no regex: all)")
+    include_regex: str = setting("", "RECORDER_INCLUDE_REGEX", "str", "Also record topics matching this regex")
+    exclude_regex: str = setting("", "RECORDER_EXCLUDE_REGEX", "str", "Never record topics matching this regex")
+    buffer_size: int = setting(
+        256 * MiB, "RECORDER_BUFFER_SIZE", "size", "Bytes queued between receive and disk; overflow is counted"
+    )
+    min_free_disk: int = setting(
+        1 * GiB, "RECORDER_MIN_FREE_DISK", "size", "Refuse to start / stop cleanly below this much free disk"
+    )
+    keep_bags: int = setting(0, "RECORDER_KEEP_BAGS", "int", "Keep at most N bags locally (0: no limit)")
+    keep_bytes: int = setting(0, "RECORDER_KEEP_BYTES", "size", "Keep at most N bytes of bags locally (0: no limit)")
+    upload_priority: int = setting(5, "RECORDER_UPLOAD_PRIORITY", "int", "NetworkManager priority of each split")
+    discovery_interval: float = setting(
+        2.0, "RECORDER_DISCOVERY_INTERVAL", "float", "Seconds between topic discoveries of the rclpy node"
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> RecorderConfig:
+        config: RecorderConfig = load(cls, environ, **overrides)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        choices = {
+            "RECORDER_STORAGE": (self.storage, RECORDER_STORAGES),
+            "RECORDER_COMPRESSION": (self.compression, RECORDER_COMPRESSIONS),
+            "RECORDER_COMPRESSION_MODE": (self.compression_mode, RECORDER_COMPRESSION_MODES),
+        }
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                msg = f"{name}={value!r} is not one of {list(allowed)}"
+                raise ConfigError(msg)
+        if self.bag_version not in (8, 9):
+            msg = f"RECORDER_BAG_VERSION={self.bag_version} must be 8 or 9"
+            raise ConfigError(msg)
+        if self.storage == "sqlite3" and self.compression == "zstd" and self.compression_mode == "storage":
+            msg = "RECORDER_COMPRESSION_MODE=storage needs RECORDER_STORAGE=mcap (sqlite3: use file or message)"
+            raise ConfigError(msg)
+        if self.max_bag_size < 0 or self.max_bag_duration < 0:
+            msg = "RECORDER_MAX_BAG_SIZE and RECORDER_MAX_BAG_DURATION must not be negative"
             raise ConfigError(msg)

@@ -20,7 +20,7 @@ UPLOAD_PREFIX = "/upload"
 HEALTH_PATH = "/health"
 INIT_PATH = "/upload/init"
 UPLOAD_PATH = "/upload/<upload_id>"
-CHUNK_PATH = "/upload/<upload_id>/chunk/<int:index>"
+CHUNK_PATH = "/upload/<upload_id>/chunk/<int(signed=True):index>"  # signed: -1 gets a clear 400, not 404
 FINALIZE_PATH = "/upload/<upload_id>/finalize"
 UPLOADS_PATH = "/uploads"
 DOWNLOAD_PATH = "/uploads/<upload_id>/file"
@@ -104,6 +104,26 @@ class ErrorCode(str, enum.Enum):
     SERVICE_UNAVAILABLE = "service_unavailable"
 
 
+class RobotAction(str, enum.Enum):
+    """Operator commands a robot's recorder accepts; delivered in the heartbeat reply."""
+
+    START = "start"
+    STOP = "stop"
+    PAUSE = "pause"
+    RESUME = "resume"
+    SPLIT = "split"
+
+
+class CommandState(str, enum.Enum):
+    """Lifecycle of an operator command: pending until the robot acknowledges it (or it expires)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DONE = "done"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
 # --- JSON documents -----------------------------------------------------------
 class InitRequest(TypedDict, total=False):
     """Body of ``POST /upload/init`` (seed fields first)."""
@@ -116,6 +136,40 @@ class InitRequest(TypedDict, total=False):
     sha256: str  # whole-file sha256 hex; preferred for verification and dedup
     chunk_size: int  # optional; otherwise ceil(filesize / chunks)
     metadata: dict[str, Any]
+
+
+class CommandDoc(TypedDict):
+    """One operator command in a heartbeat reply's ``commands`` list."""
+
+    id: str
+    action: str  # a RobotAction value
+    args: dict[str, Any]
+    created_at: float
+
+
+class CommandAck(TypedDict, total=False):
+    """The robot's answer to a command, sent in its next heartbeat's ``acks`` list."""
+
+    id: str
+    ok: bool
+    message: str
+
+
+class HeartbeatRequest(TypedDict, total=False):
+    """Body of ``POST /robots/<robot_id>/heartbeat``: status snapshots plus acknowledgements."""
+
+    sent_at: float  # robot's wall clock, informational
+    recorder: dict[str, Any] | None  # Recorder.status()
+    uploads: list[dict[str, Any]] | dict[str, Any] | None  # NetworkManager.status()
+    host: dict[str, Any]  # hostname, version, disk
+    acks: list[CommandAck]
+
+
+class HeartbeatReply(TypedDict):
+    success: bool
+    commands: list[CommandDoc]
+    interval: float  # seconds the server suggests until the next heartbeat
+    server_time: float
 
 
 class ErrorBody(TypedDict):

@@ -11,6 +11,8 @@ declare -A package_of=(
   [curl]=curl
   [zstd]=zstd
   [systemd-analyze]=systemd
+  [logrotate]=logrotate
+  [promtool]=prometheus
 )
 missing=()
 for program in "${!package_of[@]}"; do

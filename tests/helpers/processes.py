@@ -19,6 +19,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 _PR_SET_PDEATHSIG = 1
+# Module-level: inside ManagedProcess the name `signal` is its method, not the module.
+_SIGTERM = signal.SIGTERM
 
 
 def _die_with_parent() -> None:
@@ -92,7 +94,7 @@ class ManagedProcess:
             assert self.proc is not None
             self.proc.send_signal(signum)
 
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    def stop(self, signum: int = _SIGTERM, timeout: float = 15.0) -> None:
         if self.proc is None:
             return
         if self.proc.poll() is None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import requests
 
-from core.protocol import HEALTH_PATH, UPLOAD_PREFIX
+from core.protocol import AUTH_SCHEME, HEADER_AUTHORIZATION, HEALTH_PATH, UPLOAD_PREFIX
+from core.server.keys import key_store_for
 from tests.helpers.processes import PYTHON, REPO_ROOT, ManagedProcess, free_port, wait_until
 
 
@@ -30,6 +31,7 @@ class GunicornServer:
         extra_args: Sequence[str] = (),
         scheme: str = "http",
         log_dir: Path | None = None,
+        auth: bool = False,
     ) -> None:
         self.upload_dir = upload_dir
         self.workers = workers
@@ -40,10 +42,16 @@ class GunicornServer:
         self.env = {
             "UPLOAD_DIR": str(upload_dir),
             "PYTHONUNBUFFERED": "1",
-            "AUTH_ENABLED": "0",
+            "AUTH_ENABLED": "1" if auth else "0",
             "RATELIMIT_ENABLED": "0",
             **(env or {}),
         }
+        # auth=True: a robot key ("robot-1") and an admin key ("admin") exist before the server starts.
+        self.robot_key = self.admin_key = ""
+        if auth:
+            keys = key_store_for(upload_dir)
+            self.robot_key = keys.create("robot-1").token
+            self.admin_key = keys.create("admin", admin=True).token
         self.log_path = (log_dir or upload_dir.parent) / f"gunicorn-{self.port}.log"
         self.process: ManagedProcess | None = None
 
@@ -54,6 +62,11 @@ class GunicornServer:
     @property
     def upload_url(self) -> str:
         return self.url + UPLOAD_PREFIX
+
+    def headers(self, key: str | None = None, **extra: str) -> dict[str, str]:
+        """Request headers carrying ``key`` (default: the robot key; none when auth is off)."""
+        token = self.robot_key if key is None else key
+        return {**({HEADER_AUTHORIZATION: f"{AUTH_SCHEME} {token}"} if token else {}), **extra}
 
     def argv(self) -> list[str]:
         return [

@@ -1,0 +1,1 @@
+"""The robot-side upload client behind ``core.network_manager``: journal, retries, transfer, events."""

@@ -1,0 +1,460 @@
+"""One bag's way to a verified copy on the server: hash, init or resume, send missing chunks, finalize, confirm.
+
+The server is the source of truth for which chunks it has: a resumed job asks
+for the upload's status and sends only what is missing. Every outcome leaves
+the journal in a state the next ``start()`` can continue from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from core.checksums import file_digests
+from core.client.bandwidth import TokenBucket
+from core.client.compressibility import worth_compressing
+from core.client.errors import (
+    PermanentUploadError,
+    StalledTransferError,
+    TransferAbortedError,
+    TransientUploadError,
+    UploadError,
+    UploadExpiredError,
+)
+from core.client.events import EventBus, EventKind, RateMeter, UploadEvent
+from core.client.journal import JobRecord, JobState, Journal
+from core.client.retention import LocalCopy, Retention, ServerConfirmation, apply_retention
+from core.client.retry import RetryPolicy
+from core.client.transfer import ConnectionSlot, ServerClient
+from core.client.watchdog import Watchdog
+from core.protocol import (
+    DEFAULT_CHUNK_SIZE,
+    ErrorCode,
+    InitRequest,
+    UploadState,
+    chunk_count,
+    chunk_length,
+)
+
+log = logging.getLogger("core.network_manager")
+
+# An expired upload is re-initialised at most this often in one run before the job fails.
+MAX_REINITS = 3
+# Finalize calls answered "incomplete" in a row before the job parks.
+MAX_FINALIZE_ROUNDS = 5
+PROGRESS_EVENT_INTERVAL = 0.25
+T = TypeVar("T")
+
+
+def known(value: T | None, what: str) -> T:
+    """A journal field an earlier step filled in; missing means a hand-edited or foreign journal."""
+    if value is None:
+        msg = f"journal record lacks {what}"
+        raise PermanentUploadError(msg)
+    return value
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """The manager's tunables, read afresh for every job (they may change while running)."""
+
+    upload_timeout: float = 300.0
+    init_timeout: float = 10.0
+    stalled_timeout: float = 60.0
+    max_retries: int = 5
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    chunk_parallelism: int = 1
+    retention: Retention = Retention.KEEP
+    uploaded_dir: Path | None = None
+    poll_interval: float = 0.2
+    max_poll_interval: float = 2.0
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+
+
+class UploadJob:
+    """Runs one journal record until it completes, fails, parks, or ``stopping`` is set."""
+
+    def __init__(
+        self,
+        record: JobRecord,
+        *,
+        journal: Journal,
+        client: ServerClient,
+        settings: JobSettings,
+        bucket: TokenBucket,
+        watchdog: Watchdog,
+        events: EventBus,
+        stopping: threading.Event,
+        sleep: Callable[[float], None],
+    ) -> None:
+        self.record = record
+        self.journal = journal
+        self.client = client
+        self.settings = settings
+        self.bucket = bucket
+        self.watchdog = watchdog
+        self.events = events
+        self.stopping = stopping
+        self.sleep = sleep
+        self.meter = RateMeter()
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._last_progress_event = 0.0
+
+    # --- bookkeeping -----------------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        return Path(self.record.path)
+
+    def _save(self, **changes: Any) -> JobRecord:
+        self.record = self.journal.update(self.record.job_id, **changes)
+        return self.record
+
+    def bytes_sent(self) -> int:
+        """Acknowledged bytes plus the bytes of chunks in flight."""
+        total = self.record.size or 0
+        return min(total, self.record.bytes_sent + self._inflight)
+
+    def _event(self, kind: EventKind, **extra: Any) -> None:
+        rec = self.record
+        total = rec.size or 0
+        sent = self.bytes_sent()
+        self.events.emit(
+            UploadEvent(
+                kind=kind,
+                job_id=rec.job_id,
+                path=rec.path,
+                state=rec.state,
+                bytes_sent=sent,
+                total=total,
+                rate=self.meter.rate(),
+                eta=self.meter.eta(max(0, total - sent)),
+                attempt=rec.attempts,
+                upload_id=rec.upload_id,
+                error=rec.error,
+                **extra,
+            )
+        )
+
+    def enter(self, state: JobState, **changes: Any) -> None:
+        if self.record.state is state and not changes:
+            return
+        self._save(state=state, **changes)
+        log.info(
+            "upload %s: %s %s (%s bytes, upload id %s)",
+            self.record.job_id,
+            state.value,
+            self.record.path,
+            self.record.size,
+            self.record.upload_id,
+        )
+        self._event(EventKind.STATE, verified=state is JobState.COMPLETE)
+
+    def _on_piece(self, nbytes: int) -> None:
+        with self._lock:
+            self._inflight += nbytes
+        if nbytes:
+            self.meter.add(nbytes)
+        now = time.monotonic()
+        if now - self._last_progress_event >= PROGRESS_EVENT_INTERVAL:
+            self._last_progress_event = now
+            self._event(EventKind.PROGRESS)
+
+    def _on_retry(self, err: UploadError, attempt: int, delay: float) -> None:
+        log.warning("upload %s: attempt %d failed (%s); retrying in %.1fs", self.record.job_id, attempt, err, delay)
+        self._save(attempts=self.record.attempts + 1, error=str(err))
+        self._event(EventKind.RETRY, retry_in=delay)
+
+    def _policy(self) -> RetryPolicy:
+        s = self.settings
+        return RetryPolicy(
+            max_retries=s.max_retries,
+            initial=s.backoff_initial,
+            maximum=s.backoff_max,
+            sleep=self.sleep,
+            on_retry=self._on_retry,
+        )
+
+    def _check_stopping(self) -> None:
+        if self.stopping.is_set():
+            msg = f"upload {self.record.job_id} interrupted by stop(); it resumes on the next start()"
+            raise TransferAbortedError(msg)
+
+    # --- steps -------------------------------------------------------------------------------
+    def run(self) -> JobRecord:
+        """Run to an outcome; TransferAbortedError leaves the job resumable, other errors end or park it."""
+        try:
+            self._ensure_digests()
+            for _ in range(MAX_REINITS):
+                try:
+                    return self._upload()
+                except UploadExpiredError as err:
+                    log.warning("upload %s: %s; starting over with a new init", self.record.job_id, err)
+                    self._save(upload_id=None, bytes_sent=0, error=str(err))
+            msg = f"upload expired {MAX_REINITS} times in a row"
+            raise TransientUploadError(msg)
+        finally:
+            self._inflight = 0
+
+    def _ensure_digests(self) -> None:
+        """Hash the file once (md5 + sha256 in one pass); a changed file invalidates the old server upload."""
+        stat = self.path.stat()
+        rec = self.record
+        if rec.sha256 and rec.size == stat.st_size and rec.mtime_ns == stat.st_mtime_ns:
+            return
+        if rec.upload_id:
+            log.warning("upload %s: %s changed since it was hashed; starting a new upload", rec.job_id, rec.path)
+        self.enter(JobState.HASHING, upload_id=None, bytes_sent=0)
+        digests = file_digests(self.path)
+        after = self.path.stat()
+        if (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns):
+            msg = f"{self.path} is still being written; retrying later"
+            raise TransientUploadError(msg)
+        compression = worth_compressing(self.path, digests.size)
+        self._save(
+            size=digests.size,
+            mtime_ns=stat.st_mtime_ns,
+            md5=digests.md5,
+            sha256=digests.sha256,
+            compression=compression,
+        )
+
+    def _init(self) -> dict[str, Any]:
+        rec = self.record
+        size = known(rec.size, "size")
+        chunk_size = self.settings.chunk_size
+        request: InitRequest = {
+            "filename": self.path.name,
+            "filesize": size,
+            "chunks": chunk_count(size, chunk_size),
+            "checksum": known(rec.md5, "md5"),
+            "sha256": known(rec.sha256, "sha256"),
+            "chunk_size": chunk_size,
+            "compression": bool(rec.compression),
+            "metadata": rec.metadata,
+        }
+        reply = self._policy().call(lambda: self.client.init(request, self.settings.init_timeout))
+        upload_id = reply.get("upload_id")
+        if not upload_id:
+            msg = f"init of {rec.path} answered without an upload_id: {str(reply)[:200]}"
+            raise PermanentUploadError(msg)
+        size = int(reply.get("chunk_size") or chunk_size)
+        chunks = int(reply.get("chunks") or chunk_count(rec.size, size))
+        self._save(upload_id=upload_id, chunk_size=size, chunks=chunks, error=None)
+        log.info(
+            "upload %s: init %s -> %s (%d bytes, %d chunks of %d, compression %s, deduplicated %s)",
+            rec.job_id,
+            rec.path,
+            upload_id,
+            rec.size,
+            chunks,
+            size,
+            reply.get("compression_enabled"),
+            bool(reply.get("deduplicated")),
+        )
+        reply.setdefault("state", UploadState.UPLOADING.value)
+        return reply
+
+    def _status(self) -> dict[str, Any]:
+        upload_id = known(self.record.upload_id, "upload_id")
+        return self._policy().call(lambda: self.client.status(upload_id, self.settings.init_timeout))
+
+    def _open(self) -> dict[str, Any]:
+        """Resume the journaled server upload if there is one, else init a new one."""
+        if self.record.upload_id:
+            status = self._status()
+            if status.get("state") == UploadState.ABORTED.value:
+                msg = f"upload {self.record.upload_id} was aborted on the server"
+                raise UploadExpiredError(msg)
+            log.info(
+                "upload %s: resuming %s (%d chunks on the server)",
+                self.record.job_id,
+                self.record.upload_id,
+                len(status.get("received") or []),
+            )
+            return status
+        return self._init()
+
+    def _missing(self, status: dict[str, Any]) -> list[int]:
+        chunks = self.record.chunks or 1
+        if isinstance(status.get("missing"), list):
+            return sorted(int(i) for i in status["missing"])
+        received = {int(i) for i in status.get("received") or []}
+        return [i for i in range(chunks) if i not in received]
+
+    def _acked_bytes(self, missing: Iterable[int]) -> int:
+        size, chunk_size = known(self.record.size, "size"), known(self.record.chunk_size, "chunk_size")
+        return size - sum(chunk_length(size, chunk_size, i) for i in missing)
+
+    def _upload(self) -> JobRecord:
+        status = self._open()
+        finalize_rounds = 0
+        poll = self.settings.poll_interval
+        while True:
+            self._check_stopping()
+            state = status.get("state")
+            if state == UploadState.UPLOADING.value:
+                finalize_rounds += 1
+                if finalize_rounds > MAX_FINALIZE_ROUNDS:
+                    msg = f"server keeps reporting upload {self.record.upload_id} incomplete"
+                    raise TransientUploadError(msg)
+                missing = self._missing(status)
+                self.enter(JobState.UPLOADING, bytes_sent=self._acked_bytes(missing))
+                self._send_chunks(missing)
+                status = self._finalize()
+            elif state == UploadState.FINALIZING.value:
+                self.enter(JobState.FINALIZING)
+                self.sleep(poll)
+                poll = min(poll * 1.5, self.settings.max_poll_interval)
+                status = self._status()
+            elif state == UploadState.COMPLETE.value:
+                return self._complete(status)
+            elif state == UploadState.FAILED.value:
+                error = status.get("error")
+                msg = f"server failed upload {self.record.upload_id}: {error}"
+                raise PermanentUploadError(msg)
+            elif state == UploadState.ABORTED.value:
+                msg = f"upload {self.record.upload_id} was aborted on the server"
+                raise UploadExpiredError(msg)
+            else:
+                msg = f"server reported unknown state {state!r} for upload {self.record.upload_id}"
+                raise TransientUploadError(msg)
+
+    def _finalize(self) -> dict[str, Any]:
+        upload_id = known(self.record.upload_id, "upload_id")
+        self.enter(JobState.FINALIZING)
+        try:
+            self._policy().call(lambda: self.client.finalize(upload_id, self.settings.init_timeout))
+        except PermanentUploadError as err:
+            if err.code not in (ErrorCode.UPLOAD_INCOMPLETE.value, ErrorCode.CONFLICT.value):
+                raise
+            log.warning("upload %s: finalize refused (%s); asking for missing chunks", self.record.job_id, err)
+        return self._status()
+
+    def _complete(self, status: dict[str, Any]) -> JobRecord:
+        rec = self.record
+        upload_id = known(rec.upload_id, "upload_id")
+        confirmation = ServerConfirmation(upload_id, status.get("verified") is True, status.get("sha256"))
+        local = LocalCopy(
+            Path(rec.path), known(rec.sha256, "sha256"), known(rec.size, "size"), known(rec.mtime_ns, "mtime_ns")
+        )
+        where = apply_retention(self.settings.retention, confirmation, local, self.settings.uploaded_dir)
+        self.enter(
+            JobState.COMPLETE,
+            bytes_sent=local.size,
+            error=None,
+            codec=status.get("codec"),
+            stored_size=status.get("stored_size"),
+            retention=self.settings.retention.value,
+            final_path=None if where is None else str(where),
+        )
+        return self.record
+
+    # --- chunks ----------------------------------------------------------------------------
+    def _send_chunks(self, missing: list[int]) -> None:
+        """Send ``missing`` in order, ``chunk_parallelism`` at a time; the first error stops the rest."""
+        if not missing:
+            return
+        width = max(1, min(self.settings.chunk_parallelism, len(missing)))
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            if width == 1:
+                for index in missing:
+                    self._check_stopping()
+                    self._send_chunk(fd, index)
+                return
+            self._send_parallel(fd, missing, width)
+        finally:
+            os.close(fd)
+
+    def _send_parallel(self, fd: int, missing: list[int], width: int) -> None:
+        pending = iter(missing)
+        lock = threading.Lock()
+        failures: list[BaseException] = []
+
+        def worker() -> None:
+            while True:
+                with lock:
+                    if failures:
+                        return
+                    index = next(pending, None)
+                if index is None:
+                    return
+                try:
+                    self._check_stopping()
+                    self._send_chunk(fd, index)
+                except BaseException as err:
+                    with lock:
+                        failures.append(err)
+                    return
+
+        threads = [threading.Thread(target=worker, name=f"chunks-{self.record.job_id[:8]}-{n}") for n in range(width)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
+
+    def _read_chunk(self, fd: int, index: int) -> bytes:
+        rec = self.record
+        chunk_size = known(rec.chunk_size, "chunk_size")
+        length = chunk_length(known(rec.size, "size"), chunk_size, index)
+        offset = index * chunk_size
+        data = os.pread(fd, length, offset)
+        if len(data) != length:
+            msg = f"{rec.path} shrank while uploading (chunk {index} short by {length - len(data)} bytes)"
+            raise PermanentUploadError(msg)
+        return data
+
+    def _send_chunk(self, fd: int, index: int) -> None:
+        rec = self.record
+        upload_id = known(rec.upload_id, "upload_id")
+        data = self._read_chunk(fd, index)
+        s = self.settings
+
+        def attempt() -> dict[str, Any]:
+            self._check_stopping()
+            slot = ConnectionSlot()
+            sent = 0
+
+            def on_piece(nbytes: int) -> None:
+                nonlocal sent
+                watch.progress()
+                sent += nbytes
+                self._on_piece(nbytes)
+
+            watch = self.watchdog.watch(
+                f"chunk {index} of {upload_id}", slot.abort, stall_after=s.stalled_timeout, deadline=s.upload_timeout
+            )
+            try:
+                return self.client.put_chunk(
+                    upload_id,
+                    index,
+                    data,
+                    connect_timeout=s.init_timeout,
+                    read_timeout=s.upload_timeout,
+                    bucket=self.bucket,
+                    on_piece=on_piece,
+                    slot=slot,
+                )
+            except StalledTransferError as err:
+                if self.stopping.is_set():
+                    raise TransferAbortedError(str(err)) from err
+                raise
+            finally:
+                self.watchdog.unwatch(watch)
+                with self._lock:
+                    self._inflight -= sent
+
+        self._policy().call(attempt)
+        with self._lock:
+            self._save(bytes_sent=self.record.bytes_sent + len(data), attempts=0, error=None)
+        self._event(EventKind.PROGRESS)

@@ -1,0 +1,321 @@
+"""NetworkManager: the robot's upload queue that gets every finished bag to the server, verified.
+
+Public API (the seed's, which robot integrators code against)::
+
+    manager = NetworkManager(upload_url="https://server:8080/upload")
+    manager.upload_timeout = 600; manager.stalled_timeout = 120; manager.max_retries = 3
+    manager.max_concurrent_uploads = 4; manager.bandwidth_limit = 1024 * 1024
+    manager.start()
+    job_id = manager.add_upload(file_path="/data/bag_0001.mcap", priority=1, metadata={"source": "robot1"})
+
+Priority: a LOWER number is uploaded FIRST; equal priorities go in arrival order.
+Every accepted ``add_upload`` is in the SQLite journal (``state_dir``) before it
+returns, so a reboot or ``kill -9`` loses nothing: the next ``start()`` resumes
+each unfinished upload with only the chunks the server does not have.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+from core.client.bandwidth import TokenBucket
+from core.client.errors import PermanentUploadError, TransferAbortedError, UploadError
+from core.client.events import EventBus, EventKind, Listener, UploadEvent
+from core.client.job import JobSettings, UploadJob
+from core.client.journal import JobRecord, JobState, Journal
+from core.client.retention import Retention
+from core.client.transfer import ServerClient
+from core.client.watchdog import Watchdog
+from core.config import ClientConfig
+
+__all__ = ["DEFAULT_PRIORITY", "JobState", "NetworkManager", "UploadEvent"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PRIORITY = 5
+# A parked upload waits park_delay * 2**parks seconds (capped) before it is tried again.
+MAX_PARK_DELAY = 30 * 60.0
+
+
+class NetworkManager:
+    """Uploads journaled bags in priority order, at most ``max_concurrent_uploads`` at a time.
+
+    Plain attributes (``upload_timeout``, ``init_timeout``, ``stalled_timeout``,
+    ``max_retries``, ``max_concurrent_uploads``, ``chunk_size``, …) may be changed
+    at any time; each new chunk or job reads them afresh. ``bandwidth_limit``
+    (bytes/s shared by all uploads; 0 or None = unlimited) applies at once.
+    """
+
+    def __init__(
+        self,
+        upload_url: str | None = None,
+        api_key: str | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        *,
+        max_concurrent_uploads: int | None = None,
+        bandwidth_limit: float | None = None,
+        chunk_size: int | None = None,
+        chunk_parallelism: int | None = None,
+        retention: Retention | str | None = None,
+        uploaded_dir: str | os.PathLike[str] | None = None,
+        verify: bool | str | None = None,
+        config: ClientConfig | None = None,
+    ) -> None:
+        cfg = config or ClientConfig.from_env()
+        self.upload_url = upload_url or cfg.upload_url
+        self.api_key = api_key if api_key is not None else cfg.api_key
+        self.state_dir = Path(state_dir) if state_dir is not None else cfg.resolved_state_dir()
+        # The seed's timeouts and retry count, in seconds.
+        self.upload_timeout: float = 300
+        self.init_timeout: float = 10
+        self.stalled_timeout: float = 60
+        self.max_retries: int = 5
+        self.max_concurrent_uploads: int = max_concurrent_uploads or cfg.max_concurrent_uploads
+        self.chunk_size: int = chunk_size or cfg.chunk_size
+        self.chunk_parallelism: int = chunk_parallelism or cfg.chunk_parallelism
+        self.retention = Retention(retention or cfg.retention)
+        self.uploaded_dir = Path(uploaded_dir) if uploaded_dir else cfg.uploaded_dir
+        self.park_delay: float = 30.0
+        self.backoff_initial: float = 1.0
+        self.backoff_max: float = 60.0
+        self.stop_grace: float = 10.0
+
+        ca = str(cfg.ca_bundle) if cfg.ca_bundle else True
+        self._client = ServerClient(self.upload_url, self.api_key, verify if verify is not None else ca)
+        self._journal = Journal(self.state_dir)
+        self._stopping = threading.Event()
+        self._bucket = TokenBucket(
+            bandwidth_limit if bandwidth_limit is not None else cfg.bandwidth_limit, sleep=self._interruptible_sleep
+        )
+        self._watchdog = Watchdog()
+        self._events = EventBus()
+        self._cond = threading.Condition()
+        self._active: dict[str, tuple[threading.Thread, UploadJob]] = {}
+        self._dispatcher: threading.Thread | None = None
+
+    # --- settings -------------------------------------------------------------------------------
+    @property
+    def bandwidth_limit(self) -> float | None:
+        return self._bucket.rate or None
+
+    @bandwidth_limit.setter
+    def bandwidth_limit(self, value: float | None) -> None:
+        self._bucket.rate = value
+
+    def _settings(self) -> JobSettings:
+        return JobSettings(
+            upload_timeout=self.upload_timeout,
+            init_timeout=self.init_timeout,
+            stalled_timeout=self.stalled_timeout,
+            max_retries=self.max_retries,
+            chunk_size=self.chunk_size,
+            chunk_parallelism=self.chunk_parallelism,
+            retention=self.retention,
+            uploaded_dir=self.uploaded_dir,
+            backoff_initial=self.backoff_initial,
+            backoff_max=self.backoff_max,
+        )
+
+    # --- public API -------------------------------------------------------------------------------
+    def add_listener(self, callback: Listener) -> None:
+        """Call ``callback(UploadEvent)`` for every state change, retry and progress step (from worker threads)."""
+        self._events.add(callback)
+
+    def remove_listener(self, callback: Listener) -> None:
+        self._events.remove(callback)
+
+    def add_upload(
+        self,
+        file_path: str | os.PathLike[str],
+        priority: int = DEFAULT_PRIORITY,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        """Queue a finished bag; returns its job id once it is durably journaled.
+
+        Adding a path that already has an unfinished job returns that job's id.
+        """
+        path = Path(file_path).resolve()
+        if not path.is_file():
+            msg = f"not a file: {path}"
+            raise FileNotFoundError(msg)
+        record, created = self._journal.add(path, int(priority), metadata)
+        if created:
+            log.info("upload %s: queued %s (priority %d)", record.job_id, path, record.priority)
+            self._emit_state(record)
+        with self._cond:
+            self._cond.notify_all()
+        return record.job_id
+
+    def start(self) -> None:
+        """Start uploading; unfinished uploads from an earlier run resume first, in queue order."""
+        if self._dispatcher is not None and self._dispatcher.is_alive():
+            return
+        self._stopping.clear()
+        self._watchdog.interval = max(0.05, min(0.5, self.stalled_timeout / 4))
+        self._watchdog.start()
+        self._dispatcher = threading.Thread(target=self._dispatch, name="upload-dispatcher", daemon=True)
+        self._dispatcher.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop gracefully: in-flight chunks get ``stop_grace`` seconds to finish, then are cut off.
+
+        Every unfinished upload stays in the journal and resumes on the next ``start()``.
+        """
+        grace = self.stop_grace if timeout is None else timeout
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._dispatcher is not None:
+            self._dispatcher.join()
+        deadline = time.monotonic() + grace
+        for thread in self._threads():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._watchdog.abort_all()
+        for thread in self._threads():
+            thread.join(10)
+        self._watchdog.stop()
+
+    def wait(self, timeout: float | None = None, job_ids: Collection[str] | None = None) -> bool:
+        """Block until every journaled upload (or those in ``job_ids``) has ended; False on timeout.
+
+        Ended means complete or failed; a parked upload has not ended (it will be retried).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._ended(job_ids):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(0.5 if remaining is None else min(0.5, remaining))
+        return True
+
+    def status(self) -> list[dict[str, Any]]:
+        """A snapshot of every upload in queue order, with live rate/ETA for the active ones."""
+        with self._cond:
+            live = {job_id: job for job_id, (_thread, job) in self._active.items()}
+        snapshot = []
+        for record in self._journal.jobs():
+            entry = record.as_dict()
+            job = live.get(record.job_id)
+            entry["active"] = job is not None
+            if job is not None:
+                sent = job.bytes_sent()
+                entry.update(bytes_sent=sent, rate=job.meter.rate(), eta=job.meter.eta((record.size or 0) - sent))
+            snapshot.append(entry)
+        return snapshot
+
+    def job(self, job_id: str) -> JobRecord:
+        return self._journal.get(job_id)
+
+    def close(self) -> None:
+        self.stop()
+        self._journal.close()
+
+    def __enter__(self) -> NetworkManager:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- scheduling -----------------------------------------------------------------------------------
+    def _threads(self) -> list[threading.Thread]:
+        with self._cond:
+            return [thread for thread, _job in self._active.values()]
+
+    def _ended(self, job_ids: Collection[str] | None) -> bool:
+        if job_ids is None:
+            return not self._active and not self._journal.jobs(unfinished_only=True)
+        return all(job_id not in self._active and self._journal.get(job_id).ended for job_id in job_ids)
+
+    def _interruptible_sleep(self, seconds: float) -> None:
+        if self._stopping.wait(seconds):
+            msg = "stopping"
+            raise TransferAbortedError(msg)
+
+    def _dispatch(self) -> None:
+        while not self._stopping.is_set():
+            with self._cond:
+                wake_in = self._launch_runnable()
+                self._cond.wait(wake_in)
+
+    def _launch_runnable(self) -> float:
+        """Start jobs while there is room; returns seconds until the next parked job becomes due."""
+        now = time.time()
+        free = max(1, self.max_concurrent_uploads) - len(self._active)
+        waiting = [j for j in self._journal.jobs(unfinished_only=True) if j.job_id not in self._active]
+        for record in [j for j in waiting if j.next_attempt <= now][: max(0, free)]:
+            job = UploadJob(
+                record,
+                journal=self._journal,
+                client=self._client,
+                settings=self._settings(),
+                bucket=self._bucket,
+                watchdog=self._watchdog,
+                events=self._events,
+                stopping=self._stopping,
+                sleep=self._interruptible_sleep,
+            )
+            thread = threading.Thread(target=self._run_job, args=(job,), name=f"upload-{record.job_id[:8]}")
+            self._active[record.job_id] = (thread, job)
+            thread.start()
+        due = [j.next_attempt - now for j in waiting if j.next_attempt > now]
+        return max(0.05, min(due, default=5.0))
+
+    def _run_job(self, job: UploadJob) -> None:
+        try:
+            job.run()
+        except TransferAbortedError as err:
+            log.info("upload %s: %s", job.record.job_id, err)
+        except PermanentUploadError as err:
+            self._finish(job, JobState.FAILED, str(err))
+        except FileNotFoundError as err:
+            self._finish(job, JobState.FAILED, f"bag disappeared before it was uploaded: {err}")
+        except (UploadError, OSError) as err:
+            self._park(job, str(err))
+        except Exception as err:
+            log.exception("upload %s: unexpected error; parking it", job.record.job_id)
+            self._park(job, f"{type(err).__name__}: {err}")
+        finally:
+            job.client.close()
+            with self._cond:
+                self._active.pop(job.record.job_id, None)
+                self._cond.notify_all()
+
+    def _finish(self, job: UploadJob, state: JobState, error: str) -> None:
+        log.error("upload %s: %s (%s): %s", job.record.job_id, state.value, job.record.path, error)
+        job.enter(state, error=error)
+
+    def _park(self, job: UploadJob, error: str) -> None:
+        parks = job.record.parks
+        delay = min(MAX_PARK_DELAY, self.park_delay * 2 ** min(parks, 10))
+        log.warning("upload %s: parked for %.0fs after repeated failures: %s", job.record.job_id, delay, error)
+        job.enter(JobState.PARKED, error=error, parks=parks + 1, next_attempt=time.time() + delay)
+
+    def _emit_state(self, record: JobRecord) -> None:
+        self._events.emit(
+            UploadEvent(
+                kind=EventKind.STATE,
+                job_id=record.job_id,
+                path=record.path,
+                state=record.state,
+                total=record.size or 0,
+                upload_id=record.upload_id,
+            )
+        )
+
+
+def _main() -> int:
+    from core.client.cli import main
+
+    return main()
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -1,0 +1,177 @@
+"""HTTP routes of the upload protocol: translate requests into ``UploadService`` calls and results into JSON."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+import core
+from core.protocol import (
+    CHUNK_PATH,
+    DOWNLOAD_PATH,
+    FINALIZE_PATH,
+    HEADER_CHUNK_SHA256,
+    HEADER_CONTENT_MD5,
+    HEALTH_PATH,
+    INIT_PATH,
+    PARAM_CLIENT,
+    PARAM_LIMIT,
+    PARAM_OFFSET,
+    PARAM_RAW,
+    PARAM_STATE,
+    UPLOAD_PATH,
+    UPLOADS_PATH,
+    Codec,
+)
+from core.server.errors import InvalidJson
+from core.server.identity import current_identity
+from core.server.service import InitResult, UploadService
+from core.server.validation import (
+    MAX_PAGE_SIZE,
+    chunk_sha256_header,
+    content_md5_header,
+    page_param,
+    parse_init,
+    state_param,
+)
+
+FEATURES = (
+    "chunked-upload",
+    "compression",
+    "rate-limiting",
+    "ssl-support",
+    "resumable",
+    "parallel-chunks",
+    "checksums",
+    "deduplication",
+)
+
+api = Blueprint("upload_api", __name__)
+
+
+def _service() -> UploadService:
+    service: UploadService = current_app.extensions["upload_service"]
+    return service
+
+
+def _ok(status: int = 200, **fields: Any) -> tuple[Response, int]:
+    return jsonify({"success": True, **fields}), status
+
+
+@api.get(HEALTH_PATH)
+def health() -> tuple[Response, int]:
+    return jsonify(
+        {
+            "status": "ok",
+            "timestamp": datetime.now(timezone.utc).isoformat(),
+            "version": core.__version__,
+            "features": list(FEATURES),
+        }
+    ), 200
+
+
+def _init_reply(result: InitResult) -> dict[str, Any]:
+    record = result.record
+    status = _service().describe(record)
+    return {
+        "upload_id": record.upload_id,
+        "compression_enabled": record.compression is not Codec.NONE,
+        "compression": record.compression.value,
+        "chunk_size": record.chunk_size,
+        "chunks": record.chunks,
+        "received": status["received"],
+        "state": record.state.value,
+        "deduplicated": record.deduplicated,
+        "resumed": result.resumed,
+        "verified": record.verified,
+    }
+
+
+@api.post(INIT_PATH)
+def init_upload() -> tuple[Response, int]:
+    # force=True: curl users often omit the Content-Type; the body must still be JSON.
+    body = request.get_json(force=True, silent=True)
+    if body is None:
+        msg = "the body must be a JSON object"
+        raise InvalidJson(msg)
+    spec = parse_init(body, _service().config)
+    result = _service().init_upload(current_identity(), spec)
+    return _ok(200 if result.resumed else 201, **_init_reply(result))
+
+
+def _body_length() -> int | None:
+    """Content-Length; a request with neither it nor chunked encoding has an empty body (RFC 9112 6.3)."""
+    if request.content_length is not None:
+        return request.content_length
+    return None if "chunked" in request.headers.get("Transfer-Encoding", "").lower() else 0
+
+
+@api.put(CHUNK_PATH)
+def put_chunk(upload_id: str, index: int) -> tuple[Response, int]:
+    sha256 = chunk_sha256_header(request.headers.get(HEADER_CHUNK_SHA256))
+    md5 = content_md5_header(request.headers.get(HEADER_CONTENT_MD5))
+    result = _service().put_chunk(
+        current_identity(),
+        upload_id,
+        index,
+        request.stream,
+        content_length=_body_length(),
+        sha256=sha256,
+        md5=md5,
+    )
+    return _ok(
+        200 if result.duplicate else 201,
+        upload_id=upload_id,
+        index=index,
+        received_count=result.received,
+        chunks=result.record.chunks,
+        duplicate=result.duplicate,
+    )
+
+
+@api.get(UPLOAD_PATH)
+def upload_status(upload_id: str) -> tuple[Response, int]:
+    return _ok(**_service().status(current_identity(), upload_id))
+
+
+@api.post(FINALIZE_PATH)
+def finalize(upload_id: str) -> tuple[Response, int]:
+    status, accepted = _service().finalize(current_identity(), upload_id)
+    return _ok(202 if accepted else 200, **status)
+
+
+@api.delete(UPLOAD_PATH)
+def abort(upload_id: str) -> tuple[Response, int]:
+    return _ok(**_service().abort(current_identity(), upload_id))
+
+
+@api.get(UPLOADS_PATH)
+def list_uploads() -> tuple[Response, int]:
+    page = _service().list_uploads(
+        current_identity(),
+        state=state_param(request.args.get(PARAM_STATE)),
+        client=request.args.get(PARAM_CLIENT) or None,
+        limit=page_param(request.args, PARAM_LIMIT, 50, MAX_PAGE_SIZE),
+        offset=page_param(request.args, PARAM_OFFSET, 0, 2**31),
+    )
+    return _ok(**page)
+
+
+def _attachment(filename: str) -> str:
+    fallback = filename.encode("ascii", "replace").decode("ascii").replace('"', "_").replace("?", "_")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+@api.get(DOWNLOAD_PATH)
+def download(upload_id: str) -> Response:
+    raw = request.args.get(PARAM_RAW, "0").lower() in {"1", "true", "yes"}
+    stored = _service().download(current_identity(), upload_id, raw=raw)
+    headers = {
+        "Content-Length": str(stored.size),
+        "Content-Disposition": _attachment(stored.filename),
+        "ETag": f'"{stored.record.sha256}{"-raw" if raw else ""}"',
+    }
+    return Response(stored.chunks(), mimetype="application/octet-stream", headers=headers, direct_passthrough=True)

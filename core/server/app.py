@@ -1,0 +1,76 @@
+"""The app factory: configuration, stores, service, routes and background work wired in one readable sequence."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+import dashboard
+from core.config import ServerConfig
+from core.server import auth, backup, cli, health, jobs, limits, logs, metrics, openapi, proxies, security
+from core.server.api import api
+from core.server.blob_store import BlobStore
+from core.server.errors import register_error_handlers
+from core.server.finalize import Finalizer
+from core.server.service import UploadService
+from core.server.state_store import SQLiteStateStore
+
+LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+STATE_FILE = "state.sqlite3"
+
+
+def resolve_config(config: ServerConfig | Mapping[str, Any] | None) -> ServerConfig:
+    """A ServerConfig as is; a mapping of field names overrides the environment (tests pass ``upload_dir``…)."""
+    if isinstance(config, ServerConfig):
+        return config
+    overrides = dict(config or {})
+    if "upload_dir" in overrides:
+        overrides["upload_dir"] = Path(overrides["upload_dir"])
+    return ServerConfig.from_env(**overrides)
+
+
+def configure_logging(config: ServerConfig) -> None:
+    """Operator log lines in the seed's format on stderr (journald/gunicorn collect them)."""
+    logger = logging.getLogger("upload_server")
+    logger.setLevel(config.log_level.upper())
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logs.formatter(config.log_format, LOG_FORMAT))
+        logger.addHandler(handler)
+
+
+def create_app(config: ServerConfig | Mapping[str, Any] | None = None) -> Flask:
+    settings = resolve_config(config)
+    configure_logging(settings)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_chunk_size
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["server_config"] = settings
+
+    state = SQLiteStateStore(settings.upload_dir / STATE_FILE)
+    blobs = BlobStore(settings.upload_dir)
+    service = UploadService(settings, state, blobs)
+    app.extensions["state_store"] = state
+    app.extensions["blob_store"] = blobs
+    app.extensions["upload_service"] = service
+
+    register_error_handlers(app)
+    app.register_blueprint(api)
+    dashboard.init_app(app, settings, state)  # heartbeats, robot commands and /dashboard/
+    cli.init_app(app)
+    metrics.init_app(app, settings)  # GET /metrics, fed by events and request hooks
+    health.init_app(app, settings)  # GET /health/detailed
+    backup.init_app(app, settings)  # flask --app upload_server backup create|restore|verify
+    # Protection after every route: limits wrap the registered views, proxies the WSGI app.
+    openapi.init_app(app)
+    auth.init_app(app, settings)
+    security.init_app(app, settings)
+    limits.init_app(app, settings)
+    proxies.init_app(app, settings)
+    jobs.init_app(app, jobs.JobRunner(service, Finalizer(settings, state, blobs, clock=lambda: service.clock())))
+    return app

@@ -1,0 +1,419 @@
+"""Backups of the storage root: consistent database snapshots plus every stored file, with a sha256 manifest.
+
+``flask --app upload_server backup create DEST`` runs while the server serves:
+
+1. every SQLite database at the root of UPLOAD_DIR is copied with SQLite's online
+   backup API (a consistent snapshot, whatever the workers write meanwhile);
+2. then the files (``store/`` and the ``parts/`` of unfinished uploads) are copied.
+
+That order is what makes the pair consistent: a chunk or a stored file is on disk
+before the database records it, so everything the snapshot refers to already exists
+when the files are copied afterwards. Part files are copied sparsely (holes stay
+holes), and with ``--timestamped`` a stored file unchanged since the previous
+snapshot is hard-linked instead of copied: stored files never change once written.
+A backup is written to ``DEST.partial`` and renamed when complete, so a crash never
+leaves something that looks like a finished backup.
+
+``backup restore SRC`` fills an empty UPLOAD_DIR, checking every byte against the
+manifest; any mismatch stops the restore with the file's name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+from flask import Flask
+from flask.cli import AppGroup
+
+from core.config import ServerConfig
+
+log = logging.getLogger("upload_server.backup")
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+SQLITE_MAGIC = b"SQLite format 3\x00"
+# Locks, staging output and health probes are transient: meaningless in a copy.
+TRANSIENT_DIRS = frozenset({"locks", "staging", ".health"})
+SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
+IMMUTABLE_DIR = "store"
+SNAPSHOT_NAME = re.compile(r"^ros2-upload-\d{8}T\d{6}Z$")
+BLOCK = 1024 * 1024
+
+
+class BackupError(Exception):
+    """A backup or restore cannot proceed; the message says which path and why."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file of a backup, relative to the storage root."""
+
+    path: str
+    size: int
+    sha256: str
+    kind: str  # "database" | "file"
+
+
+@dataclass
+class Manifest:
+    created_at: str
+    source: str
+    entries: list[Entry] = field(default_factory=list)
+    version: int = FORMAT_VERSION
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e.size for e in self.entries)
+
+    def dump(self, path: Path) -> None:
+        _write_durably(path, json.dumps(asdict(self), indent=1).encode())
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        try:
+            doc = json.loads(path.read_text())
+            if doc.get("version") != FORMAT_VERSION:
+                msg = f"{path}: manifest version {doc.get('version')!r}, expected {FORMAT_VERSION}"
+                raise BackupError(msg)
+            entries = [Entry(**e) for e in doc["entries"]]
+            return cls(created_at=doc["created_at"], source=doc["source"], entries=entries)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            msg = f"{path}: not a readable backup manifest ({err})"
+            raise BackupError(msg) from err
+
+
+# --- file helpers ------------------------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with path.open("wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _is_sqlite(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+
+
+def _data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of the file's data regions; holes (never-written chunk ranges) are skipped."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError:  # ENXIO: only a hole remains
+            return
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        yield start, end
+        offset = end
+
+
+def _copy_hashing(src: Path, dst: Path) -> str:
+    """Copy ``src`` to ``dst`` keeping holes, fsync it, and return the sha256 of the logical content."""
+    digest = hashlib.sha256()
+    zeros = bytes(BLOCK)
+    size = src.stat().st_size
+    with src.open("rb") as fin, dst.open("wb") as fout:
+        position = 0
+        for start, end in _data_extents(fin.fileno(), size):
+            _hash_zeros(digest, start - position, zeros)
+            fin.seek(start)
+            fout.seek(start)
+            remaining = end - start
+            while remaining:
+                block = fin.read(min(BLOCK, remaining))
+                if not block:
+                    msg = f"{src} shrank while it was copied"
+                    raise BackupError(msg)
+                digest.update(block)
+                fout.write(block)
+                remaining -= len(block)
+            position = end
+        _hash_zeros(digest, size - position, zeros)
+        fout.truncate(size)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return digest.hexdigest()
+
+
+def _hash_zeros(digest: Any, count: int, zeros: bytes) -> None:
+    while count > 0:
+        n = min(count, len(zeros))
+        digest.update(zeros[:n])
+        count -= n
+
+
+def _snapshot_database(src: Path, dst: Path) -> str:
+    """SQLite online backup: a consistent copy while other processes keep writing."""
+    source = sqlite3.connect(f"{src.as_uri()}?mode=ro", uri=True, timeout=30)
+    target = sqlite3.connect(dst)
+    try:
+        source.backup(target)
+        # The copy stands alone: no WAL beside it, so a restore needs only this one file.
+        target.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        target.close()
+        source.close()
+    with dst.open("rb+") as f:
+        os.fsync(f.fileno())
+    return _sha256(dst)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- what to back up ---------------------------------------------------------------------------
+def _databases(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_file() and not p.name.endswith(SQLITE_SIDECARS) and _is_sqlite(p))
+
+
+def _plain_files(root: Path, databases: list[Path]) -> Iterator[Path]:
+    skip = set(databases) | {Path(f"{db}{suffix}") for db in databases for suffix in SQLITE_SIDECARS}
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        if here == root:
+            dirnames[:] = [d for d in dirnames if d not in TRANSIENT_DIRS]
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = here / name
+            if path not in skip and path.is_file() and not path.is_symlink():
+                yield path
+
+
+# --- create ------------------------------------------------------------------------------------
+def create_backup(upload_dir: Path, dest: Path, *, previous: Path | None = None) -> Manifest:
+    """Snapshot ``upload_dir`` into the new directory ``dest`` (see the module docstring for the guarantees)."""
+    root = upload_dir.resolve()
+    if not root.is_dir():
+        msg = f"UPLOAD_DIR {root} does not exist"
+        raise BackupError(msg)
+    if dest.exists() and any(dest.iterdir()):
+        msg = f"backup destination {dest} exists and is not empty"
+        raise BackupError(msg)
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    old = _previous_entries(previous)
+    manifest = Manifest(created_at=datetime.now(timezone.utc).isoformat(), source=str(root))
+    started, linked = time.monotonic(), 0
+    databases = _databases(root)
+    for db in databases:
+        target = partial / db.name
+        sha = _snapshot_database(db, target)
+        manifest.entries.append(Entry(db.name, target.stat().st_size, sha, "database"))
+    for path in _plain_files(root, databases):
+        relative = path.relative_to(root).as_posix()
+        target = partial / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        entry = _link_unchanged(path, relative, target, old, previous)
+        if entry is None:
+            entry = Entry(relative, path.stat().st_size, _copy_hashing(path, target), "file")
+        else:
+            linked += 1
+        manifest.entries.append(entry)
+    manifest.dump(partial / MANIFEST)
+    for directory in sorted({p.parent for p in partial.rglob("*")}, key=lambda p: len(p.parts), reverse=True):
+        _fsync_dir(directory)
+    if dest.exists():
+        dest.rmdir()
+    partial.rename(dest)
+    _fsync_dir(dest.parent)
+    log.info(
+        "Backup created: %s (%d databases, %d files, %d bytes, %d hard-linked from %s) in %.1fs",
+        dest,
+        len(databases),
+        len(manifest.entries) - len(databases),
+        manifest.total_bytes,
+        linked,
+        previous.name if previous else "-",
+        time.monotonic() - started,
+    )
+    return manifest
+
+
+def _previous_entries(previous: Path | None) -> dict[str, Entry]:
+    if previous is None:
+        return {}
+    return {e.path: e for e in Manifest.load(previous / MANIFEST).entries if e.path.startswith(IMMUTABLE_DIR + "/")}
+
+
+def _link_unchanged(
+    path: Path, relative: str, target: Path, old: dict[str, Entry], previous: Path | None
+) -> Entry | None:
+    """Hard-link a stored file from the previous snapshot when it is the same immutable file."""
+    before = old.get(relative)
+    if before is None or previous is None or before.size != path.stat().st_size:
+        return None
+    try:
+        os.link(previous / relative, target)
+    except OSError:  # another filesystem, or the old copy is gone: copy instead
+        return None
+    return before
+
+
+def snapshot_path(parent: Path, now: float) -> Path:
+    stamp = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return parent / f"ros2-upload-{stamp}"
+
+
+def timestamped(parent: Path) -> Path:
+    """The next snapshot folder in ``parent``, named by the current UTC time."""
+    return snapshot_path(parent, time.time())
+
+
+def snapshots(parent: Path) -> list[Path]:
+    """Complete timestamped snapshots in ``parent``, oldest first."""
+    if not parent.is_dir():
+        return []
+    return sorted(p for p in parent.iterdir() if SNAPSHOT_NAME.match(p.name) and (p / MANIFEST).is_file())
+
+
+def prune(parent: Path, keep: int) -> list[Path]:
+    removed = snapshots(parent)[:-keep] if keep > 0 else []
+    for old in removed:
+        shutil.rmtree(old)
+        log.info("Backup pruned: %s", old)
+    return removed
+
+
+# --- restore -----------------------------------------------------------------------------------
+def verify_backup(src: Path) -> Manifest:
+    """Check every file of a backup against its manifest without restoring it."""
+    manifest = Manifest.load(src / MANIFEST)
+    for entry in manifest.entries:
+        _check_entry(entry, src / entry.path, _sha256(src / entry.path) if (src / entry.path).is_file() else None)
+    return manifest
+
+
+def _check_entry(entry: Entry, path: Path, sha: str | None) -> None:
+    if sha is None:
+        msg = f"backup is missing {entry.path}"
+        raise BackupError(msg)
+    if sha != entry.sha256:
+        msg = f"{entry.path}: sha256 {sha} does not match the manifest ({entry.sha256}); backup corrupt"
+        raise BackupError(msg)
+
+
+def restore_backup(src: Path, upload_dir: Path) -> Manifest:
+    """Fill an empty (or missing) ``upload_dir`` from ``src``; every file is checked against the manifest."""
+    manifest = Manifest.load(src / MANIFEST)
+    if upload_dir.exists() and any(upload_dir.iterdir()):
+        msg = f"restore target {upload_dir} is not empty; restore only into an empty UPLOAD_DIR (server stopped)"
+        raise BackupError(msg)
+    staging = upload_dir.with_name(upload_dir.name + ".restoring")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    started = time.monotonic()
+    for entry in manifest.entries:
+        source = src / entry.path
+        if not source.is_file():
+            _check_entry(entry, source, None)
+        target = staging / entry.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _check_entry(entry, source, _copy_hashing(source, target))
+        if entry.kind == "database":
+            _check_database(target)
+    for directory in sorted({p.parent for p in staging.rglob("*")}, key=lambda p: len(p.parts), reverse=True):
+        _fsync_dir(directory)
+    if upload_dir.exists():
+        upload_dir.rmdir()
+    staging.rename(upload_dir)
+    _fsync_dir(upload_dir.parent)
+    log.info(
+        "Backup restored: %s -> %s (%d files, %d bytes, all sha256 verified) in %.1fs",
+        src,
+        upload_dir,
+        len(manifest.entries),
+        manifest.total_bytes,
+        time.monotonic() - started,
+    )
+    return manifest
+
+
+def _check_database(path: Path) -> None:
+    db = sqlite3.connect(path)
+    try:
+        (result,) = db.execute("PRAGMA integrity_check").fetchone()
+    finally:
+        db.close()
+    if result != "ok":
+        msg = f"{path.name}: SQLite integrity check failed: {result}"
+        raise BackupError(msg)
+
+
+# --- command line ------------------------------------------------------------------------------
+def backup_cli(config: ServerConfig) -> AppGroup:
+    group = AppGroup("backup", help="Back up and restore the storage root (state databases + stored files).")
+
+    @group.command("create")
+    @click.argument("dest", type=click.Path(path_type=Path))
+    @click.option(
+        "--timestamped", "in_parent", is_flag=True, help="DEST is a folder; create ros2-upload-<UTC time> inside it."
+    )
+    @click.option("--keep", type=int, default=0, help="With --timestamped: keep only the newest N snapshots.")
+    def create(dest: Path, in_parent: bool, keep: int) -> None:
+        previous = None
+        if in_parent:
+            existing = snapshots(dest)
+            previous = existing[-1] if existing else None
+            dest = timestamped(dest)
+        manifest = _run(lambda: create_backup(config.upload_dir, dest, previous=previous))
+        if in_parent and keep:
+            prune(dest.parent, keep)
+        click.echo(f"backup {dest}: {len(manifest.entries)} files, {manifest.total_bytes} bytes")
+        click.echo(str(dest))
+
+    @group.command("restore")
+    @click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
+    @click.option("--upload-dir", type=click.Path(path_type=Path), default=None, help="Default: UPLOAD_DIR.")
+    def restore(src: Path, upload_dir: Path | None) -> None:
+        target = upload_dir or config.upload_dir
+        manifest = _run(lambda: restore_backup(src, target))
+        click.echo(f"restored {len(manifest.entries)} files ({manifest.total_bytes} bytes) into {target}; all verified")
+
+    @group.command("verify")
+    @click.argument("src", type=click.Path(path_type=Path, exists=True, file_okay=False))
+    def verify(src: Path) -> None:
+        manifest = _run(lambda: verify_backup(src))
+        click.echo(f"{src}: {len(manifest.entries)} files verified")
+
+    return group
+
+
+def _run(action: Any) -> Manifest:
+    try:
+        result: Manifest = action()
+    except BackupError as err:
+        raise click.ClickException(str(err)) from err
+    return result
+
+
+def init_app(app: Flask, config: ServerConfig) -> None:
+    """Add ``flask --app upload_server backup create|restore|verify``."""
+    app.cli.add_command(backup_cli(config))

@@ -1,0 +1,136 @@
+"""API errors: every failure the server reports carries an HTTP status and a protocol ``ErrorCode``.
+
+The classes subclass werkzeug's ``HTTPException`` (not Flask) so the upload
+service can raise them without knowing about requests, and one handler
+(``register_error_handlers``) renders them, werkzeug's own 404/405/413 and any
+unexpected exception as the same JSON document.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from core.protocol import ErrorCode
+
+log = logging.getLogger("upload_server")
+
+# werkzeug's and extensions' exceptions carry only a status: map it onto our codes.
+_CODE_FOR_STATUS = {
+    400: ErrorCode.BAD_REQUEST,
+    401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    409: ErrorCode.CONFLICT,
+    410: ErrorCode.UPLOAD_EXPIRED,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    429: ErrorCode.RATE_LIMITED,
+    503: ErrorCode.SERVICE_UNAVAILABLE,
+    507: ErrorCode.INSUFFICIENT_STORAGE,
+}
+
+
+class ApiError(HTTPException):
+    """Base of every error the server raises on purpose; ``details`` adds fields to the JSON ``error``."""
+
+    code = 400
+    error_code = ErrorCode.BAD_REQUEST
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or {}
+
+
+class InvalidJson(ApiError):
+    error_code = ErrorCode.INVALID_JSON
+
+
+class InvalidField(ApiError):
+    error_code = ErrorCode.INVALID_FIELD
+
+
+class LengthRequired(ApiError):
+    code = 411
+
+
+class UnsupportedMediaType(ApiError):
+    code = 415
+    error_code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
+
+
+class NotFound(ApiError):
+    code = 404
+    error_code = ErrorCode.NOT_FOUND
+
+
+class Conflict(ApiError):
+    code = 409
+    error_code = ErrorCode.CONFLICT
+
+
+class UploadIncomplete(Conflict):
+    error_code = ErrorCode.UPLOAD_INCOMPLETE
+
+
+class UploadExpired(ApiError):
+    code = 410
+    error_code = ErrorCode.UPLOAD_EXPIRED
+
+
+class FileTooLarge(ApiError):
+    code = 413
+    error_code = ErrorCode.FILE_TOO_LARGE
+
+
+class ChunkIndexOutOfRange(ApiError):
+    error_code = ErrorCode.CHUNK_INDEX_OUT_OF_RANGE
+
+
+class ChunkSizeMismatch(ApiError):
+    error_code = ErrorCode.CHUNK_SIZE_MISMATCH
+
+
+class ChecksumMismatch(ApiError):
+    error_code = ErrorCode.CHECKSUM_MISMATCH
+
+
+class InsufficientStorage(ApiError):
+    code = 507
+    error_code = ErrorCode.INSUFFICIENT_STORAGE
+
+
+def error_body(code: ErrorCode | str, message: str, **details: Any) -> dict[str, Any]:
+    return {"success": False, "error": {"code": str(getattr(code, "value", code)), "message": message, **details}}
+
+
+def _render_http_error(err: HTTPException) -> Response:
+    status = err.code or 500
+    if isinstance(err, ApiError):
+        body = error_body(err.error_code, err.description or "", **err.details)
+    else:
+        code = _CODE_FOR_STATUS.get(status, ErrorCode.INTERNAL_ERROR if status >= 500 else ErrorCode.BAD_REQUEST)
+        body = error_body(code, err.description or err.name)
+    response = jsonify(body)
+    response.status_code = status
+    # Keep protocol headers werkzeug/extensions attach (Allow on 405, Retry-After on 429/503).
+    for name, value in err.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+def _render_unexpected(err: Exception) -> Response:
+    log.exception("Unhandled error: %s", type(err).__name__)
+    response = jsonify(error_body(ErrorCode.INTERNAL_ERROR, "internal server error"))
+    response.status_code = 500
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    app.register_error_handler(HTTPException, _render_http_error)
+    app.register_error_handler(Exception, _render_unexpected)

@@ -1,0 +1,24 @@
+"""Upload lifecycle signals (blinker): metrics, the dashboard and logs subscribe without the service knowing them.
+
+Every signal is sent with the ``UploadService`` as sender and keyword arguments:
+
+- ``upload_initialized``: ``upload_id, owner, filename, filesize, chunks, resumed, deduplicated``
+- ``chunk_stored``: ``upload_id, owner, index, bytes, seconds``
+- ``upload_completed``: ``upload_id, owner, filesize, stored_size, codec, ratio, verified, seconds``
+- ``upload_failed``: ``upload_id, owner, code, message``
+- ``upload_aborted``: ``upload_id, owner``
+- ``upload_expired``: ``upload_id, owner, bytes_received``
+"""
+
+from __future__ import annotations
+
+from blinker import Namespace
+
+_signals = Namespace()
+
+upload_initialized = _signals.signal("upload-initialized")
+chunk_stored = _signals.signal("chunk-stored")
+upload_completed = _signals.signal("upload-completed")
+upload_failed = _signals.signal("upload-failed")
+upload_aborted = _signals.signal("upload-aborted")
+upload_expired = _signals.signal("upload-expired")

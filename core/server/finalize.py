@@ -1,0 +1,191 @@
+"""Finalize one upload: re-hash the assembled bytes, compress them when it pays, store atomically with a sidecar.
+
+The part file is read exactly once: hashing and compressing share the pass.
+Running it again after a crash is safe: nothing is committed until the
+verified result is renamed into the store and the state moves to complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from core.checksums import FileDigests, StreamingDigests, hex_digests_equal, iter_file
+from core.config import ServerConfig
+from core.protocol import Codec, ErrorCode, UploadState
+from core.server import events
+from core.server.blob_store import BlobStore
+from core.server.compression import SAMPLE_SIZE, open_writer, worth_compressing
+from core.server.service import isoformat
+from core.server.state_store import StateStore, UploadRecord
+
+log = logging.getLogger("upload_server")
+
+Progress = Callable[[int], None]
+
+
+class VerificationFailed(Exception):
+    """The assembled bytes do not match a checksum the client declared."""
+
+
+class Finalizer:
+    def __init__(
+        self, config: ServerConfig, state: StateStore, blobs: BlobStore, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.blobs = blobs
+        self.clock = clock
+
+    def run(self, upload_id: str, progress: Progress) -> None:
+        record = self.state.get_upload(upload_id)
+        if record is None or record.state is not UploadState.FINALIZING:
+            return  # aborted meanwhile, or finished by an earlier attempt
+        started = time.monotonic()
+        source = self._source(record)
+        codec = self._choose_codec(record, source)
+        blob_id = record.upload_id
+        try:
+            digests = self._store(record, source, blob_id, codec, progress)
+        except VerificationFailed as err:
+            self._fail(record, str(err))
+            return
+        stored = self.blobs.blob_path(blob_id, codec)
+        stored_size = stored.stat().st_size
+        verified = bool(record.md5 or record.sha256)
+        self.blobs.write_sidecar(blob_id, self._sidecar(record, digests, codec, stored_size, verified))
+        done = self.state.transition(
+            upload_id,
+            (UploadState.FINALIZING,),
+            self.clock(),
+            state=UploadState.COMPLETE,
+            blob_id=blob_id,
+            codec=codec,
+            stored_size=stored_size,
+            verified=verified,
+            md5=digests.md5,
+            sha256=digests.sha256,
+            progress=record.filesize,
+        )
+        if done is None:  # aborted while we worked: drop what we stored
+            stored.unlink(missing_ok=True)
+            self.blobs.sidecar_path(blob_id).unlink(missing_ok=True)
+            return
+        self.blobs.remove_part(upload_id)
+        self._report(done, time.monotonic() - started)
+
+    def _source(self, record: UploadRecord) -> Path:
+        """The part file, or the stored raw file if a crashed attempt already moved it there."""
+        part = self.blobs.part_path(record.upload_id)
+        moved = self.blobs.blob_path(record.upload_id, Codec.NONE)
+        return moved if not part.exists() and moved.exists() else part
+
+    def _choose_codec(self, record: UploadRecord, source: Path) -> Codec:
+        if record.compression is Codec.NONE or record.filesize < self.config.compression_threshold:
+            return Codec.NONE
+        with source.open("rb") as fh:
+            sample = fh.read(SAMPLE_SIZE)
+        level, saving = self.config.compression_level, self.config.compression_min_saving
+        if worth_compressing(record.compression, level, sample, saving):
+            return record.compression
+        log.info("Not compressing %s: a %s sample did not shrink enough", record.filename, record.compression.value)
+        return Codec.NONE
+
+    def _store(self, record: UploadRecord, source: Path, blob_id: str, codec: Codec, progress: Progress) -> FileDigests:
+        digests = StreamingDigests()
+        if codec is Codec.NONE:
+            for piece in iter_file(source):
+                digests.update(piece)
+                progress(digests.size)
+            self._verify(record, digests.result())
+            if source == self.blobs.part_path(record.upload_id):
+                self.blobs.store_part(record.upload_id, blob_id)
+            return digests.result()
+        with self.blobs.staging(blob_id, codec) as fh:
+            writer = open_writer(codec, fh, level=self.config.compression_level, size=record.filesize)
+            for piece in iter_file(source):
+                digests.update(piece)
+                writer.write(piece)
+                progress(digests.size)
+            writer.close()
+            self._verify(record, digests.result())  # raising here discards the staged file
+        return digests.result()
+
+    @staticmethod
+    def _verify(record: UploadRecord, actual: FileDigests) -> None:
+        if actual.size != record.filesize:
+            msg = f"assembled {actual.size} bytes, expected {record.filesize}"
+            raise VerificationFailed(msg)
+        for name, declared, computed in (("md5", record.md5, actual.md5), ("sha256", record.sha256, actual.sha256)):
+            if declared and not hex_digests_equal(declared, computed):
+                msg = f"{name} of the assembled file is {computed}, the client declared {declared}"
+                raise VerificationFailed(msg)
+
+    def _fail(self, record: UploadRecord, message: str) -> None:
+        failed = self.state.transition(
+            record.upload_id,
+            (UploadState.FINALIZING,),
+            self.clock(),
+            state=UploadState.FAILED,
+            error_code=ErrorCode.CHECKSUM_MISMATCH.value,
+            error_message=message,
+        )
+        if failed is None:
+            return
+        self.blobs.remove_part(record.upload_id)
+        log.warning("Verification failed for %s - ID: %s - %s", record.filename, record.upload_id, message)
+        events.upload_failed.send(
+            self,
+            upload_id=record.upload_id,
+            owner=record.owner,
+            code=ErrorCode.CHECKSUM_MISMATCH.value,
+            message=message,
+        )
+
+    def _sidecar(
+        self, record: UploadRecord, digests: FileDigests, codec: Codec, stored_size: int, verified: bool
+    ) -> dict[str, object]:
+        return {
+            "upload_id": record.upload_id,
+            "client": record.owner,
+            "original_filename": record.filename,
+            "filesize": record.filesize,
+            "stored_size": stored_size,
+            "codec": codec.value,
+            "md5": digests.md5,
+            "sha256": digests.sha256,
+            "verified": verified,
+            "metadata": record.metadata,
+            "created_at": isoformat(record.created_at),
+            "completed_at": isoformat(self.clock()),
+        }
+
+    def _report(self, record: UploadRecord, seconds: float) -> None:
+        stored = record.stored_size or 0
+        if record.codec not in (None, Codec.NONE):
+            reduction = 100.0 * (1 - stored / record.filesize) if record.filesize else 0.0
+            log.info(
+                "Compressed %s: %d → %d bytes (%.1f%% reduction)", record.filename, record.filesize, stored, reduction
+            )
+        log.info(
+            "Completed upload: %s (%d bytes) - ID: %s - verified: %s - sha256 %s - %.1fs",
+            record.filename,
+            record.filesize,
+            record.upload_id,
+            record.verified,
+            record.sha256,
+            seconds,
+        )
+        events.upload_completed.send(
+            self,
+            upload_id=record.upload_id,
+            owner=record.owner,
+            filesize=record.filesize,
+            stored_size=stored,
+            codec=(record.codec or Codec.NONE).value,
+            ratio=record.filesize / stored if stored else 1.0,
+            verified=record.verified,
+            seconds=seconds,
+        )

@@ -1,0 +1,168 @@
+"""Background work of each server process: finalize jobs and the TTL sweep, coordinated through the state store.
+
+A finalize job is a row, not a thread's memory: a worker claims it with a lease
+and renews the lease while it works. If the worker is killed, the lease runs
+out and any worker (after a restart, too) claims the job again. The sweep runs
+in whichever process holds the ``sweep`` lease, so one sweep at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from flask import Flask
+
+from core.protocol import ErrorCode, UploadState
+from core.server import events
+from core.server.finalize import Finalizer
+from core.server.service import UploadService
+
+log = logging.getLogger("upload_server")
+
+POLL_INTERVAL = 1.0
+SWEEP_LEASE = "sweep"
+
+
+class LeaseLost(Exception):
+    """Another worker took the job over (our lease ran out); stop without touching it."""
+
+
+class JobRunner:
+    """Claims and runs finalize jobs and the periodic sweep; ``run_once`` drives it synchronously in tests."""
+
+    def __init__(self, service: UploadService, finalizer: Finalizer) -> None:
+        self.service = service
+        self.finalizer = finalizer
+        self.config = service.config
+        self.state = service.state
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._thread_pid: int | None = None
+        self._next_sweep = 0.0
+        service.on_job_queued = self._wake.set
+
+    def clock(self) -> float:
+        return self.service.clock()
+
+    # --- one step ------------------------------------------------------------------
+    def run_once(self) -> bool:
+        """Claim and run one due finalize job; True if there was one."""
+        lease = self.config.job_lease
+        claimed = self.state.claim_job(self.holder, self.clock(), lease)
+        if claimed is None:
+            return False
+        upload_id, attempt = claimed
+        if attempt > self.config.job_max_attempts:
+            self._give_up(upload_id, attempt - 1)
+            return True
+        try:
+            self.finalizer.run(upload_id, self._progress(upload_id))
+        except LeaseLost:
+            log.warning("Finalize of %s taken over by another worker", upload_id)
+            return True
+        except Exception:
+            delay = min(60.0, 2.0**attempt)
+            log.exception("Finalize attempt %d of %s failed; retrying in %.0fs", attempt, upload_id, delay)
+            self.state.release_job(upload_id, self.holder, self.clock() + delay)
+            return True
+        self.state.finish_job(upload_id)
+        return True
+
+    def _progress(self, upload_id: str) -> Callable[[int], None]:
+        """Record progress and renew the lease every few seconds while the job reads the file."""
+        every = max(0.2, self.config.job_lease / 3)
+        last = time.monotonic()
+
+        def report(done: int) -> None:
+            nonlocal last
+            if time.monotonic() - last < every:
+                return
+            last = time.monotonic()
+            now = self.clock()
+            if not self.state.renew_job(upload_id, self.holder, now + self.config.job_lease):
+                raise LeaseLost(upload_id)
+            self.state.transition(upload_id, (UploadState.FINALIZING,), now, progress=done)
+
+        return report
+
+    def _give_up(self, upload_id: str, attempts: int) -> None:
+        message = f"finalize failed {attempts} times; see the server log"
+        failed = self.state.transition(
+            upload_id,
+            (UploadState.FINALIZING,),
+            self.clock(),
+            state=UploadState.FAILED,
+            error_code=ErrorCode.INTERNAL_ERROR.value,
+            error_message=message,
+        )
+        self.state.finish_job(upload_id)
+        if failed is not None:
+            log.error("Giving up on upload %s: %s", upload_id, message)
+            events.upload_failed.send(
+                self, upload_id=upload_id, owner=failed.owner, code=ErrorCode.INTERNAL_ERROR.value, message=message
+            )
+
+    def sweep_if_due(self) -> int | None:
+        """Run the sweep if SWEEP_INTERVAL has passed and no other process holds the sweep lease."""
+        interval = self.config.sweep_interval
+        now = self.clock()
+        if interval <= 0 or now < self._next_sweep:
+            return None
+        self._next_sweep = now + interval
+        if not self.state.acquire_lease(SWEEP_LEASE, self.holder, now, now + interval):
+            return None
+        return self.service.sweep()
+
+    # --- the thread -------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker thread in this process (again after a fork: threads do not survive one)."""
+        if self._thread is not None and self._thread_pid == os.getpid() and self._thread.is_alive():
+            return
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="upload-jobs", daemon=True)
+        self._thread_pid = os.getpid()
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread_pid == os.getpid():
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self.run_once()
+                self.sweep_if_due()
+            except Exception:
+                log.exception("Background job loop error")
+                worked = False
+            if not worked:
+                self._wake.wait(POLL_INTERVAL)
+                self._wake.clear()
+
+
+def init_app(app: Flask, runner: JobRunner) -> None:
+    """Start the runner with the first request of each process (gunicorn forks workers after import)."""
+    app.extensions["job_runner"] = runner
+    if not app.extensions["server_config"].background_jobs:
+        return
+
+    @app.before_request
+    def _ensure_runner() -> None:
+        runner.start()
+
+
+def start_background(app: Flask) -> None:
+    """Start background work now (dev server, gunicorn ``post_worker_init``) instead of at the first request."""
+    if app.extensions["server_config"].background_jobs:
+        app.extensions["job_runner"].start()

@@ -1,0 +1,151 @@
+"""Rate limits (flask-limiter): per robot key when authenticated, else per client address.
+
+Many robots may share one cellular NAT address, so an authenticated caller is
+counted by its key name; anonymous callers by the address ProxyFix/`proxies`
+derived. Upload routes get limits of their own (``ROUTE_LIMITS``) sized so a
+5 GB upload at the default chunk size never meets them on a realistic link;
+every other route gets ``RATELIMIT_DEFAULT``. A missing flask-limiter is a
+loud warning, not a crash: the seed promises the server still starts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flask import Flask, Response, current_app, jsonify, request
+
+from core.config import ServerConfig
+from core.protocol import (
+    CHUNK_PATH,
+    FINALIZE_PATH,
+    HEALTH_PATH,
+    HEARTBEAT_PATH,
+    INIT_PATH,
+    UPLOAD_PATH,
+    UPLOADS_PATH,
+    ErrorCode,
+)
+from core.server.auth import authenticated_name
+from core.server.errors import error_body
+
+log = logging.getLogger("upload_server.limits")
+
+EXTENSION = "rate_limiter"
+EXEMPT_ATTRIBUTE = "ratelimit_exempt"
+# Load balancers poll /health every few seconds from one address.
+EXEMPT_PATHS = frozenset({HEALTH_PATH})
+Target = TypeVar("Target", bound=Any)
+
+
+@dataclass(frozen=True)
+class RouteLimit:
+    """A route (Flask rule + method) with a limit of its own instead of RATELIMIT_DEFAULT."""
+
+    path: str
+    method: str
+    limit: Callable[[ServerConfig], str]
+
+
+# Extend this table when a route needs more than the default budget; the
+# OpenAPI document describes 429 on every route either way.
+ROUTE_LIMITS: tuple[RouteLimit, ...] = (
+    RouteLimit(INIT_PATH, "POST", lambda c: c.ratelimit_init),
+    RouteLimit(CHUNK_PATH, "PUT", lambda c: c.ratelimit_chunk),
+    RouteLimit(UPLOAD_PATH, "GET", lambda c: c.ratelimit_status),
+    RouteLimit(FINALIZE_PATH, "POST", lambda c: c.ratelimit_finalize),
+    RouteLimit(UPLOADS_PATH, "GET", lambda c: c.ratelimit_list),
+    RouteLimit(HEARTBEAT_PATH, "POST", lambda c: c.heartbeat_rate_limit),
+)
+
+
+def exempt(target: Target) -> Target:
+    """Exempt a view or a whole blueprint from rate limits (e.g. static files; it must limit itself otherwise)."""
+    setattr(target, EXEMPT_ATTRIBUTE, True)
+    return target
+
+
+def client_key() -> str:
+    """The bucket a request is counted in: the key's name, else the client address."""
+    name = authenticated_name()
+    return f"key:{name}" if name else f"addr:{request.remote_addr or 'unknown'}"
+
+
+def _is_exempt() -> bool:
+    if request.url_rule is not None and request.url_rule.rule in EXEMPT_PATHS:
+        return True
+    view = current_app.view_functions.get(request.endpoint or "")
+    if getattr(view, EXEMPT_ATTRIBUTE, False):
+        return True
+    return any(getattr(current_app.blueprints.get(name), EXEMPT_ATTRIBUTE, False) for name in request.blueprints)
+
+
+def _too_many_requests(err: Any) -> Response:
+    response = jsonify(
+        error_body(
+            ErrorCode.RATE_LIMITED,
+            f"rate limit exceeded ({err.description}); retry after the number of seconds in Retry-After",
+        )
+    )
+    response.status_code = 429
+    return response
+
+
+def _load_flask_limiter() -> Any | None:
+    try:
+        return importlib.import_module("flask_limiter")
+    except ImportError as err:
+        log.warning(
+            "flask-limiter is not importable (%s): the server runs WITHOUT rate limits. "
+            "Install it: pip install 'flask-limiter>=3.5,<5'",
+            err,
+        )
+        return None
+
+
+def init_app(app: Flask, config: ServerConfig) -> Any | None:
+    """Limit every route; call after all routes are registered and after ``auth.init_app``."""
+    if not config.ratelimit_enabled:
+        log.warning("RATELIMIT_ENABLED=0: no rate limits are applied")
+        return None
+    flask_limiter = _load_flask_limiter()
+    if flask_limiter is None:
+        return None
+    limiter = flask_limiter.Limiter(
+        client_key,
+        default_limits=[config.ratelimit_default],
+        storage_uri=config.ratelimit_storage_uri,
+        headers_enabled=True,
+        strategy="fixed-window",
+        key_prefix="upload",
+        # An unreachable redis must not stop uploads: count in memory until it is back.
+        in_memory_fallback_enabled=True,
+        swallow_errors=True,
+    )
+    limiter.request_filter(_is_exempt)
+    limiter.init_app(app)
+    _apply_route_limits(app, limiter, config)
+    app.register_error_handler(flask_limiter.RateLimitExceeded, _too_many_requests)
+    app.extensions[EXTENSION] = limiter
+    log.info(
+        "rate limits: default=%r init=%r chunk=%r status=%r finalize=%r storage=%s",
+        config.ratelimit_default,
+        config.ratelimit_init,
+        config.ratelimit_chunk,
+        config.ratelimit_status,
+        config.ratelimit_finalize,
+        config.ratelimit_storage_uri.split("@")[-1],
+    )
+    return limiter
+
+
+def _apply_route_limits(app: Flask, limiter: Any, config: ServerConfig) -> None:
+    for rule in app.url_map.iter_rules():
+        for route in ROUTE_LIMITS:
+            if rule.rule == route.path and route.method in (rule.methods or ()):
+                view = app.view_functions[rule.endpoint]
+                decorate = limiter.limit(route.limit(config), methods=[route.method], override_defaults=True)
+                app.view_functions[rule.endpoint] = decorate(view)

@@ -1,0 +1,491 @@
+"""The OpenAPI 3 document of the whole HTTP API, served at ``/openapi.json``.
+
+It is data: add an entry to ``PATHS`` when you add a route (a test fails
+until every registered Flask route is listed here). ``operation()`` adds the
+replies every route shares (401 without a key, 429 over a limit) so an entry
+only states what is particular to its route. A schemathesis run against a live
+gunicorn holds the server to this document.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Flask, Response, current_app, jsonify
+
+import core
+from core.protocol import (
+    CHUNK_PATH,
+    DOWNLOAD_PATH,
+    FINALIZE_PATH,
+    HEADER_CHUNK_SHA256,
+    HEADER_CONTENT_MD5,
+    HEALTH_PATH,
+    HEARTBEAT_PATH,
+    INIT_PATH,
+    PARAM_CLIENT,
+    PARAM_LIMIT,
+    PARAM_OFFSET,
+    PARAM_RAW,
+    PARAM_STATE,
+    UPLOAD_PATH,
+    UPLOADS_PATH,
+    Codec,
+    ErrorCode,
+    UploadState,
+)
+from core.server.auth import public
+
+OPENAPI_PATH = "/openapi.json"
+
+Schema = dict[str, Any]
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: Schema) -> Schema:
+    return {**schema, "nullable": True}
+
+
+STRING, INTEGER, NUMBER, BOOLEAN = ({"type": t} for t in ("string", "integer", "number", "boolean"))
+OBJECT: Schema = {"type": "object", "additionalProperties": True}
+HEX_MD5 = {"type": "string", "pattern": "^[0-9a-fA-F]{32}$"}
+HEX_SHA256 = {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}
+
+SCHEMAS: dict[str, Schema] = {
+    "Error": {
+        "type": "object",
+        "required": ["success", "error"],
+        "properties": {
+            "success": {"type": "boolean", "enum": [False]},
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string", "enum": [c.value for c in ErrorCode]}, "message": STRING},
+            },
+        },
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status", "timestamp", "version", "features"],
+        "properties": {"status": STRING, "timestamp": STRING, "version": STRING, "features": {"type": "array"}},
+    },
+    "InitRequest": {
+        "type": "object",
+        "required": ["filename", "filesize"],
+        "properties": {
+            "filename": {"type": "string", "description": "Display name only; never used as a path"},
+            "filesize": {"type": "integer", "minimum": 0},
+            "chunks": {"type": "integer", "minimum": 1},
+            "chunk_size": {"type": "integer", "minimum": 1},
+            "checksum": {**HEX_MD5, "description": "Whole-file md5 (the seed's contract)"},
+            "sha256": HEX_SHA256,
+            "compression": {"oneOf": [BOOLEAN, {"type": "string", "enum": [c.value for c in Codec]}]},
+            "metadata": OBJECT,
+        },
+    },
+    "Upload": {
+        "type": "object",
+        "required": ["upload_id", "state", "filename", "filesize", "chunk_size", "chunks", "received_count"],
+        "properties": {
+            "upload_id": STRING,
+            "state": {"type": "string", "enum": [s.value for s in UploadState]},
+            "filename": STRING,
+            "filesize": INTEGER,
+            "chunk_size": INTEGER,
+            "chunks": INTEGER,
+            "received_count": INTEGER,
+            "bytes_received": INTEGER,
+            "md5": nullable(STRING),
+            "sha256": nullable(STRING),
+            "verified": BOOLEAN,
+            "compression": STRING,
+            "codec": nullable(STRING),
+            "stored_size": nullable(INTEGER),
+            "compression_ratio": nullable(NUMBER),
+            "deduplicated": BOOLEAN,
+            "progress": NUMBER,
+            "error": nullable(OBJECT),
+            "created_at": STRING,
+            "updated_at": STRING,
+            "owner": STRING,
+            "metadata": OBJECT,
+            "received": {"type": "array", "items": INTEGER},
+            "missing": {"type": "array", "items": INTEGER},
+        },
+    },
+    "UploadReply": {"allOf": [{"type": "object", "properties": {"success": BOOLEAN}}, ref("Upload")]},
+    "InitReply": {
+        "type": "object",
+        "required": ["success", "upload_id", "compression_enabled", "chunk_size", "received"],
+        "properties": {
+            "success": BOOLEAN,
+            "upload_id": STRING,
+            "compression_enabled": BOOLEAN,
+            "compression": STRING,
+            "chunk_size": INTEGER,
+            "chunks": INTEGER,
+            "received": {"type": "array", "items": INTEGER},
+            "state": STRING,
+            "deduplicated": BOOLEAN,
+            "resumed": BOOLEAN,
+            "verified": BOOLEAN,
+        },
+    },
+    "ChunkReply": {
+        "type": "object",
+        "required": ["success", "upload_id", "index", "received_count", "chunks", "duplicate"],
+        "properties": {
+            "success": BOOLEAN,
+            "upload_id": STRING,
+            "index": INTEGER,
+            "received_count": INTEGER,
+            "chunks": INTEGER,
+            "duplicate": BOOLEAN,
+        },
+    },
+    "UploadList": {
+        "type": "object",
+        "required": ["success", "uploads", "total", "limit", "offset"],
+        "properties": {
+            "success": BOOLEAN,
+            "uploads": {"type": "array", "items": ref("Upload")},
+            "total": INTEGER,
+            "limit": INTEGER,
+            "offset": INTEGER,
+        },
+    },
+    "HeartbeatRequest": {
+        "type": "object",
+        "properties": {
+            "sent_at": NUMBER,
+            "recorder": nullable(OBJECT),
+            "uploads": nullable(OBJECT),
+            "host": OBJECT,
+            "acks": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id"],
+                    "properties": {"id": STRING, "ok": BOOLEAN, "message": STRING},
+                },
+            },
+        },
+    },
+    "HeartbeatReply": {
+        "type": "object",
+        "required": ["success", "commands", "interval", "server_time"],
+        "properties": {
+            "success": BOOLEAN,
+            "commands": {"type": "array", "items": OBJECT},
+            "interval": NUMBER,
+            "server_time": NUMBER,
+        },
+    },
+}
+
+ERROR_MEANINGS = {
+    400: "Invalid JSON, field, parameter or header",
+    401: "Missing, invalid or revoked API key",
+    403: "The key may not do this",
+    404: "No such upload for this key (another robot's upload is reported as missing too)",
+    409: "The upload is not in a state that allows this",
+    410: "The upload expired (TTL sweep); start over with a new init",
+    411: "Content-Length required",
+    413: "Body, chunk or file larger than allowed",
+    415: "Unsupported media type",
+    429: "Rate limit exceeded; see Retry-After and X-RateLimit-*",
+    507: "The server's storage is full",
+}
+
+RATE_LIMIT_HEADERS = {
+    name: {"schema": INTEGER, "description": meaning}
+    for name, meaning in {
+        "X-RateLimit-Limit": "Requests allowed in the current window",
+        "X-RateLimit-Remaining": "Requests left in the current window",
+        "X-RateLimit-Reset": "Unix time the window resets",
+        "Retry-After": "Seconds until a request may succeed again",
+    }.items()
+}
+
+
+def json_reply(description: str, schema: Schema) -> Schema:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def operation(
+    summary: str,
+    responses: dict[int, Schema],
+    *,
+    errors: tuple[int, ...] = (),
+    parameters: tuple[Schema, ...] = (),
+    body: Schema | None = None,
+    is_public: bool = False,
+    limited: bool = True,
+    tag: str = "uploads",
+) -> Schema:
+    """One operation: its own replies plus the shared 401/429 and the listed error statuses."""
+    codes = {*errors, *(() if is_public else (401,)), *((429,) if limited else ())}
+    replies: dict[str, Schema] = {str(status): reply for status, reply in responses.items()}
+    for status in sorted(codes):
+        replies[str(status)] = json_reply(ERROR_MEANINGS[status], ref("Error"))
+    if limited:
+        replies["429"]["headers"] = RATE_LIMIT_HEADERS
+    op: Schema = {"summary": summary, "tags": [tag], "responses": replies}
+    if parameters:
+        op["parameters"] = list(parameters)
+    if body is not None:
+        op["requestBody"] = body
+    if is_public:
+        op["security"] = []
+    return op
+
+
+def path_param(name: str, schema: Schema = STRING) -> Schema:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def query_param(name: str, schema: Schema, description: str) -> Schema:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def header_param(name: str, schema: Schema, description: str) -> Schema:
+    return {"name": name, "in": "header", "required": False, "schema": schema, "description": description}
+
+
+UPLOAD_ID = path_param("upload_id")
+JSON_BODY = {"required": True, "content": {"application/json": {"schema": ref("InitRequest")}}}
+HTML = {"text/html": {"schema": STRING}}
+REDIRECT = {"description": "Redirect (to the sign-in page or the dashboard)"}
+
+PATHS: dict[str, dict[str, Schema]] = {
+    HEALTH_PATH: {
+        "get": operation(
+            "Liveness for curl and load balancers (never rate limited)",
+            {200: json_reply("The server is up", ref("Health"))},
+            is_public=True,
+            limited=False,
+            tag="health",
+        )
+    },
+    "/health/detailed": {
+        "get": operation(
+            "Every dependency of an upload checked (database, disk, limiter storage, jobs)",
+            {
+                200: json_reply("All checks passed", OBJECT),
+                503: json_reply("A check failed; `reasons` says which", OBJECT),
+            },
+            limited=False,
+            tag="health",
+        )
+    },
+    "/metrics": {
+        "get": operation(
+            "Prometheus metrics (needs a key, as a bearer token)",
+            {200: {"description": "Text exposition", "content": {"text/plain": {"schema": STRING}}}},
+            limited=False,
+            tag="health",
+        )
+    },
+    OPENAPI_PATH: {
+        "get": operation(
+            "This document",
+            {200: json_reply("OpenAPI 3 document", OBJECT)},
+            is_public=True,
+            tag="health",
+        )
+    },
+    INIT_PATH: {
+        "post": operation(
+            "Start (or resume, or deduplicate) an upload",
+            {
+                200: json_reply("Resumed upload or already stored file", ref("InitReply")),
+                201: json_reply("New upload", ref("InitReply")),
+            },
+            errors=(400, 409, 413, 507),
+            body=JSON_BODY,
+        )
+    },
+    CHUNK_PATH: {
+        "put": operation(
+            "Store one chunk at its offset (idempotent, any order, parallel)",
+            {
+                200: json_reply("Chunk was already stored", ref("ChunkReply")),
+                201: json_reply("Chunk stored durably", ref("ChunkReply")),
+            },
+            errors=(400, 404, 409, 410, 411, 413, 507),
+            parameters=(
+                UPLOAD_ID,
+                path_param("index", {"type": "integer"}),
+                header_param(HEADER_CHUNK_SHA256, HEX_SHA256, "sha256 of the chunk body"),
+                header_param(HEADER_CONTENT_MD5, STRING, "base64 md5 of the chunk body (RFC 1864)"),
+            ),
+            body={
+                "required": True,
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            },
+        )
+    },
+    UPLOAD_PATH: {
+        "get": operation(
+            "Status: state, received and missing chunks",
+            {200: json_reply("Upload status", ref("UploadReply"))},
+            errors=(404, 410),
+            parameters=(UPLOAD_ID,),
+        ),
+        "delete": operation(
+            "Abort an upload and remove its part file",
+            {200: json_reply("Aborted", ref("UploadReply"))},
+            errors=(404, 409, 410),
+            parameters=(UPLOAD_ID,),
+        ),
+    },
+    FINALIZE_PATH: {
+        "post": operation(
+            "Verify and store; returns at once, poll the status",
+            {
+                200: json_reply("Already complete", ref("UploadReply")),
+                202: json_reply("Verification queued (state finalizing)", ref("UploadReply")),
+            },
+            errors=(404, 409, 410),
+            parameters=(UPLOAD_ID,),
+        )
+    },
+    UPLOADS_PATH: {
+        "get": operation(
+            "Uploads of this key (an admin key: of every robot), newest first",
+            {200: json_reply("One page of uploads", ref("UploadList"))},
+            errors=(400,),
+            parameters=(
+                query_param(PARAM_LIMIT, {"type": "integer", "minimum": 0, "maximum": 500}, "Page size"),
+                query_param(PARAM_OFFSET, {"type": "integer", "minimum": 0}, "Page start"),
+                query_param(PARAM_STATE, {"type": "string", "enum": [s.value for s in UploadState]}, "Filter"),
+                query_param(PARAM_CLIENT, STRING, "Owner filter (admins)"),
+            ),
+        )
+    },
+    DOWNLOAD_PATH: {
+        "get": operation(
+            "Download a stored file (decompressed unless raw=1)",
+            {
+                200: {
+                    "description": "The file",
+                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                }
+            },
+            errors=(400, 404, 409),
+            parameters=(UPLOAD_ID, query_param(PARAM_RAW, STRING, "1: the stored (compressed) bytes")),
+        )
+    },
+    HEARTBEAT_PATH: {
+        "post": operation(
+            "A robot's status report; the reply carries operator commands",
+            {200: json_reply("Status stored", ref("HeartbeatReply"))},
+            errors=(400, 403, 413),
+            parameters=(path_param("robot_id"),),
+            body={"required": True, "content": {"application/json": {"schema": ref("HeartbeatRequest")}}},
+            tag="robots",
+        )
+    },
+    "/dashboard/": {
+        "get": operation(
+            "The dashboard page (signed-in browsers)",
+            {200: {"description": "Page", "content": HTML}, 302: REDIRECT},
+            is_public=True,
+            limited=False,
+            tag="dashboard",
+        )
+    },
+    "/dashboard/login": {
+        method: operation(
+            "Sign in with an admin key",
+            {200: {"description": "Form", "content": HTML}, 302: REDIRECT}
+            | {status: {"description": "Refused", "content": HTML} for status in (400, 401, 403)},
+            is_public=True,
+            limited=False,
+            tag="dashboard",
+        )
+        for method in ("get", "post")
+    },
+    "/dashboard/logout": {
+        "post": operation(
+            "Sign out",
+            {302: REDIRECT},
+            errors=(400, 403),
+            is_public=True,
+            limited=False,
+            tag="dashboard",
+        )
+    },
+    "/dashboard/api/state": {
+        "get": operation(
+            "Everything the dashboard shows, as JSON",
+            {200: json_reply("Fleet state", OBJECT)},
+            errors=(400,),
+            limited=False,
+            tag="dashboard",
+        )
+    },
+    "/dashboard/events": {
+        "get": operation(
+            "Live updates (server-sent events, ends after DASHBOARD_SSE_MAX_SECONDS)",
+            {200: {"description": "Event stream", "content": {"text/event-stream": {"schema": STRING}}}},
+            errors=(400,),
+            limited=False,
+            tag="dashboard",
+        )
+    },
+    "/dashboard/api/robots/{robot_id}/commands": {
+        "post": operation(
+            "Queue an operator command for a robot (admins)",
+            {202: json_reply("Command queued", OBJECT)},
+            errors=(400, 403),
+            parameters=(path_param("robot_id"),),
+            body={"required": True, "content": {"application/json": {"schema": OBJECT}}},
+            limited=False,
+            tag="dashboard",
+        )
+    },
+}
+
+
+def openapi_path(rule: str) -> str:
+    """A Flask rule (`/upload/<id>/chunk/<int:index>`) as an OpenAPI path (`/upload/{id}/chunk/{index}`)."""
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+
+
+def document(server_url: str | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "ROS2 bag upload server",
+            "version": core.__version__,
+            "description": "Resumable, verified chunked uploads of ROS2 bags. Every route but the public "
+            "ones needs `Authorization: Bearer <key>` or `X-API-Key: <key>`.",
+        },
+        "paths": {openapi_path(path): ops for path, ops in PATHS.items()},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+        },
+        "security": [{"bearer": []}, {"apiKey": []}],
+    }
+    if server_url:
+        doc["servers"] = [{"url": server_url}]
+    return doc
+
+
+@public
+def serve_document() -> Response:
+    return jsonify(current_app.extensions["openapi_document"])
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["openapi_document"] = document()
+    app.add_url_rule(OPENAPI_PATH, "openapi", serve_document, methods=["GET"])

@@ -1,0 +1,326 @@
+"""Robot heartbeats: the latest status of every robot and the operator-command queue.
+
+Robots POST their recorder and upload-queue snapshots to ``HEARTBEAT_PATH``; the
+reply carries operator commands (start/stop/pause/resume/split) that the robot
+acknowledges in its next heartbeat. Delivery is at-least-once: a command stays
+in every reply until acknowledged or expired, and the robot de-duplicates by id.
+The store interface is deliberately small so a Redis implementation can replace
+the embedded SQLite one for several server hosts.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, jsonify, request
+
+from core.config import ServerConfig
+from core.protocol import HEARTBEAT_PATH, CommandAck, CommandDoc, CommandState, ErrorCode, RobotAction
+from core.server.errors import ApiError, InvalidField, InvalidJson
+from core.server.identity import current_identity
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "robot_store"
+CONFIG_EXTENSION = "robots_config"
+MAX_HEARTBEAT_BYTES = 512 * 1024
+MAX_ROBOT_ID_LENGTH = 128
+# Any printable name a key may carry; the dashboard escapes it. Control characters never.
+_ROBOT_ID = re.compile(rf"^[^\x00-\x1f\x7f]{{1,{MAX_ROBOT_ID_LENGTH}}}$")
+_OPEN_STATES = (CommandState.PENDING.value, CommandState.DELIVERED.value)
+
+
+class ForbiddenError(ApiError):
+    code = 403
+    error_code = ErrorCode.FORBIDDEN
+
+
+class PayloadTooLargeError(ApiError):
+    code = 413
+    error_code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
+@dataclass(frozen=True)
+class RobotStatus:
+    """The latest heartbeat of one robot, as stored."""
+
+    robot_id: str
+    status: dict[str, Any]
+    last_seen: float
+    first_seen: float
+
+
+@dataclass
+class Command:
+    """An operator action waiting for, or answered by, a robot."""
+
+    robot_id: str
+    action: RobotAction
+    args: dict[str, Any] = field(default_factory=dict)
+    issued_by: str = ""
+    created_at: float = 0.0
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    state: CommandState = CommandState.PENDING
+    message: str = ""
+    updated_at: float = 0.0
+
+    def doc(self) -> CommandDoc:
+        return {"id": self.id, "action": self.action.value, "args": self.args, "created_at": self.created_at}
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            **self.doc(),
+            "robot_id": self.robot_id,
+            "issued_by": self.issued_by,
+            "state": self.state.value,
+            "message": self.message,
+            "updated_at": self.updated_at,
+        }
+
+
+class RobotStore(abc.ABC):
+    """Latest status per robot plus the command queue; shared by every worker and host."""
+
+    @abc.abstractmethod
+    def put_status(self, robot_id: str, status: dict[str, Any], now: float) -> None:
+        """Replace the robot's latest status and set its last-seen time."""
+
+    @abc.abstractmethod
+    def robots(self) -> list[RobotStatus]:
+        """Every robot ever seen, ordered by id."""
+
+    @abc.abstractmethod
+    def enqueue(self, command: Command) -> None:
+        """Queue a command for its robot."""
+
+    @abc.abstractmethod
+    def take_open(self, robot_id: str, now: float, ttl: float) -> list[Command]:
+        """Unanswered commands younger than ``ttl`` (marked delivered); older ones expire."""
+
+    @abc.abstractmethod
+    def acknowledge(self, robot_id: str, acks: Sequence[CommandAck], now: float) -> None:
+        """Record the robot's answers; acks for other robots' commands are ignored."""
+
+    @abc.abstractmethod
+    def recent_commands(self, limit: int = 50) -> list[Command]:
+        """Newest commands first, for the dashboard."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most stores have nothing to release
+        """Release connections."""
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS robots (
+    robot_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    last_seen REAL NOT NULL,
+    first_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS commands (
+    id TEXT PRIMARY KEY,
+    robot_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    args TEXT NOT NULL,
+    issued_by TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    state TEXT NOT NULL,
+    message TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS commands_open ON commands (robot_id, state);
+CREATE INDEX IF NOT EXISTS commands_created ON commands (created_at);
+"""
+
+
+class SQLiteRobotStore(RobotStore):
+    """One WAL database file beside the upload state; a connection per thread and process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._connection().executescript(_SCHEMA)
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        # A connection must not cross a fork (gunicorn may import the app before forking workers).
+        if conn is None or self._local.pid != os.getpid():
+            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def put_status(self, robot_id: str, status: dict[str, Any], now: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO robots (robot_id, status, last_seen, first_seen) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (robot_id) DO UPDATE SET status = excluded.status, last_seen = excluded.last_seen",
+                (robot_id, json.dumps(status), now, now),
+            )
+
+    def robots(self) -> list[RobotStatus]:
+        rows = self._connection().execute(
+            "SELECT robot_id, status, last_seen, first_seen FROM robots ORDER BY robot_id"
+        )
+        return [RobotStatus(r[0], json.loads(r[1]), r[2], r[3]) for r in rows]
+
+    def enqueue(self, command: Command) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO commands VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    command.id,
+                    command.robot_id,
+                    command.action.value,
+                    json.dumps(command.args),
+                    command.issued_by,
+                    command.created_at,
+                    command.state.value,
+                    command.message,
+                    command.updated_at or command.created_at,
+                ),
+            )
+
+    def take_open(self, robot_id: str, now: float, ttl: float) -> list[Command]:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE commands SET state = ?, message = 'not acknowledged in time', updated_at = ? "
+                "WHERE robot_id = ? AND state IN (?, ?) AND created_at < ?",
+                (CommandState.EXPIRED.value, now, robot_id, *_OPEN_STATES, now - ttl),
+            )
+            db.execute(
+                "UPDATE commands SET state = ?, updated_at = ? WHERE robot_id = ? AND state = ?",
+                (CommandState.DELIVERED.value, now, robot_id, CommandState.PENDING.value),
+            )
+            rows = db.execute(
+                "SELECT * FROM commands WHERE robot_id = ? AND state = ? ORDER BY created_at",
+                (robot_id, CommandState.DELIVERED.value),
+            ).fetchall()
+        return [_command(row) for row in rows]
+
+    def acknowledge(self, robot_id: str, acks: Sequence[CommandAck], now: float) -> None:
+        if not acks:
+            return
+        with self._tx() as db:
+            for ack in acks:
+                state = CommandState.DONE if ack.get("ok", True) else CommandState.FAILED
+                db.execute(
+                    "UPDATE commands SET state = ?, message = ?, updated_at = ? "
+                    "WHERE id = ? AND robot_id = ? AND state IN (?, ?)",
+                    (state.value, str(ack.get("message", ""))[:500], now, ack["id"], robot_id, *_OPEN_STATES),
+                )
+
+    def recent_commands(self, limit: int = 50) -> list[Command]:
+        rows = self._connection().execute("SELECT * FROM commands ORDER BY created_at DESC LIMIT ?", (limit,))
+        return [_command(row) for row in rows]
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+def _command(row: Sequence[Any]) -> Command:
+    return Command(
+        id=row[0],
+        robot_id=row[1],
+        action=RobotAction(row[2]),
+        args=json.loads(row[3]),
+        issued_by=row[4],
+        created_at=row[5],
+        state=CommandState(row[6]),
+        message=row[7],
+        updated_at=row[8],
+    )
+
+
+# --- HTTP --------------------------------------------------------------------------------
+def robot_store(app: Flask | None = None) -> RobotStore:
+    store: RobotStore = (app or current_app).extensions[EXTENSION]
+    return store
+
+
+def validate_robot_id(robot_id: str) -> str:
+    if not _ROBOT_ID.match(robot_id):
+        msg = f"robot id must be 1-{MAX_ROBOT_ID_LENGTH} printable characters"
+        raise InvalidField(msg)
+    return robot_id
+
+
+def _parse_heartbeat() -> dict[str, Any]:
+    if (request.content_length or 0) > MAX_HEARTBEAT_BYTES:
+        msg = f"heartbeat larger than {MAX_HEARTBEAT_BYTES} bytes"
+        raise PayloadTooLargeError(msg)
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidJson("heartbeat body must be a JSON object")
+    for name in ("recorder", "uploads", "host"):
+        if body.get(name) is not None and not isinstance(body[name], (dict, list)):
+            raise InvalidField(f"{name} must be an object, a list or null")
+    acks = body.get("acks", [])
+    if not isinstance(acks, list) or not all(isinstance(a, dict) and isinstance(a.get("id"), str) for a in acks):
+        raise InvalidField("acks must be a list of objects with a string id")
+    return body
+
+
+def heartbeat(robot_id: str) -> Any:
+    """Store the robot's status, apply its acknowledgements, hand it its open commands."""
+    validate_robot_id(robot_id)
+    identity = current_identity()
+    if not identity.admin and identity.name != robot_id:
+        msg = f"identity {identity.name!r} may only report for itself"
+        raise ForbiddenError(msg)
+    body = _parse_heartbeat()
+    config: ServerConfig = current_app.extensions[CONFIG_EXTENSION]
+    acks: list[CommandAck] = body.pop("acks", [])
+    now = time.time()
+    store = robot_store()
+    store.put_status(robot_id, body, now)
+    store.acknowledge(robot_id, acks, now)
+    commands = store.take_open(robot_id, now, config.command_ttl)
+    if acks or commands:
+        log.info("heartbeat robot=%s acks=%d commands=%d", robot_id, len(acks), len(commands))
+    return jsonify(
+        {
+            "success": True,
+            "commands": [c.doc() for c in commands],
+            "interval": config.heartbeat_interval,
+            "server_time": now,
+        }
+    )
+
+
+def init_app(app: Flask, config: ServerConfig, store: RobotStore | None = None) -> None:
+    """Create the robot store (SQLite under UPLOAD_DIR unless given) and mount the heartbeat route."""
+    app.extensions[CONFIG_EXTENSION] = config
+    app.extensions[EXTENSION] = store or SQLiteRobotStore(config.upload_dir / "robots.sqlite3")
+    # Rate limit: core.server.limits gives HEARTBEAT_PATH its own budget (HEARTBEAT_RATE_LIMIT).
+    bp = Blueprint("robots", __name__)
+    bp.add_url_rule(HEARTBEAT_PATH, view_func=heartbeat, methods=["POST"], endpoint="heartbeat")
+    app.register_blueprint(bp)

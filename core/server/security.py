@@ -1,0 +1,123 @@
+"""HTTP hardening: security headers on every reply, CORS for configured origins only, body size limits per route.
+
+Headers are set with ``setdefault`` so a view that knows better (the
+dashboard's HTML pages and their CSP) keeps its own. CORS is off unless
+``CORS_ORIGINS`` lists the dashboard's origin: robots are not browsers, and a
+wildcard would let any web page drive an operator's signed-in browser.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from flask import Flask, Response, current_app, request
+
+from core.config import ServerConfig
+from core.protocol import (
+    CHUNK_PATH,
+    HEADER_API_KEY,
+    HEADER_AUTHORIZATION,
+    HEADER_CHUNK_SHA256,
+    HEADER_CONTENT_MD5,
+    HEADER_REQUEST_ID,
+    HEADER_RETRY_AFTER,
+    ErrorCode,
+)
+from core.server.errors import ApiError
+
+log = logging.getLogger("upload_server.security")
+
+EXTENSION = "security"
+
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+HTML_CSP = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+HSTS = "max-age=63072000; includeSubDomains"
+
+CORS_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
+CORS_REQUEST_HEADERS = ", ".join(
+    [HEADER_AUTHORIZATION, HEADER_API_KEY, "Content-Type", HEADER_CHUNK_SHA256, HEADER_CONTENT_MD5, HEADER_REQUEST_ID]
+)
+CORS_EXPOSED_HEADERS = ", ".join(
+    [HEADER_RETRY_AFTER, HEADER_REQUEST_ID, "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]
+)
+CORS_MAX_AGE = "600"
+
+# Routes whose body may exceed MAX_JSON_SIZE; everything else carries small JSON.
+BODY_LIMITS: dict[str, Callable[[ServerConfig], int]] = {CHUNK_PATH: lambda c: c.max_chunk_size}
+
+
+class PayloadTooLargeError(ApiError):
+    code = 413
+    error_code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
+def normalize_origin(origin: str) -> str:
+    return origin.strip().rstrip("/").lower()
+
+
+def _config() -> ServerConfig:
+    config: ServerConfig = current_app.extensions[EXTENSION]
+    return config
+
+
+def _limit_body() -> None:
+    """Refuse an oversized body before any byte of it is read, and cap what can be read."""
+    config = _config()
+    rule = request.url_rule.rule if request.url_rule is not None else None
+    limit = BODY_LIMITS[rule](config) if rule in BODY_LIMITS else config.max_json_size
+    request.max_content_length = limit
+    if request.content_length is not None and request.content_length > limit:
+        msg = f"request body of {request.content_length} bytes exceeds this route's limit of {limit} bytes"
+        raise PayloadTooLargeError(msg)
+
+
+def _add_security_headers(response: Response) -> Response:
+    headers = response.headers
+    for name, value in SECURITY_HEADERS.items():
+        headers.setdefault(name, value)
+    headers.setdefault("Content-Security-Policy", HTML_CSP if response.mimetype == "text/html" else API_CSP)
+    if response.mimetype == "application/json":
+        # Replies carry per-robot data behind a key: no shared cache may keep them.
+        headers.setdefault("Cache-Control", "no-store")
+    if request.is_secure:
+        headers.setdefault("Strict-Transport-Security", HSTS)
+    return response
+
+
+def _add_cors_headers(response: Response) -> Response:
+    allowed = {normalize_origin(o) for o in _config().cors_origins}
+    if not allowed:
+        return response
+    response.vary.add("Origin")
+    origin = request.headers.get("Origin")
+    if not origin or ("*" not in allowed and normalize_origin(origin) not in allowed):
+        return response
+    headers = response.headers
+    headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
+    headers["Access-Control-Expose-Headers"] = CORS_EXPOSED_HEADERS
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        headers["Access-Control-Allow-Methods"] = CORS_METHODS
+        headers["Access-Control-Allow-Headers"] = CORS_REQUEST_HEADERS
+        headers["Access-Control-Max-Age"] = CORS_MAX_AGE
+    return response
+
+
+def init_app(app: Flask, config: ServerConfig) -> None:
+    app.extensions[EXTENSION] = config
+    app.before_request(_limit_body)
+    app.after_request(_add_cors_headers)
+    app.after_request(_add_security_headers)
+    if "*" in config.cors_origins:
+        log.warning("CORS_ORIGINS=*: any web page may call this API from a browser that holds a key")
+    elif config.cors_origins:
+        log.info("CORS allowed for %s", ", ".join(config.cors_origins))

@@ -1,0 +1,471 @@
+"""The upload service: init, chunk, status, finalize, abort, list, download and sweep, without any HTTP.
+
+Routes translate requests into these calls; a CLI or a second protocol front
+can reuse them. Every call takes the caller's ``Identity``: an upload of
+another owner is reported exactly like a missing one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from core.checksums import READ_SIZE, hex_digests_equal
+from core.config import ServerConfig
+from core.protocol import Codec, ErrorCode, UploadState, chunk_length
+from core.server import events
+from core.server.blob_store import BlobStore, is_valid_id
+from core.server.compression import iter_decompressed
+from core.server.errors import (
+    ChecksumMismatch,
+    ChunkIndexOutOfRange,
+    ChunkSizeMismatch,
+    Conflict,
+    InsufficientStorage,
+    LengthRequired,
+    NotFound,
+    UploadExpired,
+    UploadIncomplete,
+)
+from core.server.identity import Identity
+from core.server.state_store import StateStore, UploadQuery, UploadRecord
+from core.server.validation import InitSpec
+
+log = logging.getLogger("upload_server")
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+@contextlib.contextmanager
+def storage_errors() -> Iterator[None]:
+    """Disk full becomes 507: the client keeps its data and retries later; nothing was acknowledged."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno in _DISK_FULL:
+            msg = "the server's storage is full; retry later"
+            raise InsufficientStorage(msg) from err
+        raise
+
+
+def isoformat(timestamp: float | None) -> str | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat()
+
+
+def is_expired(record: UploadRecord) -> bool:
+    return record.state is UploadState.ABORTED and record.error_code == ErrorCode.UPLOAD_EXPIRED.value
+
+
+def compression_ratio(record: UploadRecord) -> float | None:
+    """original / stored size (2.0 = half the size); None until stored."""
+    if record.stored_size is None:
+        return None
+    return round(record.filesize / record.stored_size, 3) if record.stored_size else 1.0
+
+
+@dataclass(frozen=True)
+class InitResult:
+    record: UploadRecord
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    record: UploadRecord
+    index: int
+    received: int
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class Download:
+    """A stored file ready to stream: ``path`` for raw bytes, ``chunks`` for the original bytes."""
+
+    record: UploadRecord
+    path: Path
+    raw: bool
+
+    @property
+    def size(self) -> int:
+        return int(self.record.stored_size or 0) if self.raw else self.record.filesize
+
+    @property
+    def filename(self) -> str:
+        suffix = {Codec.ZSTD: ".zst", Codec.GZIP: ".gz"}.get(self.record.codec or Codec.NONE, "")
+        return self.record.filename + (suffix if self.raw else "")
+
+    def chunks(self) -> Iterator[bytes]:
+        return iter_decompressed(self.path, Codec.NONE if self.raw else (self.record.codec or Codec.NONE))
+
+
+class UploadService:
+    """Upload sessions over a ``StateStore`` (what is known) and a ``BlobStore`` (the bytes)."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        state: StateStore,
+        blobs: BlobStore,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.blobs = blobs
+        self.clock = clock
+        # Set by the job runner so a finalize request wakes the local worker thread at once.
+        self.on_job_queued: Callable[[], None] = lambda: None
+
+    # --- lookups ---------------------------------------------------------------
+    def get(self, identity: Identity, upload_id: str) -> UploadRecord:
+        """The caller's upload; foreign and unknown ids are indistinguishable (404), swept ones are 410."""
+        record = self.state.get_upload(upload_id) if is_valid_id(upload_id) else None
+        if record is None or not identity.may_access(record.owner):
+            msg = f"upload {upload_id} not found"
+            raise NotFound(msg)
+        if is_expired(record):
+            msg = f"upload {upload_id} expired after {self.config.upload_ttl:.0f}s without activity; start a new one"
+            raise UploadExpired(msg)
+        return record
+
+    def _require_state(self, record: UploadRecord, *states: UploadState) -> None:
+        if record.state not in states:
+            msg = f"upload {record.upload_id} is {record.state.value}"
+            raise Conflict(msg, details={"state": record.state.value})
+
+    # --- init --------------------------------------------------------------------
+    def init_upload(self, identity: Identity, spec: InitSpec) -> InitResult:
+        now = self.clock()
+        if spec.md5 or spec.sha256:
+            existing = self.state.find_resumable(
+                owner=identity.name,
+                filename=spec.filename,
+                filesize=spec.filesize,
+                chunk_size=spec.chunk_size,
+                md5=spec.md5,
+                sha256=spec.sha256,
+            )
+            if existing is not None:
+                log.info("Resumed upload: %s - ID: %s", existing.filename, existing.upload_id)
+                self._emit_initialized(existing, resumed=True)
+                return InitResult(existing, resumed=True)
+        record = UploadRecord(
+            upload_id=uuid.uuid4().hex,
+            owner=identity.name,
+            filename=spec.filename,
+            filesize=spec.filesize,
+            chunk_size=spec.chunk_size,
+            chunks=spec.chunks,
+            created_at=now,
+            updated_at=now,
+            md5=spec.md5,
+            sha256=spec.sha256,
+            compression=spec.compression,
+            metadata=spec.metadata,
+        )
+        # Owner-scoped (admins excepted): knowing a hash must not grant a copy of another robot's file.
+        duplicate = self.state.find_duplicate(
+            filesize=spec.filesize, md5=spec.md5, sha256=spec.sha256, owner=None if identity.admin else identity.name
+        )
+        if duplicate is not None and duplicate.filesize == spec.filesize:
+            return self._init_deduplicated(record, duplicate)
+        with storage_errors():
+            self.blobs.create_part(record.upload_id, record.filesize)
+        try:
+            self.state.create_upload(record)
+        except BaseException:
+            self.blobs.remove_part(record.upload_id)
+            raise
+        log.info(
+            "Initialized upload: %s (%d bytes, %d chunks) - ID: %s - Compression: %s",
+            record.filename,
+            record.filesize,
+            record.chunks,
+            record.upload_id,
+            record.compression is not Codec.NONE,
+        )
+        self._emit_initialized(record, resumed=False)
+        return InitResult(record, resumed=False)
+
+    def _init_deduplicated(self, record: UploadRecord, duplicate: UploadRecord) -> InitResult:
+        record = UploadRecord(
+            **{
+                **record.__dict__,
+                "state": UploadState.COMPLETE,
+                "md5": duplicate.md5,
+                "sha256": duplicate.sha256,
+                "blob_id": duplicate.blob_id,
+                "codec": duplicate.codec,
+                "stored_size": duplicate.stored_size,
+                "verified": True,
+                "deduplicated": True,
+                "progress": record.filesize,
+            }
+        )
+        self.state.create_upload(record)
+        log.info(
+            "Deduplicated upload: %s (%d bytes) - ID: %s - same content as %s",
+            record.filename,
+            record.filesize,
+            record.upload_id,
+            duplicate.upload_id,
+        )
+        self._emit_initialized(record, resumed=False)
+        return InitResult(record, resumed=False)
+
+    def _emit_initialized(self, record: UploadRecord, *, resumed: bool) -> None:
+        events.upload_initialized.send(
+            self,
+            upload_id=record.upload_id,
+            owner=record.owner,
+            filename=record.filename,
+            filesize=record.filesize,
+            chunks=record.chunks,
+            resumed=resumed,
+            deduplicated=record.deduplicated,
+        )
+
+    # --- chunks --------------------------------------------------------------------
+    def put_chunk(
+        self,
+        identity: Identity,
+        upload_id: str,
+        index: int,
+        body: BinaryIO,
+        *,
+        content_length: int | None,
+        sha256: str | None = None,
+        md5: str | None = None,
+    ) -> ChunkResult:
+        """Store one chunk at its offset, verified while streaming and fsynced before it is acknowledged."""
+        record = self.get(identity, upload_id)
+        self._require_state(record, UploadState.UPLOADING)
+        if not 0 <= index < record.chunks:
+            msg = f"chunk index {index} is outside 0..{record.chunks - 1}"
+            raise ChunkIndexOutOfRange(msg, details={"chunks": record.chunks})
+        expected = chunk_length(record.filesize, record.chunk_size, index)
+        if content_length is None:
+            msg = "Content-Length is required for a chunk"
+            raise LengthRequired(msg, details={"expected": expected})
+        if content_length != expected:
+            msg = f"chunk {index} must be {expected} bytes, got {content_length}"
+            raise ChunkSizeMismatch(msg, details={"expected": expected})
+        started = time.monotonic()
+        with self.blobs.chunk_lock(upload_id, index):
+            stored = self.state.chunk_sha256(upload_id, index)
+            if stored is not None:
+                return self._resent_chunk(record, index, body, expected, stored, sha256=sha256, md5=md5)
+            with storage_errors(), self.blobs.open_part(upload_id) as part:
+                offset = index * record.chunk_size
+                sha_hex, md5_hex = self._receive(
+                    body, expected, want_md5=md5 is not None, write=part.write_at, offset=offset
+                )
+                _check_chunk(index, sha_hex, md5_hex, sha256=sha256, md5=md5)
+                # fsync before ack: an acknowledged chunk must survive a crash or power loss.
+                part.sync()
+            received = self.state.record_chunk(upload_id, index, sha_hex, self.clock())
+        if received is None:
+            self._require_state(self.get(identity, upload_id), UploadState.UPLOADING)
+            msg = f"upload {upload_id} changed state while chunk {index} was stored"
+            raise Conflict(msg)
+        seconds = time.monotonic() - started
+        log.info(
+            "Received chunk %d/%d for %s (%.1f%%)",
+            index + 1,
+            record.chunks,
+            record.filename,
+            100.0 * received / record.chunks,
+        )
+        events.chunk_stored.send(
+            self, upload_id=upload_id, owner=record.owner, index=index, bytes=expected, seconds=seconds
+        )
+        return ChunkResult(record, index, received, duplicate=False)
+
+    def _resent_chunk(
+        self, record: UploadRecord, index: int, body: BinaryIO, length: int, stored: str, **claimed: str | None
+    ) -> ChunkResult:
+        """A chunk already acknowledged is never overwritten: same bytes are a no-op, different bytes a conflict."""
+        sha_hex, md5_hex = self._receive(body, length, want_md5=claimed["md5"] is not None)
+        _check_chunk(index, sha_hex, md5_hex, sha256=claimed["sha256"], md5=claimed["md5"])
+        if not hex_digests_equal(sha_hex, stored):
+            msg = f"chunk {index} was already stored with different content; re-initialize if the file changed"
+            raise Conflict(msg)
+        received = len(self.state.received_chunks(record.upload_id))
+        return ChunkResult(record, index, received, duplicate=True)
+
+    @staticmethod
+    def _receive(
+        body: BinaryIO,
+        length: int,
+        *,
+        want_md5: bool,
+        write: Callable[[bytes, int], None] | None = None,
+        offset: int = 0,
+    ) -> tuple[str, str | None]:
+        """Read exactly ``length`` bytes in READ_SIZE pieces, hashing (and writing) each; (sha256, md5) hex."""
+        sha = hashlib.sha256()
+        md5 = hashlib.md5(usedforsecurity=False) if want_md5 else None
+        remaining = length
+        while remaining:
+            piece = body.read(min(READ_SIZE, remaining))
+            if not piece:
+                msg = f"chunk body ended {remaining} bytes early"
+                raise ChunkSizeMismatch(msg, details={"expected": length})
+            sha.update(piece)
+            if md5 is not None:
+                md5.update(piece)
+            if write is not None:
+                write(piece, offset)
+            offset += len(piece)
+            remaining -= len(piece)
+        return sha.hexdigest(), (md5.hexdigest() if md5 else None)
+
+    # --- status, listing ----------------------------------------------------------------
+    def status(self, identity: Identity, upload_id: str) -> dict[str, Any]:
+        return self.describe(self.get(identity, upload_id))
+
+    def describe(self, record: UploadRecord, *, detailed: bool = True) -> dict[str, Any]:
+        """The JSON status document: everything a client needs to resume, and to decide deletion safely."""
+        if record.state is UploadState.COMPLETE:
+            received = list(range(record.chunks))
+        else:
+            received = sorted(self.state.received_chunks(record.upload_id))
+        document: dict[str, Any] = {
+            "upload_id": record.upload_id,
+            "state": record.state.value,
+            "filename": record.filename,
+            "filesize": record.filesize,
+            "chunk_size": record.chunk_size,
+            "chunks": record.chunks,
+            "received_count": len(received),
+            "bytes_received": sum(chunk_length(record.filesize, record.chunk_size, i) for i in received),
+            "md5": record.md5,
+            "sha256": record.sha256,
+            "verified": record.verified,
+            "compression": record.compression.value,
+            "codec": record.codec.value if record.codec else None,
+            "stored_size": record.stored_size,
+            "compression_ratio": compression_ratio(record),
+            "deduplicated": record.deduplicated,
+            "progress": round(record.progress / record.filesize, 4) if record.filesize else 1.0,
+            "error": {"code": record.error_code, "message": record.error_message} if record.error_code else None,
+            "created_at": isoformat(record.created_at),
+            "updated_at": isoformat(record.updated_at),
+            "owner": record.owner,
+            "metadata": record.metadata,
+        }
+        if detailed:
+            have = set(received)
+            document["received"] = received
+            document["missing"] = [i for i in range(record.chunks) if i not in have]
+        return document
+
+    def list_uploads(
+        self, identity: Identity, *, state: UploadState | None, client: str | None, limit: int, offset: int
+    ) -> dict[str, Any]:
+        if not identity.admin and client not in (None, identity.name):
+            return {"uploads": [], "total": 0, "limit": limit, "offset": offset}
+        owner = client if identity.admin else identity.name
+        records, total = self.state.list_uploads(UploadQuery(owner=owner, state=state, limit=limit, offset=offset))
+        uploads = [self.describe(r, detailed=False) for r in records]
+        return {"uploads": uploads, "total": total, "limit": limit, "offset": offset}
+
+    # --- finalize, abort ------------------------------------------------------------------
+    def finalize(self, identity: Identity, upload_id: str) -> tuple[dict[str, Any], bool]:
+        """Queue verification and storage; (status, accepted) — accepted is False when already complete."""
+        record = self.get(identity, upload_id)
+        if record.state in (UploadState.FINALIZING, UploadState.COMPLETE):
+            return self.describe(record), record.state is UploadState.FINALIZING
+        self._require_state(record, UploadState.UPLOADING)
+        received = self.state.received_chunks(upload_id)
+        if len(received) < record.chunks:
+            missing = [i for i in range(record.chunks) if i not in received]
+            msg = f"{len(missing)} of {record.chunks} chunks are missing"
+            raise UploadIncomplete(msg, details={"missing": missing})
+        queued = self.state.start_finalize(upload_id, self.clock())
+        if queued is None:  # another worker finalized or aborted it in between
+            return self.finalize(identity, upload_id)
+        log.info("Finalizing upload: %s (%d bytes) - ID: %s", record.filename, record.filesize, upload_id)
+        self.on_job_queued()
+        return self.describe(queued), True
+
+    def abort(self, identity: Identity, upload_id: str) -> dict[str, Any]:
+        record = self.get(identity, upload_id)
+        if record.state is UploadState.ABORTED:
+            return self.describe(record)
+        if record.state is UploadState.COMPLETE:
+            msg = f"upload {upload_id} is complete; a stored file is not removed by abort"
+            raise Conflict(msg, details={"state": record.state.value})
+        aborted = self.state.transition(
+            upload_id,
+            (UploadState.UPLOADING, UploadState.FINALIZING, UploadState.FAILED),
+            self.clock(),
+            state=UploadState.ABORTED,
+            error_code=None,
+            error_message=None,
+        )
+        if aborted is None:
+            return self.abort(identity, upload_id)
+        self.blobs.remove_part(upload_id)
+        log.info("Aborted upload: %s - ID: %s", record.filename, upload_id)
+        events.upload_aborted.send(self, upload_id=upload_id, owner=record.owner)
+        return self.describe(aborted)
+
+    # --- download --------------------------------------------------------------------------
+    def download(self, identity: Identity, upload_id: str, *, raw: bool) -> Download:
+        record = self.get(identity, upload_id)
+        self._require_state(record, UploadState.COMPLETE)
+        assert record.blob_id is not None  # noqa: S101 - complete uploads always reference a blob
+        path = self.blobs.blob_path(record.blob_id, record.codec or Codec.NONE)
+        if not path.is_file():
+            msg = f"the stored file of upload {upload_id} is missing"
+            raise NotFound(msg)
+        return Download(record, path, raw=raw)
+
+    # --- sweep --------------------------------------------------------------------------------
+    def sweep(self) -> int:
+        """Expire uploads idle longer than UPLOAD_TTL: their part files go, later requests get 410."""
+        now = self.clock()
+        expired = 0
+        while stale := self.state.stale_uploads(now - self.config.upload_ttl):
+            for record in stale:
+                received = self.state.received_chunks(record.upload_id)
+                changed = self.state.transition(
+                    record.upload_id,
+                    (UploadState.UPLOADING,),
+                    now,
+                    state=UploadState.ABORTED,
+                    error_code=ErrorCode.UPLOAD_EXPIRED.value,
+                    error_message=f"no activity for {self.config.upload_ttl:.0f}s",
+                )
+                if changed is None:
+                    continue
+                self.blobs.remove_part(record.upload_id)
+                expired += 1
+                nbytes = sum(chunk_length(record.filesize, record.chunk_size, i) for i in received)
+                log.info(
+                    "Expired upload: %s - ID: %s - %d of %d chunks had arrived",
+                    record.filename,
+                    record.upload_id,
+                    len(received),
+                    record.chunks,
+                )
+                events.upload_expired.send(self, upload_id=record.upload_id, owner=record.owner, bytes_received=nbytes)
+        log.info("Sweep finished: %d expired upload(s)", expired)
+        return expired
+
+
+def _check_chunk(index: int, sha_hex: str, md5_hex: str | None, *, sha256: str | None, md5: str | None) -> None:
+    for name, claimed, actual in (("X-Chunk-SHA256", sha256, sha_hex), ("Content-MD5", md5, md5_hex)):
+        if claimed is not None and (actual is None or not hex_digests_equal(claimed, actual)):
+            msg = f"chunk {index} does not match its {name}; it was not stored"
+            raise ChecksumMismatch(msg, details={"header": name})

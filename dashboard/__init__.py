@@ -1,0 +1,31 @@
+"""Operators' live status dashboard, served by the upload server at ``/dashboard/``."""
+
+from __future__ import annotations
+
+from flask import Flask, Response, request
+
+from core.config import ServerConfig
+from core.server import robots
+from core.server.state_store import StateStore
+from dashboard import access, views
+from dashboard.metrics import RequestMetrics
+
+URL_PREFIX = "/dashboard"
+
+
+def init_app(app: Flask, config: ServerConfig, state_store: StateStore | None = None) -> None:
+    """Mount the heartbeat route and the dashboard; ``state_store`` supplies the server's upload records."""
+    robots.init_app(app, config)
+    access.init_app(app, config)
+    metrics = RequestMetrics(config.upload_dir / "dashboard-metrics.sqlite3")
+    app.extensions[views.CONFIG_EXTENSION] = config
+    app.extensions[views.METRICS_EXTENSION] = metrics
+    app.extensions[views.STATE_STORE_EXTENSION] = state_store
+    app.register_blueprint(views.bp, url_prefix=URL_PREFIX)
+
+    @app.after_request
+    def count_request(response: Response) -> Response:
+        # The dashboard's own polling would drown the robots' traffic in the request counts.
+        if request.blueprint != views.bp.name:
+            metrics.record(response.status_code, request.content_length or 0)
+        return response

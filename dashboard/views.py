@@ -1,0 +1,239 @@
+"""Dashboard routes: the page, sign-in, the JSON state, the SSE stream and operator commands.
+
+The blueprint is public to the API's key check (a browser carries a session
+cookie, not a key) and does its own: every route but sign-in needs an admin,
+from the session or from a key header.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
+
+from core.config import ServerConfig
+from core.protocol import ErrorCode, RobotAction
+from core.server import auth, limits
+from core.server.errors import ApiError, InvalidField, InvalidJson
+from core.server.identity import Identity
+from core.server.robots import Command, ForbiddenError, robot_store, validate_robot_id
+from core.server.state_store import StateStore
+from dashboard import access, snapshot
+from dashboard.metrics import RequestMetrics
+
+log = logging.getLogger(__name__)
+
+bp = auth.public(limits.exempt(Blueprint("dashboard", __name__, template_folder="templates", static_folder="static")))
+
+CONFIG_EXTENSION = "dashboard_config"
+METRICS_EXTENSION = "dashboard_metrics"
+STATE_STORE_EXTENSION = "dashboard_state_store"
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+# Comment lines keep proxies and browsers from timing out an idle stream.
+SSE_KEEPALIVE_SECONDS = 15.0
+# Free disk changes with every write anywhere: refresh it at this pace, not on every tick.
+SSE_REFRESH_SECONDS = 10.0
+
+
+class SignInRequiredError(ApiError):
+    code = 401
+    error_code = ErrorCode.UNAUTHORIZED
+
+
+class CsrfError(ApiError):
+    code = 403
+    error_code = ErrorCode.FORBIDDEN
+
+
+def _config() -> ServerConfig:
+    config: ServerConfig = current_app.extensions[CONFIG_EXTENSION]
+    return config
+
+
+def _require_viewer() -> Identity:
+    identity = access.viewer()
+    if identity is None:
+        msg = "sign in at /dashboard/login or send an admin key"
+        raise SignInRequiredError(msg)
+    return identity
+
+
+def _page(template: str, status: int = 200, **context: Any) -> Response:
+    response = Response(render_template(template, **context), status=status, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = PAGE_CSP
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+# --- pages -------------------------------------------------------------------------------------
+@bp.get("/")
+def index() -> Response:
+    identity = access.viewer()
+    if identity is None:
+        return redirect(url_for("dashboard.login"))  # type: ignore[return-value]
+    return _page(
+        "dashboard/index.html",
+        identity=identity,
+        csrf_token=access.csrf_token(),
+        auth_enabled=_config().auth_enabled,
+        actions=[a.value for a in RobotAction],
+    )
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Response:
+    if request.method == "GET":
+        if access.viewer() is not None:
+            return redirect(url_for("dashboard.index"))  # type: ignore[return-value]
+        return _page("dashboard/login.html", csrf_token=access.csrf_token(), error=None)
+    if not access.csrf_ok():
+        return _page("dashboard/login.html", 403, csrf_token=access.csrf_token(), error="Form expired, try again.")
+    if access.sign_in(request.form.get("key", "")) is None:
+        return _page("dashboard/login.html", 401, csrf_token=access.csrf_token(), error="That is not an admin key.")
+    return redirect(url_for("dashboard.index"))  # type: ignore[return-value]
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    if access.csrf_ok():
+        access.sign_out()
+    return redirect(url_for("dashboard.login"))  # type: ignore[return-value]
+
+
+# --- data --------------------------------------------------------------------------------------
+def _filter() -> snapshot.UploadFilter:
+    def integer(name: str, default: int, low: int, high: int) -> int:
+        raw = request.args.get(name, "")
+        try:
+            value = int(raw) if raw else default
+        except ValueError as err:
+            msg = f"{name} must be an integer"
+            raise InvalidField(msg) from err
+        return max(low, min(high, value))
+
+    state = request.args.get("state") or None
+    if state is not None and state not in snapshot.UPLOAD_STATES:
+        msg = f"state must be one of {', '.join(snapshot.UPLOAD_STATES)}"
+        raise InvalidField(msg)
+    return snapshot.UploadFilter(
+        robot=request.args.get("robot") or None,
+        state=state,
+        limit=integer("limit", 50, 1, snapshot.MAX_PAGE),
+        offset=integer("offset", 0, 0, 10**9),
+    )
+
+
+def state_document(flt: snapshot.UploadFilter) -> dict[str, Any]:
+    config = _config()
+    state_store: StateStore | None = current_app.extensions.get(STATE_STORE_EXTENSION)
+    records, received = snapshot.server_records(state_store, None) if state_store else ([], {})
+    metrics: RequestMetrics = current_app.extensions[METRICS_EXTENSION]
+    return snapshot.build(
+        robots=robot_store().robots(),
+        records=records,
+        received=received,
+        commands=robot_store().recent_commands(20),
+        metrics=metrics.series(),
+        storage_info=snapshot.storage(config.upload_dir),
+        offline_after=config.robot_offline_after,
+        flt=flt,
+        version=current_app.config.get("VERSION", ""),
+    )
+
+
+@bp.get("/api/state")
+def api_state() -> Response:
+    _require_viewer()
+    flt = _filter()
+    response = current_app.json.response(state_document(flt))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _sse(event: str, data: str) -> str:
+    # ``data`` is compact JSON: it never contains a newline, so one data line suffices.
+    return f"event: {event}\ndata: {data}\n\n"
+
+
+def _comparable(document: dict[str, Any]) -> str:
+    """The document without what changes on every tick (clock, free disk) for change detection."""
+    server = {**document["server"], "storage": None}
+    return json.dumps({**document, "server_time": None, "server": server}, sort_keys=True, separators=(",", ":"))
+
+
+@bp.get("/events")
+def events() -> Response:
+    """Server-Sent Events: the state document whenever it changes, for at most DASHBOARD_SSE_MAX_SECONDS.
+
+    Bounded streams keep a gthread worker's thread from being pinned forever; the
+    page reconnects at once after ``bye`` (and with backoff after an error).
+    """
+    _require_viewer()
+    flt = _filter()
+    config = _config()
+
+    def stream() -> Iterator[str]:
+        started = last_sent = time.monotonic()
+        previous = sent_storage = None
+        yield "retry: 2000\n\n"
+        while time.monotonic() - started < config.sse_max_seconds:
+            document = state_document(flt)
+            comparable = _comparable(document)
+            stale = time.monotonic() - last_sent >= SSE_REFRESH_SECONDS
+            if comparable != previous or (stale and document["server"]["storage"] != sent_storage):
+                previous, last_sent, sent_storage = comparable, time.monotonic(), document["server"]["storage"]
+                yield _sse("state", json.dumps(document, separators=(",", ":")))
+            elif time.monotonic() - last_sent >= SSE_KEEPALIVE_SECONDS:
+                last_sent = time.monotonic()
+                yield ": keepalive\n\n"
+            time.sleep(config.sse_interval)
+        yield _sse("bye", "{}")
+
+    response = Response(stream_with_context(stream()), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event through at once
+    return response
+
+
+@bp.post("/api/robots/<robot_id>/commands")
+def command(robot_id: str) -> tuple[Response, int]:
+    """Queue start/stop/pause/resume/split for a robot; it arrives with the robot's next heartbeat."""
+    identity = _require_viewer()
+    if not identity.admin:
+        raise ForbiddenError("operator commands need an admin key")
+    if not access.csrf_exempt() and not access.csrf_ok():
+        msg = f"missing or wrong CSRF token (send the page's token in {access.CSRF_HEADER})"
+        raise CsrfError(msg)
+    validate_robot_id(robot_id)
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidJson('body must be a JSON object like {"action": "pause"}')
+    try:
+        action = RobotAction(body.get("action"))
+    except ValueError as err:
+        msg = f"action must be one of {', '.join(a.value for a in RobotAction)}"
+        raise InvalidField(msg) from err
+    args = body.get("args") or {}
+    if not isinstance(args, dict):
+        raise InvalidField("args must be an object")
+    now = time.time()
+    queued = Command(robot_id, action, args, issued_by=identity.name, created_at=now, updated_at=now)
+    robot_store().enqueue(queued)
+    log.info("command queued robot=%s id=%s action=%s by=%s", robot_id, queued.id, action.value, identity.name)
+    return current_app.json.response({"success": True, "command": queued.as_json()}), 202

@@ -1,0 +1,1 @@
+"""The ROS-free recording core: every source (rclpy node, simulator, folder watcher) feeds it."""

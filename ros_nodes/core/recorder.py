@@ -1,0 +1,478 @@
+"""The recorder: a bounded queue off the receive path, a writer thread rotating splits, a closer handing them off.
+
+``record()`` is all a source calls per message: it never touches the disk, so a
+slow disk shows up as a growing buffer and, past its bound, as counted drops —
+never as a blocked ROS callback and never silently. The writer thread writes
+batches into the current split and rotates it by the split policy; finished
+splits go to a closer thread (closing can mean compressing a whole file) that
+closes them in order and hands each one to the uploader.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rosbags.interfaces import Qos
+
+from core.config import RecorderConfig
+from ros_nodes.core.bag_info import describe_bag
+from ros_nodes.core.bag_writer import SIDECAR, SplitWriter, TopicInfo, is_complete, typestore_for
+from ros_nodes.core.disk import DiskGuard, FreeSpace, Retention, free_bytes
+from ros_nodes.core.errors import RecorderError, RecorderStateError
+from ros_nodes.core.handoff import BagInfo, Handoff, Uploader
+from ros_nodes.core.ledger import Ledger
+from ros_nodes.core.salvage import RECOVERED_SUFFIX, UNRECOVERABLE_SUFFIX, salvage
+from ros_nodes.core.splitting import NS_PER_S, SplitPolicy
+from ros_nodes.core.status import RecorderState, RecorderStatus, TopicStats
+from ros_nodes.core.topics import TopicSelection
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = ".recorder"
+_SPLIT = object()  # queue marker: split here, preserving the order of messages around it
+_IDLE_WAKEUP_S = 0.2
+_DISK_CHECK_NS = NS_PER_S
+
+
+def new_session(now: datetime | None = None) -> str:
+    """Sortable and unique across quick restarts: UTC time plus a short random suffix."""
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{secrets.token_hex(2)}"
+
+
+class Recorder:
+    """Records (topic, type, CDR bytes, time) into split rosbag2 bags; see the module docstring."""
+
+    def __init__(
+        self,
+        config: RecorderConfig,
+        *,
+        uploader: Uploader | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+        free_space: FreeSpace = free_bytes,
+    ) -> None:
+        self.config = config
+        self.output_dir = config.output_dir
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.selection = TopicSelection(config.topics, config.include_regex, config.exclude_regex)
+        self.policy = SplitPolicy(config.max_bag_size, config.max_bag_duration)
+        self.disk = DiskGuard(self.output_dir, config.min_free_disk, free_space)
+        self.retention = Retention(config.keep_bags, config.keep_bytes)
+        self.typestore = typestore_for(config.ros_distro)
+        self.ledger = Ledger(self.output_dir / STATE_DIR / "handoff.sqlite")
+        self.handoff = Handoff(uploader, self.ledger, priority=config.upload_priority)
+        self.handoff.on_verified(lambda _bag: self.apply_retention())
+        self.handoff.listen(uploader)
+        self._clock = clock_ns
+
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[str, str, bytes, int] | object] = deque()
+        self._queued_bytes = 0
+        self._writer_waiting = False
+        self._dropped_messages = 0
+        self._dropped_bytes = 0
+
+        self._state = RecorderState.IDLE
+        self._stopping = False
+        self._stop_reason: str | None = None
+        self._last_error: str | None = None
+        self._session: str | None = None
+        self._split: SplitWriter | None = None
+        self._split_index = 0
+        self._splits_done = 0
+        self._topics: dict[str, TopicInfo] = {}
+        self._stats: dict[str, TopicStats] = {}
+        self._errors_by_topic: dict[str, str] = {}
+        self._messages_written = 0
+        self._bytes_written = 0
+        self._recovered: list[str] = []
+        self._unrecoverable: list[str] = []
+        self._retention_lock = threading.Lock()
+        self._writer_thread: threading.Thread | None = None
+        self._closer_queue: queue.Queue[SplitWriter | BagInfo | None] = queue.Queue()
+        self._closer_thread: threading.Thread | None = None
+
+    # --- control ---------------------------------------------------------------
+    @property
+    def state(self) -> RecorderState:
+        return self._state
+
+    def start(self, session: str | None = None) -> str:
+        """Recover what a previous run left behind, check the disk, and start recording; returns the session."""
+        if self._state in (RecorderState.RECORDING, RecorderState.PAUSED):
+            msg = f"recorder is already {self._state.value}"
+            raise RecorderStateError(msg)
+        self.recover()
+        self.disk.require()
+        self._session = session or new_session()
+        self._split_index = 0
+        self._stopping = False
+        self._stop_reason = None
+        self._closer_thread = threading.Thread(target=self._closer_loop, name="recorder-closer", daemon=True)
+        self._writer_thread = threading.Thread(target=self._writer_loop, name="recorder-writer", daemon=True)
+        self._closer_thread.start()
+        self._writer_thread.start()
+        self._state = RecorderState.RECORDING
+        log.info("recording session %s of robot %s into %s", self._session, self.config.robot_id, self.output_dir)
+        return self._session
+
+    def stop(self, reason: str = "requested") -> None:
+        """Write everything queued, close and hand off the open split; idempotent."""
+        if self._writer_thread is None:
+            return
+        self._state = RecorderState.STOPPED
+        with self._cond:
+            self._stopping = True
+            self._stop_reason = self._stop_reason or reason
+            self._cond.notify()
+        if threading.current_thread() is not self._writer_thread:
+            self._writer_thread.join()
+            self._writer_thread = None
+            if self._closer_thread is not None:
+                self._closer_thread.join()
+                self._closer_thread = None
+        log.info("recording stopped (%s) after %d splits", self._stop_reason, self._splits_done)
+
+    def pause(self) -> None:
+        self._require(RecorderState.RECORDING, "pause")
+        self._state = RecorderState.PAUSED
+
+    def resume(self) -> None:
+        self._require(RecorderState.PAUSED, "resume")
+        self._state = RecorderState.RECORDING
+
+    def split_now(self) -> None:
+        """Close the current split after every message received so far; the next one opens on the next message."""
+        if self._state not in (RecorderState.RECORDING, RecorderState.PAUSED):
+            msg = f"cannot split while {self._state.value}"
+            raise RecorderStateError(msg)
+        with self._cond:
+            self._queue.append(_SPLIT)
+            self._cond.notify()
+
+    def command(self, action: str) -> None:
+        """Run an operator command by name (heartbeat replies, ROS services): start/stop/pause/resume/split."""
+        handlers: dict[str, Callable[[], object]] = {
+            "start": self.start,
+            "stop": self.stop,
+            "pause": self.pause,
+            "resume": self.resume,
+            "split": self.split_now,
+        }
+        handler = handlers.get(str(getattr(action, "value", action)))
+        if handler is None:
+            msg = f"unknown recorder command {action!r} (expected one of {sorted(handlers)})"
+            raise RecorderStateError(msg)
+        handler()
+
+    def _require(self, state: RecorderState, action: str) -> None:
+        if self._state is not state:
+            msg = f"cannot {action} while {self._state.value}"
+            raise RecorderStateError(msg)
+
+    # --- receive path ----------------------------------------------------------------
+    def add_topic(
+        self,
+        topic: str,
+        msgtype: str,
+        *,
+        qos: Sequence[Qos] = (),
+        msgdef: str | None = None,
+        rihs01: str | None = None,
+    ) -> None:
+        """Declare a topic's QoS and definition ahead of its messages (sources that know them)."""
+        self._topics[topic] = TopicInfo(topic, msgtype, tuple(qos), msgdef, rihs01)
+
+    def wants(self, topic: str) -> bool:
+        return self.selection.accepts(topic)
+
+    def record(self, topic: str, msgtype: str, data: bytes, timestamp: int | None = None) -> bool:
+        """Queue one serialized message; False when not recorded (not recording, not selected, buffer full)."""
+        if self._state is not RecorderState.RECORDING or not self.selection.accepts(topic):
+            return False
+        size = len(data)
+        with self._cond:
+            if self._queued_bytes + size > self.config.buffer_size:
+                self._dropped_messages += 1
+                self._dropped_bytes += size
+                if self._dropped_messages == 1 or self._dropped_messages % 1000 == 0:
+                    log.warning(
+                        "recording buffer full (%d bytes): %d messages dropped so far, latest on %s",
+                        self.config.buffer_size,
+                        self._dropped_messages,
+                        topic,
+                    )
+                return False
+            self._queue.append((topic, msgtype, data, self._clock() if timestamp is None else timestamp))
+            self._queued_bytes += size
+            if self._writer_waiting:
+                self._cond.notify()
+        return True
+
+    # --- writer thread -----------------------------------------------------------------
+    def _writer_loop(self) -> None:
+        next_disk_check = 0
+        while True:
+            with self._cond:
+                if not self._queue and not self._stopping:
+                    self._writer_waiting = True
+                    self._cond.wait(_IDLE_WAKEUP_S)
+                    self._writer_waiting = False
+                batch, self._queue = self._queue, deque()
+                stopping = self._stopping
+            try:
+                written = self._write_batch(batch)
+            except Exception as err:
+                log.exception("writing split %s failed", self._split.info.bag if self._split else None)
+                self._last_error = f"{type(err).__name__}: {err}"
+                self._fail(f"write error: {self._last_error}")
+                return
+            with self._cond:
+                self._queued_bytes -= written
+            now = self._clock()
+            split = self._split
+            # Only an idle split is closed by the clock; while messages flow their timestamps decide.
+            if (
+                not batch
+                and split is not None
+                and self.policy.expired(messages=split.info.message_count, first_ns=split.info.start_ns, now_ns=now)
+            ):
+                self._rotate()
+            if stopping:
+                self._rotate()
+                self._closer_queue.put(None)
+                return
+            if now >= next_disk_check:
+                next_disk_check = now + _DISK_CHECK_NS
+                if not self.disk.ok():
+                    self._fail(f"disk_full: free space below {self.disk.floor} bytes in {self.output_dir}")
+                    return
+
+    def _fail(self, reason: str) -> None:
+        """Stop from inside the writer thread: keep what was written, close the split, refuse new messages."""
+        log.error("recording stops: %s", reason)
+        self._state = RecorderState.STOPPED
+        with self._cond:
+            self._stopping = True
+            self._stop_reason = reason
+            # What is still queued cannot be written any more: count it, never lose it silently.
+            self._dropped_messages += sum(1 for item in self._queue if item is not _SPLIT)
+            self._dropped_bytes += self._queued_bytes
+            self._queue.clear()
+            self._queued_bytes = 0
+        try:
+            self._rotate()
+        finally:
+            self._closer_queue.put(None)
+
+    def _write_batch(self, batch: deque[tuple[str, str, bytes, int] | object]) -> int:
+        written = 0
+        messages = 0
+        split = self._split
+        policy = self.policy
+        stats = self._stats
+        for item in batch:
+            if item is _SPLIT:
+                self._rotate()
+                split = None
+                continue
+            topic, msgtype, data, timestamp = item  # type: ignore[misc]
+            size = len(data)
+            if split is None:
+                split = self._open_split()
+            elif policy.split_before(
+                messages=split.info.message_count,
+                size=split.size,
+                first_ns=split.info.start_ns,
+                next_size=size,
+                next_ns=timestamp,
+            ):
+                split.flush_closed_chunks()
+                self._rotate()
+                split = self._open_split()
+            conn = split.connections.get(topic)
+            if conn is None:
+                try:
+                    conn = split.add_topic(self._topics.get(topic) or TopicInfo(topic, msgtype))
+                except RecorderError as err:
+                    self._unrecordable(topic, size, err)
+                    continue
+            split.write(conn, timestamp, data)
+            topic_stats = stats.get(topic)
+            if topic_stats is None:
+                topic_stats = stats[topic] = TopicStats(msgtype)
+            topic_stats.add(timestamp, size)
+            written += size
+            messages += 1
+        if split is not None:
+            split.flush_closed_chunks()
+        self._messages_written += messages
+        self._bytes_written += written
+        return written
+
+    def _unrecordable(self, topic: str, size: int, err: RecorderError) -> None:
+        """A topic whose type has no definition is dropped (counted, logged once); the others go on."""
+        if topic not in self._errors_by_topic:
+            log.error("cannot record %s: %s", topic, err)
+            self._errors_by_topic[topic] = str(err)
+            self._last_error = str(err)
+        with self._cond:
+            self._dropped_messages += 1
+            self._dropped_bytes += size
+
+    def _open_split(self) -> SplitWriter:
+        name = f"{self.config.robot_id}_{self._session}_{self._split_index:04d}"
+        info = BagInfo(
+            bag=name,
+            path=self.output_dir / name,
+            robot_id=self.config.robot_id,
+            session=self._session,
+            split_index=self._split_index,
+            storage=self.config.storage,
+        )
+        split = SplitWriter(info, self.config, self.typestore)
+        split.open()
+        self._split = split
+        self._split_index += 1
+        log.info("opened split %s", name)
+        return split
+
+    def _rotate(self) -> None:
+        split, self._split = self._split, None
+        if split is None:
+            return
+        if self.config.storage == "sqlite3":
+            # sqlite3 objects cannot cross threads: close here and let the closer only hand it off.
+            try:
+                self._closer_queue.put(split.close())
+            except Exception as err:
+                self._close_failed(split, err)
+            return
+        self._closer_queue.put(split)
+
+    # --- closer thread -------------------------------------------------------------------
+    def _closer_loop(self) -> None:
+        while (item := self._closer_queue.get()) is not None:
+            if isinstance(item, BagInfo):
+                info = item
+            else:
+                try:
+                    info = item.close()
+                except Exception as err:
+                    self._close_failed(item, err)
+                    continue
+            self._splits_done += 1
+            log.info(
+                "closed split %s: %d messages, %d topics, %.1f s",
+                info.bag,
+                info.message_count,
+                len(info.topics),
+                (info.end_ns - info.start_ns) / NS_PER_S,
+            )
+            self._hand_off(info)
+            self.apply_retention()
+
+    def _close_failed(self, split: SplitWriter, err: Exception) -> None:
+        # The folder keeps its sidecar and no metadata.yaml: the next start() salvages it.
+        log.error("closing split %s failed: %s", split.info.bag, err, exc_info=err)
+        self._last_error = f"close {split.info.bag}: {err}"
+
+    def _hand_off(self, info: BagInfo) -> None:
+        try:
+            self.handoff.submit(info)
+        except Exception as err:
+            # The bag stays on disk and in no "queued" ledger row: the next start() queues it again.
+            log.exception("handing %s to the uploader failed", info.bag)
+            self._last_error = f"hand-off {info.bag}: {err}"
+
+    # --- recovery and retention ------------------------------------------------------------------
+    def recover(self) -> list[BagInfo]:
+        """Salvage crashed splits and queue every complete bag not queued before (after a crash or restart)."""
+        found = []
+        for path in self.bag_dirs(include_open=True):
+            if (path / SIDECAR).exists() and not is_complete(path):
+                try:
+                    result = salvage(path, self.config)
+                except RecorderError as err:
+                    log.error("salvaging %s failed: %s", path, err)
+                    self._last_error = str(err)
+                    continue
+                if result.info is None:
+                    self._unrecoverable.append(str(result.lost_path))
+                    continue
+                self._recovered.append(result.info.bag)
+                found.append(result.info)
+                continue
+            (path / SIDECAR).unlink(missing_ok=True)  # killed between metadata.yaml and cleanup
+            found.append(self._describe(path))
+        for info in found:
+            self._hand_off(info)
+        return found
+
+    def _describe(self, path: Path) -> BagInfo:
+        return describe_bag(path, robot_id=self.config.robot_id, recovered=path.name.endswith(RECOVERED_SUFFIX))
+
+    def bag_dirs(self, *, include_open: bool = False) -> list[Path]:
+        """Bags in the output folder, oldest first (names sort by session, then split index)."""
+        bags = []
+        for path in sorted(self.output_dir.iterdir()):
+            if not path.is_dir() or path.name.startswith(".") or path.name.endswith(UNRECOVERABLE_SUFFIX):
+                continue
+            if self._split is not None and path == self._split.info.path:
+                continue
+            if is_complete(path) or (include_open and (path / SIDECAR).exists()):
+                bags.append(path)
+        return bags
+
+    def apply_retention(self) -> list[Path]:
+        if not self.retention.enabled:
+            return []
+        with self._retention_lock:
+            return self.retention.enforce(self.bag_dirs(), self.ledger.bag_verified)
+
+    # --- status ------------------------------------------------------------------------------
+    def status(self) -> RecorderStatus:
+        now = self._clock()
+        split = self._split
+        with self._cond:
+            buffered_messages = len(self._queue)
+            buffered_bytes = self._queued_bytes
+        try:
+            disk_free: int | None = self.disk.free()
+        except OSError:
+            disk_free = None
+        return RecorderStatus(
+            state=self._state.value,
+            robot_id=self.config.robot_id,
+            session=self._session,
+            current_bag=split.info.bag if split else None,
+            storage=self.config.storage,
+            topics={topic: stats.snapshot(now) for topic, stats in list(self._stats.items())},
+            messages_written=self._messages_written,
+            bytes_written=self._bytes_written,
+            splits_done=self._splits_done,
+            buffered_messages=buffered_messages,
+            buffered_bytes=buffered_bytes,
+            buffer_capacity=self.config.buffer_size,
+            dropped_messages=self._dropped_messages,
+            dropped_bytes=self._dropped_bytes,
+            disk_free=disk_free,
+            disk_floor=self.disk.floor,
+            stop_reason=self._stop_reason,
+            last_error=self._last_error,
+            recovered_bags=list(self._recovered),
+            unrecoverable_bags=list(self._unrecoverable),
+            uploads_pending=sum(1 for _ in self.handoff.pending()),
+        )
+
+    def close(self) -> None:
+        self.stop()
+        self.ledger.close()

@@ -1,0 +1,143 @@
+"""``python -m ros_nodes.recorder``: the rclpy recorder node, a thin source feeding the recording core.
+
+It discovers topics periodically, subscribes to the selected ones with raw
+(serialized) subscriptions and adaptive QoS, passes every message's bytes to
+``Recorder.record``, offers ``~/start``, ``~/stop``, ``~/pause``, ``~/resume``,
+``~/split`` (std_srvs/Trigger) and publishes the status as JSON on ``~/status``.
+rclpy is imported only in ``main``; without it the command explains and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+from core.config import ConfigError
+from ros_nodes.cli import EXIT_USAGE, add_recorder_options, config_from_args, make_uploader, setup_logging
+from ros_nodes.core.errors import RecorderError
+from ros_nodes.core.recorder import STATE_DIR, Recorder
+from ros_nodes.node_logic import (
+    EXIT_NO_RCLPY,
+    RCLPY_MISSING,
+    SUBSCRIPTION_DEPTH,
+    adapt_qos,
+    new_subscriptions,
+    recorded_qos,
+)
+
+log = logging.getLogger("ros_nodes.recorder")
+CONTROL_SERVICES = ("start", "stop", "pause", "resume", "split")
+
+
+def load_rclpy() -> ModuleType | None:
+    try:
+        return importlib.import_module("rclpy")
+    except ImportError:
+        return None
+
+
+def build_node(rclpy: ModuleType, recorder: Recorder, discovery_interval: float) -> Any:
+    """The ROS node; every decision it takes is in ``node_logic`` or the core."""
+    from rclpy.node import Node
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from rosidl_runtime_py.utilities import get_message
+    from std_msgs.msg import String
+    from std_srvs.srv import Trigger
+
+    class RecorderNode(Node):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__("bag_recorder")
+            self.subscribed: dict[str, Any] = {}
+            self.status_pub = self.create_publisher(String, "~/status", 10)
+            for name in CONTROL_SERVICES:
+                self.create_service(Trigger, f"~/{name}", self._control(name))
+            self.create_timer(discovery_interval, self.discover)
+            self.create_timer(1.0, self.publish_status)
+            self.discover()
+
+        def discover(self) -> None:
+            topics, ambiguous = new_subscriptions(
+                self.get_topic_names_and_types(), set(self.subscribed), recorder.selection
+            )
+            for topic in ambiguous:
+                self.get_logger().warning(f"not recording {topic}: it carries more than one message type")
+            for topic, msgtype in topics:
+                choice = adapt_qos([info.qos_profile for info in self.get_publishers_info_by_topic(topic)])
+                reliable, latched = choice.reliable, choice.transient_local
+                qos = QoSProfile(
+                    depth=SUBSCRIPTION_DEPTH,
+                    reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+                    durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE,
+                )
+                recorder.add_topic(topic, msgtype, qos=[recorded_qos(choice)])
+                self.subscribed[topic] = self.create_subscription(
+                    get_message(msgtype), topic, self._receiver(topic, msgtype), qos, raw=True
+                )
+                self.get_logger().info(f"recording {topic} ({msgtype}, {choice})")
+
+        def _receiver(self, topic: str, msgtype: str) -> Any:
+            def receive(data: bytes) -> None:
+                recorder.record(topic, msgtype, data)
+
+            return receive
+
+        def _control(self, name: str) -> Any:
+            def handle(_request: Any, response: Any) -> Any:
+                try:
+                    recorder.command(name)
+                except RecorderError as err:
+                    response.success, response.message = False, str(err)
+                else:
+                    response.success, response.message = True, recorder.status().state
+                return response
+
+            return handle
+
+        def publish_status(self) -> None:
+            self.status_pub.publish(String(data=json.dumps(recorder.status().to_dict())))
+
+    return RecorderNode()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    rclpy = load_rclpy()
+    if rclpy is None:
+        print(RCLPY_MISSING, file=sys.stderr)
+        return EXIT_NO_RCLPY
+    setup_logging()
+    parser = argparse.ArgumentParser(prog="python -m ros_nodes.recorder", description=__doc__.splitlines()[0])
+    add_recorder_options(parser)
+    args, ros_args = parser.parse_known_args(argv)
+    try:
+        config = config_from_args(args)
+    except ConfigError as err:
+        print(f"ros_nodes.recorder: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    manager = make_uploader(args.upload_url, config.output_dir / STATE_DIR / "uploads")
+    recorder = Recorder(config, uploader=manager)
+    if manager is not None:
+        manager.start()
+    rclpy.init(args=ros_args)
+    try:
+        recorder.start()
+        node = build_node(rclpy, recorder, config.discovery_interval)
+        rclpy.spin(node)
+    except KeyboardInterrupt:
+        log.info("interrupted")
+    finally:
+        recorder.close()
+        if manager is not None:
+            manager.stop()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

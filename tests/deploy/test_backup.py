@@ -1,0 +1,190 @@
+"""Backups: a consistent snapshot of a live storage root, restored byte for byte into an empty directory."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskCliRunner
+
+from core.config import ServerConfig
+from core.server import backup
+from core.server.backup import MANIFEST, BackupError, Manifest, create_backup, restore_backup, snapshots
+
+
+def make_storage_root(root: Path) -> dict[str, bytes]:
+    """A storage root shaped like the server's: two WAL databases, stored files, a sparse part file, locks."""
+    (root / "store" / "ab").mkdir(parents=True)
+    (root / "parts").mkdir()
+    (root / "locks" / "ab").mkdir(parents=True)
+    (root / "locks" / "ab" / "0.lock").write_bytes(b"")
+    files = {
+        "store/ab/ab" + "0" * 30 + ".zst": os.urandom(300_000),
+        "store/ab/ab" + "0" * 30 + ".json": b'{"original_name": "run.mcap"}',
+        ".secret_key": b"k" * 32,
+    }
+    for relative, data in files.items():
+        (root / relative).write_bytes(data)
+    part = root / "parts" / ("cd" + "0" * 30 + ".part")
+    with part.open("wb") as f:
+        f.truncate(64 * 1024 * 1024)  # sparse: only two chunks were received
+        f.seek(8 * 1024 * 1024)
+        chunk = os.urandom(1024 * 1024)
+        f.write(chunk)
+    files["parts/" + part.name] = part.read_bytes()
+    for name in ("state.sqlite3", "robots.sqlite3"):
+        db = sqlite3.connect(root / name)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE t (n INTEGER PRIMARY KEY, v TEXT)")
+        db.executemany("INSERT INTO t (v) VALUES (?)", [("row",)] * 100)
+        db.commit()
+        db.close()
+    return files
+
+
+def rows(db_path: Path) -> int:
+    db = sqlite3.connect(db_path)
+    try:
+        return int(db.execute("SELECT count(*) FROM t").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_restore_reproduces_every_file_and_database(tmp_path: Path) -> None:
+    root, dest, restored = tmp_path / "uploads", tmp_path / "backup", tmp_path / "restored"
+    files = make_storage_root(root)
+
+    manifest = create_backup(root, dest)
+    restore_backup(dest, restored)
+
+    for relative, data in files.items():
+        assert (restored / relative).read_bytes() == data, relative
+    assert rows(restored / "state.sqlite3") == 100
+    assert rows(restored / "robots.sqlite3") == 100
+    assert not (restored / "locks").exists()
+    assert {e.path for e in manifest.entries} == {*files, "state.sqlite3", "robots.sqlite3"}
+
+
+def test_part_files_stay_sparse_in_the_backup(tmp_path: Path) -> None:
+    root = tmp_path / "uploads"
+    files = make_storage_root(root)
+    create_backup(root, tmp_path / "backup")
+    part = next(p for p in files if p.startswith("parts/"))
+    copy = (tmp_path / "backup" / part).stat()
+    assert copy.st_size == 64 * 1024 * 1024
+    assert copy.st_blocks * 512 < 4 * 1024 * 1024
+
+
+def test_snapshot_is_consistent_while_the_database_is_written(tmp_path: Path) -> None:
+    root = tmp_path / "uploads"
+    make_storage_root(root)
+    stop = threading.Event()
+
+    def writer() -> None:
+        db = sqlite3.connect(root / "state.sqlite3")
+        while not stop.is_set():
+            db.execute("INSERT INTO t (v) VALUES ('more')")
+            db.commit()
+        db.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        create_backup(root, tmp_path / "backup")
+    finally:
+        stop.set()
+        thread.join()
+    restore_backup(tmp_path / "backup", tmp_path / "restored")
+    db = sqlite3.connect(tmp_path / "restored" / "state.sqlite3")
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert rows(tmp_path / "restored" / "state.sqlite3") >= 100
+
+
+def test_a_corrupted_backup_file_stops_the_restore_naming_it(tmp_path: Path) -> None:
+    root, dest = tmp_path / "uploads", tmp_path / "backup"
+    files = make_storage_root(root)
+    create_backup(root, dest)
+    stored = next(p for p in files if p.endswith(".zst"))
+    with (dest / stored).open("r+b") as f:
+        f.seek(1000)
+        f.write(b"\xff")
+
+    with pytest.raises(BackupError, match=stored.replace(".", r"\.")):
+        restore_backup(dest, tmp_path / "restored")
+    assert not (tmp_path / "restored").exists()
+
+
+def test_a_missing_backup_file_stops_the_restore(tmp_path: Path) -> None:
+    root, dest = tmp_path / "uploads", tmp_path / "backup"
+    make_storage_root(root)
+    create_backup(root, dest)
+    (dest / ".secret_key").unlink()
+    with pytest.raises(BackupError, match=r"missing \.secret_key"):
+        restore_backup(dest, tmp_path / "restored")
+
+
+def test_restore_refuses_a_non_empty_target(tmp_path: Path) -> None:
+    root, dest = tmp_path / "uploads", tmp_path / "backup"
+    make_storage_root(root)
+    create_backup(root, dest)
+    with pytest.raises(BackupError, match="not empty"):
+        restore_backup(dest, root)
+
+
+def test_create_refuses_a_non_empty_destination(tmp_path: Path) -> None:
+    root = tmp_path / "uploads"
+    make_storage_root(root)
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "x").write_text("x")
+    with pytest.raises(BackupError, match="not empty"):
+        create_backup(root, tmp_path / "backup")
+
+
+def cli(root: Path) -> FlaskCliRunner:
+    app = Flask("backup-test")
+    backup.init_app(app, ServerConfig(upload_dir=root))
+    return app.test_cli_runner()
+
+
+def test_timestamped_backups_hard_link_unchanged_stored_files_and_keep_the_newest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, parent = tmp_path / "uploads", tmp_path / "backups"
+    files = make_storage_root(root)
+    runner = cli(root)
+    created = []
+    for stamp in (1_700_000_000.0, 1_700_000_100.0, 1_700_000_200.0):
+        monkeypatch.setattr(backup, "timestamped", lambda p, t=stamp: backup.snapshot_path(p, t))
+        result = runner.invoke(
+            args=["backup", "create", "--timestamped", "--keep", "2", str(parent)], catch_exceptions=False
+        )
+        assert result.exit_code == 0, result.output
+        created.append(Path(result.output.strip().splitlines()[-1]))
+
+    assert snapshots(parent) == created[1:]
+    stored = next(p for p in files if p.endswith(".zst"))
+    assert (created[1] / stored).stat().st_ino == (created[2] / stored).stat().st_ino
+    assert runner.invoke(args=["backup", "verify", str(created[2])]).exit_code == 0
+
+
+def test_cli_restore_into_upload_dir_reports_verification(tmp_path: Path) -> None:
+    root = tmp_path / "uploads"
+    make_storage_root(root)
+    create_backup(root, tmp_path / "backup")
+    runner = cli(tmp_path / "fresh")
+    result = runner.invoke(args=["backup", "restore", str(tmp_path / "backup")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "all verified" in result.output
+    assert Manifest.load(tmp_path / "backup" / MANIFEST).entries
+
+
+def test_cli_reports_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    runner = cli(tmp_path / "missing")
+    result = runner.invoke(args=["backup", "create", str(tmp_path / "b")])
+    assert result.exit_code == 1
+    assert "does not exist" in result.output
+    assert "Traceback" not in result.output

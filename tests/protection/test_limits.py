@@ -1,0 +1,230 @@
+"""Rate limits: the seed's defaults, per robot key, JSON 429s with headers, and room for a 5 GB upload."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import flask_limiter._extension
+import limits.storage.memory
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from core.config import ServerConfig
+from core.protocol import DEFAULT_CHUNK_SIZE, GiB, MiB
+from core.server.keys import KeyStore
+from tests.helpers.processes import PYTHON, REPO_ROOT
+from tests.protection.conftest import bearer
+
+
+class FakeTime:
+    """``time`` as the rate limiter sees it, moved by the test instead of the wall clock."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
+    fake = FakeTime()
+    monkeypatch.setattr(limits.storage.memory, "time", fake)
+    monkeypatch.setattr(flask_limiter._extension, "time", fake)
+    return fake
+
+
+def test_init_limit_answers_json_429_with_headers(make_app: Callable[..., Flask], keys: KeyStore) -> None:
+    client = make_app().test_client()
+    headers = bearer(keys.create("robot-1").token)
+
+    replies = [client.post("/upload/init", json={}, headers=headers) for _ in range(21)]
+
+    assert [r.status_code for r in replies] == [201] * 20 + [429]
+    limited = replies[-1]
+    assert limited.json["success"] is False
+    assert limited.json["error"]["code"] == "rate_limited"
+    assert int(limited.headers["Retry-After"]) > 0
+    assert limited.headers["X-RateLimit-Limit"] == "20"
+    assert limited.headers["X-RateLimit-Remaining"] == "0"
+    assert int(replies[0].headers["X-RateLimit-Remaining"]) == 19
+
+
+def test_robots_behind_one_address_have_their_own_budgets(make_app: Callable[..., Flask], keys: KeyStore) -> None:
+    client = make_app(ratelimit_init="2 per hour").test_client()
+    robot_a, robot_b = bearer(keys.create("robot-a").token), bearer(keys.create("robot-b").token)
+
+    a = [client.post("/upload/init", json={}, headers=robot_a).status_code for _ in range(3)]
+    b = [client.post("/upload/init", json={}, headers=robot_b).status_code for _ in range(3)]
+
+    assert a == b == [201, 201, 429]
+
+
+def test_anonymous_clients_are_counted_by_address(make_app: Callable[..., Flask]) -> None:
+    client = make_app(auth_enabled=False, ratelimit_init="2 per hour").test_client()
+
+    def init(address: str) -> int:
+        return client.post("/upload/init", json={}, environ_base={"REMOTE_ADDR": address}).status_code
+
+    assert [init("10.0.0.1") for _ in range(3)] == [201, 201, 429]
+    assert [init("10.0.0.2") for _ in range(2)] == [201, 201]
+
+
+def test_routes_without_a_limit_of_their_own_get_the_default(make_app: Callable[..., Flask], keys: KeyStore) -> None:
+    client = make_app(ratelimit_default="3 per hour").test_client()
+    headers = bearer(keys.create("robot-1").token)
+
+    aborts = [client.delete("/upload/u1", headers=headers).status_code for _ in range(4)]
+    statuses = [client.get("/upload/u1", headers=headers).status_code for _ in range(4)]
+
+    assert aborts == [200, 200, 200, 429]
+    assert statuses == [200] * 4  # GET /upload/<id> has RATELIMIT_STATUS instead
+
+
+def test_health_is_never_limited(make_app: Callable[..., Flask]) -> None:
+    client = make_app(ratelimit_default="1 per hour").test_client()
+
+    assert {client.get("/health").status_code for _ in range(5)} == {200}
+
+
+def test_limits_off_means_no_429_and_no_headers(make_app: Callable[..., Flask], keys: KeyStore) -> None:
+    client = make_app(ratelimit_enabled=False).test_client()
+    headers = bearer(keys.create("robot-1").token)
+
+    replies = [client.post("/upload/init", json={}, headers=headers) for _ in range(25)]
+
+    assert {r.status_code for r in replies} == {201}
+    assert "X-RateLimit-Limit" not in replies[0].headers
+
+
+def test_window_reopens_after_retry_after(make_app: Callable[..., Flask], keys: KeyStore, clock: FakeTime) -> None:
+    client = make_app(ratelimit_chunk="2 per minute").test_client()
+    headers = bearer(keys.create("robot-1").token)
+    put = lambda: client.put("/upload/u1/chunk/0", data=b"x", headers=headers)  # noqa: E731
+
+    assert [put().status_code for _ in range(3)] == [200, 200, 429]
+    retry_after = int(put().headers["Retry-After"])
+    assert 0 < retry_after <= 61  # the window plus the rounding of its reset time
+
+    clock.sleep(retry_after + 1)
+
+    assert put().status_code == 200
+
+
+@dataclass
+class UploadRun:
+    """What a client following the project's protocol saw while uploading one file."""
+
+    requests: int = 0
+    rate_limited: int = 0
+    seconds: float = 0.0
+
+
+def upload_like_the_project_client(
+    client: FlaskClient, headers: dict[str, str], clock: FakeTime, *, file_size: int, link_bytes_per_s: float
+) -> UploadRun:
+    """init → status (resume check) → every chunk → finalize → poll status each second while finalizing.
+
+    Time advances by each chunk's transfer time on the link; a 429 makes the
+    client wait Retry-After and send the same request again, as the project
+    client does. Chunk bodies are not sent: limits count requests, not bytes.
+    """
+    run = UploadRun()
+    start = clock.now
+
+    def send(method: str, path: str) -> None:
+        while True:
+            reply = client.open(path, method=method, json={} if method == "POST" else None, headers=headers)
+            run.requests += 1
+            if reply.status_code != 429:
+                assert reply.status_code < 300, reply.json
+                return
+            run.rate_limited += 1
+            clock.sleep(int(reply.headers["Retry-After"]) or 1)
+
+    chunks = math.ceil(file_size / DEFAULT_CHUNK_SIZE)
+    send("POST", "/upload/init")
+    send("GET", "/upload/u1")
+    for index in range(chunks):
+        clock.sleep(DEFAULT_CHUNK_SIZE / link_bytes_per_s)
+        send("PUT", f"/upload/u1/chunk/{index}")
+    send("POST", "/upload/u1/finalize")
+    finalize_seconds = math.ceil(file_size / (190 * 10**6)) * 2  # verify + compress at ~190 MB/s, with margin
+    for _ in range(finalize_seconds):
+        clock.sleep(1.0)
+        send("GET", "/upload/u1")
+    run.seconds = clock.now - start
+    return run
+
+
+# 100 chunks/min x 8 MiB = 13.98 MB/s: the chunk limit binds only on links faster than that.
+CHUNK_LIMIT_THROUGHPUT = 100 * DEFAULT_CHUNK_SIZE / 60
+
+
+@pytest.mark.parametrize("link_mbit", [2, 20, 100])
+def test_5gb_upload_on_a_real_link_never_meets_the_default_limits(
+    make_app: Callable[..., Flask], keys: KeyStore, clock: FakeTime, link_mbit: int
+) -> None:
+    client = make_app().test_client()  # the defaults: every RATELIMIT_* unset
+    link = link_mbit * 10**6 / 8
+    assert link < CHUNK_LIMIT_THROUGHPUT
+
+    run = upload_like_the_project_client(
+        client, bearer(keys.create("robot-1").token), clock, file_size=5 * GiB, link_bytes_per_s=link
+    )
+
+    assert run.rate_limited == 0
+    assert run.requests == 1 + 1 + 640 + 1 + 2 * math.ceil(5 * GiB / (190 * 10**6))
+
+
+def test_5gb_upload_faster_than_the_chunk_limit_is_paced_not_failed(
+    make_app: Callable[..., Flask], keys: KeyStore, clock: FakeTime
+) -> None:
+    client = make_app().test_client()
+    gigabit = 125 * 10**6
+
+    run = upload_like_the_project_client(
+        client, bearer(keys.create("robot-1").token), clock, file_size=5 * GiB, link_bytes_per_s=gigabit
+    )
+
+    assert run.rate_limited > 0
+    # 640 chunks at 100 per minute: 6 full windows and part of a 7th, whatever the link.
+    assert 6 * 60 <= run.seconds <= 8 * 60
+    assert ServerConfig().ratelimit_chunk == "100 per minute"
+    assert 5 * GiB / DEFAULT_CHUNK_SIZE == 640
+    assert 8 * MiB == DEFAULT_CHUNK_SIZE
+
+
+def test_server_starts_without_flask_limiter_and_says_so(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import logging, sys
+        sys.modules["flask_limiter"] = None  # as if it were not installed
+        logging.basicConfig(level=logging.INFO)
+        from core.config import ServerConfig
+        from tests.protection.conftest import stub_app
+        app = stub_app(ServerConfig.from_env({{"UPLOAD_DIR": {str(tmp_path)!r}, "AUTH_ENABLED": "0"}}))
+        client = app.test_client()
+        codes = {{client.post("/upload/init", json={{}}).status_code for _ in range(30)}}
+        print("codes", sorted(codes), client.get("/health").status_code)
+        """
+    )
+    done = subprocess.run([PYTHON, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert "codes [201] 200" in done.stdout
+    assert "flask-limiter is not importable" in done.stderr
+    assert "WITHOUT rate limits" in done.stderr
