@@ -17,9 +17,10 @@ $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@
 
-## run: the whole demo on the embedded default (SQLite + local disk, no other service)
+## run: the whole demo on the embedded default (SQLite + local disk, no other service):
+## upload server + dashboard on 127.0.0.1:8080 and a simulated robot recording and uploading (scripts/demo.py)
 run: $(VENV)/.runtime
-	$(BIN)/python upload_server.py
+	$(BIN)/python scripts/demo.py
 
 ## serve: only the upload server
 serve: $(VENV)/.runtime

@@ -41,3 +41,10 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    """Resume queued finalize jobs and the sweep as soon as a worker boots, not only at its first request."""
+    from core.server.jobs import start_background
+
+    start_background(worker.wsgi)

@@ -54,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handoff.listen(manager)
     watcher = FolderWatcher(args.directory, handoff, robot_id=args.robot_id, settle=args.settle)
     stop = stop_on_signals()
+    handoff.reconcile(manager)
     manager.start()
     log.info("watching %s for finished bags (settle %.1f s)", args.directory, args.settle)
     exit_code = EXIT_OK

@@ -142,9 +142,10 @@ def _upload(args: argparse.Namespace, config: ClientConfig) -> int:
         manager.close()
         bar.close()
         return EXIT_INTERRUPTED
+    records = [manager.job(job_id) for job_id in job_ids]
     manager.close()
     bar.close()
-    return _report([manager.job(job_id) for job_id in job_ids], done)
+    return _report(records, done)
 
 
 def _report(records: list[Any], done: bool) -> int:

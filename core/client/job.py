@@ -339,6 +339,9 @@ class UploadJob:
         return self._status()
 
     def _complete(self, status: dict[str, Any]) -> JobRecord:
+        if status.get("verified") is not True or not status.get("sha256"):
+            # Init and finalize replies may be brief (a deduplicated init says only "complete"): ask for the details.
+            status = self._status()
         rec = self.record
         upload_id = known(rec.upload_id, "upload_id")
         confirmation = ServerConfirmation(upload_id, status.get("verified") is True, status.get("sha256"))

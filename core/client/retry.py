@@ -101,7 +101,10 @@ class RetryPolicy:
     _backoff: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._backoff = tenacity.wait_exponential_jitter(initial=self.initial, max=self.maximum, jitter=self.initial)
+        # Composed rather than wait_exponential_jitter, whose arguments changed between tenacity 8 and 9.
+        self._backoff = tenacity.wait_exponential(multiplier=self.initial, max=self.maximum) + tenacity.wait_random(
+            0, self.initial
+        )
 
     def wait_seconds(self, retry_state: tenacity.RetryCallState) -> float:
         """Honour the server's ``Retry-After`` exactly; otherwise back off exponentially with jitter."""
@@ -109,7 +112,7 @@ class RetryPolicy:
         err = outcome.exception() if outcome is not None else None
         if isinstance(err, TransientUploadError) and err.retry_after is not None:
             return min(err.retry_after, self.max_retry_after)
-        return float(self._backoff(retry_state))
+        return min(self.maximum, float(self._backoff(retry_state)))
 
     def _before_sleep(self, retry_state: tenacity.RetryCallState) -> None:
         if self.on_retry is None or retry_state.outcome is None:

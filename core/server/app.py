@@ -11,13 +11,12 @@ from flask import Flask
 
 import dashboard
 from core.config import ServerConfig
-from core.server import auth, backup, cli, health, jobs, limits, logs, metrics, openapi, proxies, security
+from core.server import auth, backup, cli, health, jobs, limits, logs, metrics, openapi, proxies, redis_store, security
 from core.server.api import api
 from core.server.blob_store import BlobStore
 from core.server.errors import register_error_handlers
 from core.server.finalize import Finalizer
 from core.server.service import UploadService
-from core.server.state_store import SQLiteStateStore
 
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 STATE_FILE = "state.sqlite3"
@@ -52,7 +51,7 @@ def create_app(config: ServerConfig | Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["server_config"] = settings
 
-    state = SQLiteStateStore(settings.upload_dir / STATE_FILE)
+    state = redis_store.open_state_store(settings, settings.upload_dir / STATE_FILE)  # STATE_STORE_URI
     blobs = BlobStore(settings.upload_dir)
     service = UploadService(settings, state, blobs)
     app.extensions["state_store"] = state

@@ -432,7 +432,7 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/dashboard/events": {
         "get": operation(
             "Live updates (server-sent events, ends after DASHBOARD_SSE_MAX_SECONDS)",
-            {200: {"description": "Event stream", "content": {"text/event-stream": {"schema": STRING}}}},
+            {200: {"description": "Event stream (`event: state`, JSON `data`)", "content": {"text/event-stream": {}}}},
             errors=(400,),
             limited=False,
             tag="dashboard",

@@ -145,7 +145,7 @@
       setText(c[4], bytes(r.current_bag_bytes));
       setText(c[5], bytes(r.disk_free));
       setText(c[6], r.queue_length);
-      setText(c[7], rate(r.upload_rate));
+      setText(c[7], r.online ? rate(r.upload_rate) : "–");
       setText(c[8], r.last_error || ""); setTitle(c[8], r.last_error); c[8].className = r.last_error ? "err" : "";
     });
   }

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ros_nodes.core.ledger import FAILED, VERIFIED, Ledger
+from ros_nodes.core.ledger import FAILED, QUEUED, VERIFIED, Ledger
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,16 @@ class Handoff:
         verdict = upload_verdict(event)
         if verdict is not None:
             self.job_finished(verdict[0], verified=verdict[1])
+
+    def reconcile(self, manager: object) -> None:
+        """Catch up on verdicts the uploader reached while no listener was attached (e.g. before a crash)."""
+        status = getattr(manager, "status", None)
+        if status is None:
+            return
+        queued = {e.job_id for e in self.ledger.entries(QUEUED)}
+        for job in status():
+            if job.get("job_id") in queued and job.get("state") in ("complete", "failed"):
+                self.job_finished(job["job_id"], verified=job["state"] == "complete")
 
     def pending(self) -> Iterable[str]:
         return (e.file for e in self.ledger.entries() if e.state not in (VERIFIED, FAILED))

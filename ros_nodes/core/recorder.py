@@ -91,6 +91,8 @@ class Recorder:
         self._topics: dict[str, TopicInfo] = {}
         self._stats: dict[str, TopicStats] = {}
         self._errors_by_topic: dict[str, str] = {}
+        self._closed = False
+        self._pending_at_close = 0
         self._messages_written = 0
         self._bytes_written = 0
         self._recovered: list[str] = []
@@ -415,6 +417,8 @@ class Recorder:
             found.append(self._describe(path))
         for info in found:
             self._hand_off(info)
+        if self.handoff.uploader is not None:
+            self.handoff.reconcile(self.handoff.uploader)
         return found
 
     def _describe(self, path: Path) -> BagInfo:
@@ -470,9 +474,18 @@ class Recorder:
             last_error=self._last_error,
             recovered_bags=list(self._recovered),
             unrecoverable_bags=list(self._unrecoverable),
-            uploads_pending=sum(1 for _ in self.handoff.pending()),
+            uploads_pending=self._uploads_pending(),
         )
 
+    def _uploads_pending(self) -> int:
+        if self._closed:
+            return self._pending_at_close
+        return sum(1 for _ in self.handoff.pending())
+
     def close(self) -> None:
+        """Stop and release the ledger; ``status()`` keeps working with the last known upload count."""
         self.stop()
-        self.ledger.close()
+        if not self._closed:
+            self._pending_at_close = self._uploads_pending()
+            self._closed = True
+            self.ledger.close()

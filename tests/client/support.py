@@ -37,6 +37,10 @@ def write_file(path: Path, size: int, *, compressible: bool = False) -> Path:
     """Write ``size`` bytes in 1 MiB pieces: random, or a repetitive text that zstd shrinks."""
     piece = 1 << 20
     with path.open("wb") as fh:
+        if compressible and size:
+            # A unique first line, so two compressible test files are never deduplicated by the server.
+            fh.write(os.urandom(8).hex().encode()[:size])
+            size -= min(size, 16)
         remaining = size
         while remaining > 0:
             n = min(piece, remaining)

@@ -11,7 +11,6 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from core.config import ServerConfig
-from core.server import auth, limits, security
 from core.server.app import create_app
 from core.server.keys import KeyStore, key_store_for
 
@@ -20,11 +19,6 @@ def build_app(upload_dir: Path, **overrides: Any) -> Flask:
     config = ServerConfig.from_env({}, upload_dir=upload_dir, sweep_interval=0.0, **overrides)
     app = create_app(config)
     app.config["TESTING"] = True
-    # Until the app factory wires the protection layers itself, add them in the factory's order.
-    if auth.ENABLED_EXTENSION not in app.extensions:
-        auth.init_app(app, config)
-        security.init_app(app, config)
-        limits.init_app(app, config)
     return app
 
 

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from core.config import ServerConfig
-from core.protocol import HEALTH_PATH, INIT_PATH, ErrorCode, MiB
+from core.protocol import CHUNK_PATH, HEALTH_PATH, INIT_PATH, ErrorCode, MiB
 from core.server.health import DETAILED_HEALTH_PATH
 from core.server.metrics import METRICS_PATH
 from tests.deploy.client import UploadClient, scrape, write_source
@@ -193,7 +193,7 @@ def test_metrics_move_during_an_upload_through_nginx(stack: Stack, tmp_path: Pat
     assert moved(after, "ros2_upload_uploads_completed_total{codec=zstd}") == 1
     assert moved(after, "ros2_upload_compression_ratio_count") == 1
     assert moved(after, "ros2_upload_compression_ratio_bucket{le=0.2}") == 1  # highly repetitive data
-    chunk_route = "method=PUT,route=/upload/<upload_id>/chunk/<int:index>,status=201"
+    chunk_route = f"method=PUT,route={CHUNK_PATH},status=201"
     assert moved(after, f"ros2_upload_http_requests_total{{{chunk_route}}}") == 6
     assert after["ros2_upload_disk_free_bytes"] > 0
     assert client.downloaded_sha256(upload_id) == source.sha256

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Mapping, Sequence
@@ -11,7 +12,7 @@ import requests
 
 from core.protocol import AUTH_SCHEME, HEADER_AUTHORIZATION, HEALTH_PATH, UPLOAD_PREFIX
 from core.server.keys import key_store_for
-from tests.helpers.processes import PYTHON, REPO_ROOT, ManagedProcess, free_port, wait_until
+from tests.helpers.processes import PYTHON, REPO_ROOT, ManagedProcess, free_port, port_open, wait_until
 
 
 class GunicornServer:
@@ -105,6 +106,22 @@ class GunicornServer:
         """SIGKILL the master: workers notice the lost parent and exit; no graceful shutdown."""
         if self.process is not None:
             self.process.kill()
+
+    def crash(self, timeout: float = 15.0) -> None:
+        """SIGKILL the master and every worker at once, like a power cut; returns when the port is free.
+
+        ``kill()`` alone leaves orphaned workers finishing requests (and holding the port) for up to
+        ``graceful_timeout``.
+        """
+        if self.process is None or not self.process.alive():
+            return
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        workers = [int(pid) for pid in children.read_text().split()] if children.exists() else []
+        self.process.kill()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not port_open(self.port), timeout, 0.05, f"port {self.port} to close")
 
     def restart(self, timeout: float = 30.0) -> GunicornServer:
         self.stop()

@@ -113,10 +113,9 @@ def test_sigkill_mid_recording_keeps_closed_splits_and_salvages_the_open_one(
             return len(closed) >= 2 and any(f.stat().st_size > 1_200_000 for d in open_ for f in d.glob("*.mcap"))
 
         wait_until(closed_and_open_with_a_chunk, 60, what="two closed splits and an open one with a chunk")
+    finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-    finally:
-        proc.kill()
         log.close()
 
     closed = [d for d in split_dirs(output) if (d / "metadata.yaml").exists()]

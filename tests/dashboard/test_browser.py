@@ -1,0 +1,199 @@
+"""The dashboard in headless Chromium against a real gunicorn and a simulated robot."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import requests
+from playwright.sync_api import Page, expect
+
+from tests.dashboard.browser import LAPTOP, PHONE, chromium, screenshot
+from tests.helpers.fault_proxy import FaultProxy
+from tests.helpers.processes import PYTHON, ManagedProcess
+from tests.helpers.servers import GunicornServer
+
+pytestmark = [pytest.mark.browser, pytest.mark.gunicorn]
+
+SERVER_ENV = {
+    "ROBOT_OFFLINE_AFTER": "6",
+    "HEARTBEAT_INTERVAL": "1",
+    "DASHBOARD_SSE_MAX_SECONDS": "20",
+    "SWEEP_INTERVAL": "0",
+}
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[GunicornServer]:
+    with GunicornServer(tmp_path / "uploads", workers=2, auth=True, env=SERVER_ENV) as running:
+        yield running
+
+
+def sign_in(page: Page, server: GunicornServer) -> None:
+    page.goto(server.url + "/dashboard/")
+    expect(page).to_have_url(server.url + "/dashboard/login")
+    page.fill("#key", server.admin_key)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(server.url + "/dashboard/")
+    expect(page.locator("#conn")).to_have_text("live", timeout=15_000)
+
+
+def progress_of(page: Page, key: str) -> float:
+    row = page.locator(f'#up-rows tr[data-key="{key}"]')
+    return float(row.locator(".bar").get_attribute("aria-valuenow") or 0)
+
+
+@pytest.mark.slow
+def test_operator_watches_upload_stall_and_pauses_the_recorder(server: GunicornServer, tmp_path: Path) -> None:
+    with FaultProxy(server.port) as proxy:
+        proxy.throttle = 1_500_000  # bytes/s: slow enough to watch a progress bar move
+        robot = ManagedProcess(
+            [
+                PYTHON,
+                "-m",
+                "ros_nodes.simulate",
+                "--upload-url",
+                proxy.url + "/upload",
+                "--robot-id",
+                "robot-1",
+                "--output",
+                str(tmp_path / "robot"),
+                "--duration",
+                "600",
+                "--max-bag-duration",
+                "3",
+                "--image-rate",
+                "10",
+                "--heartbeat",
+                "1",
+            ],
+            log_path=tmp_path / "robot.log",
+            env={"UPLOAD_API_KEY": server.robot_key},
+        )
+        with robot, chromium(tmp_path / "profile") as browser:
+            page = browser.new_page()
+            sign_in(page, server)
+            expect(page.locator('#fleet-rows tr[data-key="robot-1"]')).to_contain_text("recording", timeout=30_000)
+
+            # An upload's progress bar advances, and the upload completes.
+            uploading = page.locator('#up-rows tr[data-state="uploading"]').first
+            expect(uploading).to_be_visible(timeout=60_000)
+            key = uploading.get_attribute("data-key") or ""
+            first = progress_of(page, key)
+            page.wait_for_function(
+                '([key, first]) => { const r = document.querySelector(`#up-rows tr[data-key="${key}"]`);'
+                " return r && (r.dataset.state === 'complete' ||"
+                " Number(r.querySelector('.bar').getAttribute('aria-valuenow')) > first); }",
+                arg=[key, first],
+                timeout=60_000,
+            )
+            expect(page.locator(f'#up-rows tr[data-key="{key}"]')).to_have_attribute(
+                "data-state", "complete", timeout=90_000
+            )
+            expect(page.locator(f'#up-rows tr[data-key="{key}"] a')).to_have_text("download")
+            screenshot(page, "laptop-uploading")
+
+            # The network path dies mid-upload: the robot's uploads show as stalled.
+            expect(page.locator('#up-rows tr[data-state="uploading"]').first).to_be_visible(timeout=60_000)
+            proxy.pause()
+            proxy.drop_all()
+            expect(page.locator('#up-rows tr[data-state="stalled"]').first).to_be_visible(timeout=30_000)
+            screenshot(page, "laptop-stalled")
+
+            # The link comes back; the operator pauses the recording through the server's command queue.
+            proxy.resume()
+            card = page.locator('#rec-cards article[data-key="robot-1"]')
+            pause = card.locator('button[data-action="pause"]')
+            expect(pause).to_be_enabled(timeout=90_000)
+            pause.click()
+            expect(card.locator("header .state")).to_have_text("paused", timeout=30_000)
+            expect(card.locator(".cmd")).to_contain_text("pause — done", timeout=30_000)
+            status = requests.get(
+                server.url + "/dashboard/api/state", headers=server.headers(server.admin_key), timeout=5
+            ).json()
+            assert status["fleet"][0]["recording_state"] == "paused"
+            screenshot(page, "laptop-paused")
+            page.set_viewport_size(PHONE)
+            screenshot(page, "phone-paused")
+
+
+HOSTILE = '<img src=x onerror="window.__xss=1">'
+HOSTILE_SCRIPT = "<script>window.__xss=1</script>"
+
+
+def test_hostile_robot_data_is_shown_as_text_and_never_runs(server: GunicornServer, tmp_path: Path) -> None:
+    hostile_id = HOSTILE.replace("/", "")
+    heartbeat = {
+        "recorder": {
+            "state": HOSTILE_SCRIPT,
+            "current_bag": HOSTILE,
+            "topics": {HOSTILE_SCRIPT: {"type": HOSTILE, "messages": 1, "rate_hz": 1.0}},
+            "last_error": HOSTILE_SCRIPT,
+        },
+        "uploads": [
+            {
+                "job_id": HOSTILE,
+                "path": f"/x/{HOSTILE}",
+                "state": "uploading",
+                "size": 10,
+                "bytes_sent": 5,
+                "error": HOSTILE_SCRIPT,
+                "upload_id": None,
+            },
+        ],
+    }
+    reply = requests.post(
+        f"{server.url}/robots/{quote(hostile_id, safe='')}/heartbeat",
+        data=json.dumps(heartbeat),
+        headers=server.headers(server.admin_key, **{"Content-Type": "application/json"}),
+        timeout=5,
+    )
+    assert reply.status_code == 200, reply.text
+    with chromium(tmp_path / "profile", LAPTOP) as browser:
+        page = browser.new_page()
+        dialogs: list[str] = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        sign_in(page, server)
+        fleet_row = page.locator("#fleet-rows tr").first
+        expect(fleet_row).to_contain_text(hostile_id)
+        expect(fleet_row).to_contain_text(HOSTILE_SCRIPT)
+        expect(page.locator("#up-rows tr").first).to_contain_text(HOSTILE_SCRIPT)
+        expect(page.locator("#rec-cards article").first).to_contain_text(HOSTILE_SCRIPT)
+        assert page.evaluate("window.__xss") is None
+        assert page.locator("#app img, #app script").count() == 0
+        assert dialogs == []
+        screenshot(page, "laptop-hostile")
+
+
+def test_phone_width_has_no_sideways_scrolling(server: GunicornServer, tmp_path: Path) -> None:
+    for robot in range(3):
+        requests.post(
+            f"{server.url}/robots/robot-{robot}/heartbeat",
+            json={"recorder": {"state": "recording", "current_bag": "session_0001"}, "uploads": []},
+            headers=server.headers(server.admin_key),
+            timeout=5,
+        ).raise_for_status()
+    with chromium(tmp_path / "profile", PHONE) as browser:
+        page = browser.new_page()
+        sign_in(page, server)
+        expect(page.locator("#fleet-rows tr")).to_have_count(3)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"]
+        screenshot(page, "phone-fleet")
+
+
+def test_polling_takes_over_when_the_event_stream_is_blocked(server: GunicornServer, tmp_path: Path) -> None:
+    with chromium(tmp_path / "profile") as browser:
+        page = browser.new_page()
+        page.route("**/dashboard/events*", lambda route: route.abort())
+        page.goto(server.url + "/dashboard/login")
+        page.fill("#key", server.admin_key)
+        page.click("button[type=submit]")
+        expect(page.locator("#conn")).to_have_text("polling", timeout=15_000)
+        requests.post(
+            f"{server.url}/robots/late-robot/heartbeat", json={}, headers=server.headers(server.admin_key), timeout=5
+        ).raise_for_status()
+        expect(page.locator('#fleet-rows tr[data-key="late-robot"]')).to_be_visible(timeout=15_000)

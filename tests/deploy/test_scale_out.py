@@ -1,0 +1,157 @@
+"""Scale-out as DEPLOYMENT.md describes it: nginx (TLS) → two gunicorns sharing one Redis and one UPLOAD_DIR."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from core.protocol import INIT_PATH, ErrorCode, MiB, chunk_count
+from tests.deploy.client import UploadClient, write_source
+from tests.helpers.nginx import NginxServer
+from tests.helpers.processes import PYTHON, REPO_ROOT
+from tests.helpers.redis_server import RedisServer
+from tests.helpers.servers import GunicornServer
+from tests.helpers.tls import TLSFiles, make_tls_files
+
+pytestmark = [pytest.mark.nginx, pytest.mark.gunicorn, pytest.mark.redis]
+
+CHUNK = 8 * MiB
+INIT_LIMIT = 20  # the seed's default: 20 init requests per hour per client
+
+
+class DurableRedis(RedisServer):
+    """Redis as DEPLOYMENT.md configures it for upload state: every write fsynced before it is acknowledged."""
+
+    def argv(self) -> list[str]:
+        argv = super().argv()
+        argv[argv.index("--appendonly") + 1] = "yes"
+        return [*argv, "--appendfsync", "always"]
+
+
+@dataclass
+class Cluster:
+    nginx: NginxServer
+    apps: list[GunicornServer]
+    tls: TLSFiles
+    keys: dict[str, str]
+    access_logs: list[Path]
+
+    def client(self, key_name: str) -> UploadClient:
+        client = UploadClient(self.nginx.url, verify=str(self.tls.ca), retries=8)
+        client.session.headers["Authorization"] = f"Bearer {self.keys[key_name]}"
+        return client
+
+    def chunk_puts(self, app: int) -> int:
+        text = self.access_logs[app].read_text() if self.access_logs[app].exists() else ""
+        return len(re.findall(r'"PUT /upload/\w+/chunk/\d+ ', text))
+
+    def inits(self, app: int) -> int:
+        text = self.access_logs[app].read_text() if self.access_logs[app].exists() else ""
+        return text.count(f'"POST {INIT_PATH} ')
+
+
+def kill_instance(app: GunicornServer) -> None:
+    """SIGKILL the master and its workers at once, like a crashed host: orphaned workers would keep serving."""
+    assert app.process is not None
+    master = app.process.pid
+    workers = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    for pid in workers:
+        os.kill(int(pid), signal.SIGKILL)
+    app.kill()
+
+
+def create_key(upload_dir: Path, name: str) -> str:
+    result = subprocess.run(
+        [PYTHON, "-m", "flask", "--app", "upload_server", "keys", "create", name],
+        cwd=REPO_ROOT,
+        env={"UPLOAD_DIR": str(upload_dir), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    base = tmp_path_factory.mktemp("cluster")
+    upload_dir = base / "uploads"  # the storage both instances reach (one disk here, a shared mount in production)
+    upload_dir.mkdir()
+    keys = {name: create_key(upload_dir, name) for name in ("robot-big", "robot-burst")}
+    with DurableRedis(base / "redis") as redis:
+        shared = {
+            "AUTH_ENABLED": "1",
+            "RATELIMIT_ENABLED": "1",
+            "STATE_STORE_URI": redis.url.replace("/0", "/1"),
+            "RATELIMIT_STORAGE_URI": redis.url,
+            "TRUSTED_PROXIES": "127.0.0.1",
+        }
+        logs = [base / "access-a.log", base / "access-b.log"]
+        apps = [
+            GunicornServer(upload_dir, workers=2, env={**shared, "GUNICORN_ACCESS_LOG": str(log)}, log_dir=base)
+            for log in logs
+        ]
+        for app in apps:
+            app.start()
+        tls = make_tls_files(base / "tls")
+        nginx = NginxServer(base / "nginx", upstream_ports=[a.port for a in apps], cert=tls.cert, key=tls.key)
+        try:
+            nginx.start()
+            yield Cluster(nginx, apps, tls, keys, logs)
+        finally:
+            nginx.stop()
+            for app in apps:
+                app.stop()
+
+
+def test_rate_limit_holds_exactly_across_both_instances(cluster: Cluster) -> None:
+    client = cluster.client("robot-burst")
+    codes = []
+    for n in range(INIT_LIMIT + 10):
+        body = {"filename": f"burst-{n}.bag", "filesize": 1000, "chunks": 1}
+        reply = client.session.post(cluster.nginx.url + INIT_PATH, json=body, verify=client.verify, timeout=30)
+        codes.append(reply.status_code)
+        if reply.status_code == 429:
+            assert reply.json()["error"]["code"] == ErrorCode.RATE_LIMITED.value
+            assert "Retry-After" in reply.headers
+    assert codes.count(201) == INIT_LIMIT, codes
+    assert codes[INIT_LIMIT:] == [429] * 10
+    assert cluster.inits(0) > 0
+    assert cluster.inits(1) > 0
+
+
+@pytest.mark.slow
+def test_500_mb_upload_alternates_instances_and_survives_losing_one(cluster: Cluster, tmp_path: Path) -> None:
+    source = write_source(tmp_path / "big.mcap", 500 * 1000 * 1000)
+    chunks = chunk_count(source.size, CHUNK)
+    kill_after = chunks // 3
+    client = cluster.client("robot-big")
+    seen_before_kill: list[int] = []
+
+    def after_chunk(index: int) -> None:
+        if index == kill_after:
+            seen_before_kill.extend([cluster.chunk_puts(0), cluster.chunk_puts(1)])
+            kill_instance(cluster.apps[0])
+
+    upload_id = client.upload(source, CHUNK, after_chunk=after_chunk)
+    status = client.finalize(upload_id, timeout=180)
+
+    assert status["state"] == "complete"
+    # Round robin sent chunks to both instances until one died; the rest went through the survivor.
+    a, b = seen_before_kill
+    assert a > 0
+    assert b > 0
+    assert abs(a - b) <= 2
+    assert cluster.chunk_puts(1) >= chunks - a
+    assert client.downloaded_sha256(upload_id) == source.sha256
+    health = requests.get(cluster.apps[1].url + "/health", timeout=5)
+    assert health.status_code == 200
