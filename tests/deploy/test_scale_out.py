@@ -151,6 +151,7 @@ def test_500_mb_upload_alternates_instances_and_survives_losing_one(cluster: Clu
     assert a > 0
     assert b > 0
     assert abs(a - b) <= 2
+    assert cluster.chunk_puts(0) <= a + 1  # nothing reached the dead instance after it died
     assert cluster.chunk_puts(1) >= chunks - a
     assert client.downloaded_sha256(upload_id) == source.sha256
     health = requests.get(cluster.apps[1].url + "/health", timeout=5)
