@@ -47,4 +47,5 @@ def post_worker_init(worker):
     """Resume queued finalize jobs and the sweep as soon as a worker boots, not only at its first request."""
     from core.server.jobs import start_background
 
-    start_background(worker.wsgi)
+    if "job_runner" in getattr(worker.wsgi, "extensions", {}):  # not for bench/baseline_server.py
+        start_background(worker.wsgi)

@@ -248,6 +248,12 @@ class ServerConfig:
     dashboard_session_hours: float = setting(
         12.0, "DASHBOARD_SESSION_HOURS", "float", "Lifetime of a dashboard sign-in"
     )
+    dashboard_signin_limit: str = setting(
+        "10 per minute",
+        "DASHBOARD_SIGNIN_RATE_LIMIT",
+        "str",
+        "Dashboard sign-in attempts per client address (counted in RATELIMIT_STORAGE_URI; off with RATELIMIT_ENABLED=0)",
+    )
     sse_max_seconds: float = setting(
         55.0, "DASHBOARD_SSE_MAX_SECONDS", "float", "Each live-update stream ends after this long (the page reconnects)"
     )

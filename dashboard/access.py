@@ -18,7 +18,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from flask import Flask, current_app, request, session
+from flask import Flask, current_app, has_request_context, request, session
+from flask.sessions import SecureCookieSessionInterface
 
 from core.config import ServerConfig
 from core.server import auth
@@ -63,9 +64,24 @@ def load_secret_key(config: ServerConfig) -> str:
     return Path(path).read_text().strip()
 
 
+class ProxyAwareSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed cookie session, marked ``Secure`` whenever the request arrived over HTTPS.
+
+    ``SESSION_COOKIE_SECURE`` alone covers gunicorn serving TLS itself; behind a
+    TLS-terminating nginx the app sees plain HTTP and would send the cookie
+    without ``Secure``. ``request.is_secure`` reflects ``X-Forwarded-Proto``
+    once ``TRUSTED_PROXIES`` says the proxy may set it (``core.server.proxies``),
+    and never a header from anyone else.
+    """
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return super().get_cookie_secure(app) or (has_request_context() and request.is_secure)
+
+
 def init_app(app: Flask, config: ServerConfig) -> None:
     """Session cookie settings, and the session as a credential for downloads."""
     app.secret_key = load_secret_key(config)
+    app.session_interface = ProxyAwareSessionInterface()
     auth.add_identity_loader(app, browser_identity_loader)
     app.config.update(
         SESSION_COOKIE_HTTPONLY=True,

@@ -25,13 +25,13 @@ from flask import (
 )
 
 from core.config import ServerConfig
-from core.protocol import ErrorCode, RobotAction
+from core.protocol import HEADER_RETRY_AFTER, ErrorCode, RobotAction
 from core.server import auth, limits
-from core.server.errors import ApiError, InvalidField, InvalidJson
+from core.server.errors import ApiError, InvalidField, InvalidJson, error_body
 from core.server.identity import Identity
 from core.server.robots import Command, ForbiddenError, robot_store, validate_robot_id
 from core.server.state_store import StateStore
-from dashboard import access, snapshot
+from dashboard import access, signin_limit, snapshot
 from dashboard.metrics import RequestMetrics
 
 log = logging.getLogger(__name__)
@@ -102,11 +102,26 @@ def login() -> Response:
         if access.viewer() is not None:
             return redirect(url_for("dashboard.index"))  # type: ignore[return-value]
         return _page("dashboard/login.html", csrf_token=access.csrf_token(), error=None)
+    wait = signin_limit.wait_seconds(_config().dashboard_signin_limit)
+    if wait is not None:
+        return _too_many_sign_ins(wait)
     if not access.csrf_ok():
         return _page("dashboard/login.html", 403, csrf_token=access.csrf_token(), error="Form expired, try again.")
     if access.sign_in(request.form.get("key", "")) is None:
         return _page("dashboard/login.html", 401, csrf_token=access.csrf_token(), error="That is not an admin key.")
     return redirect(url_for("dashboard.index"))  # type: ignore[return-value]
+
+
+def _too_many_sign_ins(wait: int) -> Response:
+    """429 as the sign-in page (a browser) or as the API's JSON error (a script asking for JSON)."""
+    message = f"Too many sign-in attempts from your address: try again in {wait} s."
+    if request.accept_mimetypes.best_match(["text/html", "application/json"]) == "application/json":
+        response = current_app.json.response(error_body(ErrorCode.RATE_LIMITED, message))
+        response.status_code = 429
+    else:
+        response = _page("dashboard/login.html", 429, csrf_token=access.csrf_token(), error=message)
+    response.headers[HEADER_RETRY_AFTER] = str(wait)
+    return response
 
 
 @bp.post("/logout")

@@ -17,8 +17,8 @@ import zstandard
 from core.checksums import READ_SIZE
 from core.protocol import Codec, MiB
 
-# Enough to see past a bag's header into its message data, small enough to cost ~10 ms.
-SAMPLE_SIZE = 4 * MiB
+# Enough to see past a bag's header into its message data, small enough to cost a few ms.
+SAMPLE_SIZE = 1 * MiB
 
 
 class Writer(Protocol):
@@ -39,10 +39,14 @@ def compressed_size(codec: Codec, level: int, sample: bytes) -> int:
 
 
 def worth_compressing(codec: Codec, level: int, sample: bytes, min_saving: float) -> bool:
-    """Compressing pays only if the sample shrinks by at least ``min_saving`` (bags of images or zstd chunks don't)."""
+    """Compressing pays only if the sample shrinks by at least ``min_saving`` (bags of images or zstd chunks don't).
+
+    The sample is compressed at a fast level (at most 3): higher levels gain little on data that does not
+    compress at all, and a slow probe would hold up the finalize job.
+    """
     if codec is Codec.NONE or not sample:
         return False
-    return compressed_size(codec, level, sample) <= len(sample) * (1.0 - min_saving)
+    return compressed_size(codec, min(level, 3), sample) <= len(sample) * (1.0 - min_saving)
 
 
 class _ZstdWriter:

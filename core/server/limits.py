@@ -75,6 +75,9 @@ def client_key() -> str:
 
 
 def _is_exempt() -> bool:
+    # Preflights are answered by Flask without running a view; counting them would halve a browser's budget.
+    if request.method == "OPTIONS":
+        return True
     if request.url_rule is not None and request.url_rule.rule in EXEMPT_PATHS:
         return True
     view = current_app.view_functions.get(request.endpoint or "")

@@ -11,6 +11,7 @@ closes them in order and hands each one to the uploader.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import secrets
 import threading
@@ -40,6 +41,8 @@ STATE_DIR = ".recorder"
 _SPLIT = object()  # queue marker: split here, preserving the order of messages around it
 _IDLE_WAKEUP_S = 0.2
 _DISK_CHECK_NS = NS_PER_S
+# status() may be polled often (heartbeats, the status topic, benchmarks): stat the open split at most this often.
+_BAG_SIZE_REFRESH_NS = NS_PER_S
 
 
 def new_session(now: datetime | None = None) -> str:
@@ -85,6 +88,9 @@ class Recorder:
         self._stop_reason: str | None = None
         self._last_error: str | None = None
         self._session: str | None = None
+        self._started_ns: int | None = None
+        self._stopped_ns: int | None = None
+        self._bag_size: tuple[Path, int, int] | None = None  # (split path, bytes, measured at)
         self._split: SplitWriter | None = None
         self._split_index = 0
         self._splits_done = 0
@@ -115,6 +121,7 @@ class Recorder:
         self.recover()
         self.disk.require()
         self._session = session or new_session()
+        self._started_ns, self._stopped_ns = self._clock(), None
         self._split_index = 0
         self._stopping = False
         self._stop_reason = None
@@ -131,6 +138,7 @@ class Recorder:
         if self._writer_thread is None:
             return
         self._state = RecorderState.STOPPED
+        self._stopped_ns = self._stopped_ns or self._clock()
         with self._cond:
             self._stopping = True
             self._stop_reason = self._stop_reason or reason
@@ -262,6 +270,7 @@ class Recorder:
         """Stop from inside the writer thread: keep what was written, close the split, refuse new messages."""
         log.error("recording stops: %s", reason)
         self._state = RecorderState.STOPPED
+        self._stopped_ns = self._stopped_ns or self._clock()
         with self._cond:
             self._stopping = True
             self._stop_reason = reason
@@ -459,6 +468,9 @@ class Recorder:
             session=self._session,
             current_bag=split.info.bag if split else None,
             storage=self.config.storage,
+            started_at=self._started_ns / NS_PER_S if self._started_ns is not None else None,
+            elapsed=self._elapsed(now),
+            current_bag_bytes=self._current_bag_bytes(split.info.path if split else None, now),
             topics={topic: stats.snapshot(now) for topic, stats in list(self._stats.items())},
             messages_written=self._messages_written,
             bytes_written=self._bytes_written,
@@ -476,6 +488,25 @@ class Recorder:
             unrecoverable_bags=list(self._unrecoverable),
             uploads_pending=self._uploads_pending(),
         )
+
+    def _elapsed(self, now: int) -> float | None:
+        if self._started_ns is None:
+            return None
+        return max(0, (self._stopped_ns or now) - self._started_ns) / NS_PER_S
+
+    def _current_bag_bytes(self, path: Path | None, now: int) -> int | None:
+        """Bytes the open split occupies on disk: a stat of its few files, cached for a second."""
+        if path is None:
+            return None
+        cached = self._bag_size
+        if cached is not None and cached[0] == path and now - cached[2] < _BAG_SIZE_REFRESH_NS:
+            return cached[1]
+        try:
+            size = sum(entry.stat().st_size for entry in os.scandir(path) if entry.name != SIDECAR and entry.is_file())
+        except OSError:
+            return cached[1] if cached is not None and cached[0] == path else None
+        self._bag_size = (path, size, now)
+        return size
 
     def _uploads_pending(self) -> int:
         if self._closed:

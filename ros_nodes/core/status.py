@@ -59,6 +59,9 @@ class RecorderStatus:
     session: str | None
     current_bag: str | None
     storage: str
+    started_at: float | None = None  # epoch seconds of start()
+    elapsed: float | None = None  # seconds since start(), pauses included; frozen once stopped
+    current_bag_bytes: int | None = None  # the open split's files on disk (refreshed at most once a second)
     topics: dict[str, dict[str, Any]] = field(default_factory=dict)
     messages_written: int = 0
     bytes_written: int = 0

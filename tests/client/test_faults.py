@@ -5,14 +5,10 @@ Every scenario ends with the server's copy byte-identical to the source bag.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import random
-import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +17,7 @@ from core.client.journal import JobState
 from core.protocol import MiB
 from tests.client.support import local_sha256, server_sha256
 from tests.helpers.fault_proxy import FaultProxy
-from tests.helpers.processes import PYTHON, REPO_ROOT, ManagedProcess, port_open, wait_until
+from tests.helpers.processes import PYTHON, REPO_ROOT, ManagedProcess
 from tests.helpers.servers import GunicornServer
 
 pytestmark = pytest.mark.gunicorn
@@ -35,17 +31,6 @@ def journal_status(state_dir) -> list[dict]:
     out = subprocess.run(cli("--state-dir", str(state_dir), "status", "--json"), cwd=REPO_ROOT, check=True,
                          capture_output=True, text=True, timeout=30).stdout  # fmt: skip
     return json.loads(out)
-
-
-def crash(server: GunicornServer) -> None:
-    """SIGKILL the gunicorn master and its workers at once, like a power cut (kill() leaves workers finishing)."""
-    assert server.process is not None
-    master = server.process.pid
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    server.kill()
-    for pid in map(int, children):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
@@ -82,8 +67,7 @@ def test_a_server_restart_mid_upload_is_survived(tmp_path, make_manager, make_fi
         job_id = manager.add_upload(bag)
         manager.start()
         events.wait_for(lambda e: e.kind is EventKind.PROGRESS and e.bytes_sent >= 1 * MiB)
-        crash(restarting)
-        wait_until(lambda: not port_open(restarting.port), 15, what="the crashed server's port to close")
+        restarting.crash()
         state_while_down = manager.job(job_id).state
         time.sleep(0.5)
         restarting.start()
@@ -150,7 +134,7 @@ def test_a_server_that_is_down_parks_the_upload_and_it_completes_later(tmp_path,
     events.wait_for(lambda e: e.state is JobState.PARKED)
     assert not manager.wait(0.1, job_ids=[job_id])
 
-    with down.start():
+    with down:  # starts it
         assert manager.wait(60, job_ids=[job_id])
         record = manager.job(job_id)
         assert record.state is JobState.COMPLETE, record.error

@@ -211,3 +211,46 @@ def test_the_journal_lives_in_the_state_dir_from_the_environment(server, make_fi
         manager.close()
 
     assert (tmp_path / "from-env" / "journal.sqlite3").exists()
+
+
+@pytest.fixture(scope="module")
+def protected(tmp_path_factory: pytest.TempPathFactory):
+    """A server that requires API keys (a robot key and an admin key exist)."""
+    with GunicornServer(tmp_path_factory.mktemp("protected") / "uploads", workers=1, auth=True) as srv:
+        yield srv
+
+
+def test_with_auth_on_the_robot_key_uploads_a_verified_bag(protected, make_manager, make_file):
+    bag = make_file(1 * MiB)
+    manager = make_manager(protected.upload_url, api_key=protected.robot_key)
+    job_id = manager.add_upload(bag)
+    manager.start()
+
+    record = finished(manager, job_id)
+
+    assert record.state is JobState.COMPLETE, record.error
+    assert server_sha256(protected.upload_url, record.upload_id, protected.admin_key) == local_sha256(bag)
+
+
+def test_the_api_key_comes_from_the_environment(protected, make_manager, make_file, monkeypatch):
+    monkeypatch.setenv("UPLOAD_API_KEY", protected.robot_key)
+    bag = make_file(64 * 1024)
+    manager = make_manager(protected.upload_url)
+    job_id = manager.add_upload(bag)
+    manager.start()
+
+    assert finished(manager, job_id).state is JobState.COMPLETE
+
+
+def test_a_wrong_key_fails_at_once_with_the_reason_and_keeps_the_bag(protected, make_manager, make_file):
+    bag = make_file(64 * 1024)
+    manager = make_manager(protected.upload_url, api_key="not-a-key", retention="delete")
+    job_id = manager.add_upload(bag)
+    manager.start()
+
+    record = finished(manager, job_id)
+
+    assert record.state is JobState.FAILED
+    assert "401" in record.error
+    assert record.attempts == 0
+    assert bag.exists()

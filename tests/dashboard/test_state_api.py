@@ -30,6 +30,9 @@ def recorder_status(state: str = "recording", **extra: Any) -> dict[str, Any]:
         "session": "s1",
         "current_bag": "s1_0003",
         "storage": "mcap",
+        "started_at": 1_700_000_000.0,
+        "elapsed": 95.5,
+        "current_bag_bytes": 3 * MiB,
         "topics": {"/imu": {"type": "sensor_msgs/msg/Imu", "messages": 1200, "bytes": 380000, "rate_hz": 200.0}},
         "messages_written": 1200,
         "bytes_written": 5 * MiB,
@@ -103,6 +106,8 @@ def test_fleet_row_shows_recorder_and_upload_queue(open_client: FlaskClient) -> 
     assert row["online"] is True
     assert row["recording_state"] == "recording"
     assert row["current_bag"] == "s1_0003"
+    assert row["current_bag_bytes"] == 3 * MiB
+    assert row["elapsed"] == 95.5
     assert row["disk_free"] == 40 * 1024 * MiB
     assert row["queue_length"] == 2
     assert row["upload_rate"] == 2.0 * MiB

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 import threading
 from pathlib import Path
 
@@ -12,8 +13,12 @@ from flask import Flask
 from flask.testing import FlaskCliRunner
 
 from core.config import ServerConfig
+from core.protocol import MiB
 from core.server import backup
 from core.server.backup import MANIFEST, BackupError, Manifest, create_backup, restore_backup, snapshots
+from tests.deploy.client import UploadClient, read_chunk, write_source
+from tests.helpers.processes import PYTHON, REPO_ROOT
+from tests.helpers.servers import GunicornServer
 
 
 def make_storage_root(root: Path) -> dict[str, bytes]:
@@ -188,3 +193,46 @@ def test_cli_reports_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "does not exist" in result.output
     assert "Traceback" not in result.output
+
+
+def flask_cli(upload_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "flask", "--app", "upload_server", "backup", *args],
+        cwd=REPO_ROOT,
+        env={"UPLOAD_DIR": str(upload_dir), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.gunicorn
+def test_backup_of_a_live_server_restores_into_a_working_server(tmp_path: Path) -> None:
+    """Completed uploads download byte-identical from the restored copy; an unfinished one resumes there."""
+    stored = [write_source(tmp_path / "a.mcap", 9 * MiB, compressible=True), write_source(tmp_path / "b.mcap", 3 * MiB)]
+    unfinished = write_source(tmp_path / "c.mcap", 4 * MiB)
+    with GunicornServer(tmp_path / "uploads", workers=2) as server:
+        client = UploadClient(server.url)
+        done = [client.upload(src, MiB, compression=i == 0) for i, src in enumerate(stored)]
+        for upload_id in done:
+            client.finalize(upload_id)
+        partial = client.upload(unfinished, MiB, order=[0, 2])
+        created = flask_cli(tmp_path / "uploads", "create", str(tmp_path / "backup"))
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip().splitlines()[-1] == str(tmp_path / "backup")
+
+    restored = flask_cli(tmp_path / "unused", "restore", str(tmp_path / "backup"), "--upload-dir", str(tmp_path / "r"))
+    assert restored.returncode == 0, restored.stderr
+    assert "all verified" in restored.stdout
+
+    with GunicornServer(tmp_path / "r", workers=1) as server:
+        client = UploadClient(server.url)
+        for upload_id, src in zip(done, stored, strict=True):
+            assert client.status(upload_id)["state"] == "complete"
+            assert client.downloaded_sha256(upload_id) == src.sha256
+        assert sorted(client.status(partial)["received"]) == [0, 2]
+        for index in (1, 3):
+            client.put_chunk(partial, index, read_chunk(unfinished, MiB, index))
+        client.finalize(partial)
+        assert client.downloaded_sha256(partial) == unfinished.sha256

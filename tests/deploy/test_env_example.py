@@ -1,6 +1,7 @@
 """``.env.example`` lists every server setting with its default, generated from ``ServerConfig`` so it cannot drift.
 
-Regenerate after adding a setting: ``.venv/bin/python -m tests.deploy.test_env_example``.
+So is the settings table of DEPLOYMENT.md. Regenerate both after adding a setting:
+``.venv/bin/python -m tests.deploy.test_env_example``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,25 @@ def render() -> str:
     return "".join(lines)
 
 
+BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
+
+
+def render_table() -> str:
+    """The settings table of DEPLOYMENT.md (between its settings markers)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, default, doc in [*settings_table(ServerConfig), *PROCESS_SETTINGS]:
+        cell = f"`{default}`" if default else "(empty)"
+        rows.append(f"| `{name}` | {cell} | {doc.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+def deployment_guide(table: str) -> str:
+    guide = DEPLOYMENT_MD.read_text()
+    before, _, rest = guide.partition(BEGIN)
+    _, _, after = rest.partition(END)
+    return f"{before}{BEGIN}\n{table}\n{END}{after}"
+
+
 def test_env_example_is_generated_from_the_config() -> None:
     assert ENV_EXAMPLE.read_text() == render(), "run: .venv/bin/python -m tests.deploy.test_env_example"
 
@@ -63,13 +83,13 @@ def test_each_listed_default_parses_back_to_the_default(name: str, default: str)
     assert getattr(parsed, field_name) == getattr(ServerConfig(), field_name)
 
 
-def test_deployment_guide_lists_every_setting() -> None:
+def test_deployment_guide_has_the_same_settings_table() -> None:
     guide = DEPLOYMENT_MD.read_text()
-    missing = [name for name, _, _ in settings_table(ServerConfig) if f"`{name}`" not in guide]
-    missing += [name for name, _, _ in PROCESS_SETTINGS if f"`{name}`" not in guide]
-    assert not missing, f"DEPLOYMENT.md lacks these settings: {missing}"
+    assert BEGIN in guide
+    assert guide == deployment_guide(render_table()), "run: .venv/bin/python -m tests.deploy.test_env_example"
 
 
 if __name__ == "__main__":
     ENV_EXAMPLE.write_text(render())
-    print(f"wrote {ENV_EXAMPLE}")
+    DEPLOYMENT_MD.write_text(deployment_guide(render_table()))
+    print(f"wrote {ENV_EXAMPLE} and the settings table of {DEPLOYMENT_MD}")

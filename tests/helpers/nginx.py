@@ -40,8 +40,18 @@ def substitute(text: str, replacements: Mapping[str, str], *, source: str) -> st
 class NginxServer:
     """nginx with the shipped site in ``prefix``, in front of gunicorn on ``upstream_ports``."""
 
-    def __init__(self, prefix: Path, *, upstream_ports: Sequence[int], cert: Path, key: Path) -> None:
+    def __init__(
+        self,
+        prefix: Path,
+        *,
+        upstream_ports: Sequence[int],
+        cert: Path,
+        key: Path,
+        variations: Mapping[str, str] | None = None,
+    ) -> None:
+        """``variations``: further (must-match) substitutions in the site file, for benchmarks of alternatives."""
         self.prefix = prefix
+        self.variations = dict(variations or {})
         self.upstream_ports = list(upstream_ports)
         self.cert = cert
         self.key = key
@@ -80,6 +90,7 @@ class NginxServer:
                 "listen [::]:443 ssl;": "",
                 "listen 80;": f"listen 127.0.0.1:{self.http_port};",
                 "listen [::]:80;": "",
+                **self.variations,
             },
             source=str(SITE_FILE),
         )

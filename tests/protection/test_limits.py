@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import textwrap
 import time
@@ -18,7 +19,8 @@ from flask.testing import FlaskClient
 
 from core.config import ServerConfig
 from core.protocol import DEFAULT_CHUNK_SIZE, GiB, MiB
-from core.server.keys import KeyStore
+from core.server.app import create_app
+from core.server.keys import KeyStore, key_store_for
 from tests.helpers.processes import PYTHON, REPO_ROOT
 from tests.protection.conftest import bearer
 
@@ -209,22 +211,50 @@ def test_5gb_upload_faster_than_the_chunk_limit_is_paced_not_failed(
 
 
 def test_server_starts_without_flask_limiter_and_says_so(tmp_path: Path) -> None:
+    """The real entry point, imported with flask-limiter blocked, serves requests and warns in its log."""
     script = textwrap.dedent(
-        f"""
-        import logging, sys
+        """
+        import sys
         sys.modules["flask_limiter"] = None  # as if it were not installed
-        logging.basicConfig(level=logging.INFO)
-        from core.config import ServerConfig
-        from tests.protection.conftest import stub_app
-        app = stub_app(ServerConfig.from_env({{"UPLOAD_DIR": {str(tmp_path)!r}, "AUTH_ENABLED": "0"}}))
+        from upload_server import app
         client = app.test_client()
-        codes = {{client.post("/upload/init", json={{}}).status_code for _ in range(30)}}
+        codes = {client.get("/uploads").status_code for _ in range(60)}
         print("codes", sorted(codes), client.get("/health").status_code)
         """
     )
-    done = subprocess.run([PYTHON, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "UPLOAD_DIR": str(tmp_path / "uploads"),
+        "AUTH_ENABLED": "0",
+        "RATELIMIT_ENABLED": "1",
+        "BACKGROUND_JOBS": "0",
+    }
+    done = subprocess.run([PYTHON, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
 
     assert done.returncode == 0, done.stderr
-    assert "codes [201] 200" in done.stdout
+    assert "codes [200] 200" in done.stdout  # 60 > the default 50/hour: no limiter, no 429
     assert "flask-limiter is not importable" in done.stderr
     assert "WITHOUT rate limits" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "limit"),
+    [
+        ("POST", "/upload/init", "20"),
+        ("PUT", "/upload/nope/chunk/0", "100"),
+        ("GET", "/upload/nope", "300"),
+        ("POST", "/upload/nope/finalize", "60"),
+        ("GET", "/uploads", "120"),
+        ("POST", "/robots/robot-1/heartbeat", "120"),
+        ("DELETE", "/upload/nope", "50"),  # RATELIMIT_DEFAULT: the tighter 50/hour is the one reported
+        ("GET", "/uploads/nope/file", "50"),
+    ],
+)
+def test_the_real_app_gives_each_upload_route_its_own_limit(tmp_path: Path, method: str, path: str, limit: str) -> None:
+    app = create_app({"upload_dir": tmp_path / "uploads", "background_jobs": False})
+    token = key_store_for(tmp_path / "uploads").create("robot-1").token
+
+    reply = app.test_client().open(path, method=method, json={}, headers=bearer(token))
+
+    assert reply.status_code != 429
+    assert reply.headers["X-RateLimit-Limit"] == limit

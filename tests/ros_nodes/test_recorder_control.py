@@ -194,3 +194,53 @@ def test_status_reports_topics_rates_and_splits(config: RecorderConfig, traffic:
     assert imu["messages"] == 1000
     assert imu["type"] == "sensor_msgs/msg/Imu"
     assert imu["rate_hz"] == pytest.approx(200, rel=0.01)
+
+
+class NsClock:
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def split_bytes_on_disk(bag: Path) -> int:
+    return sum(f.stat().st_size for f in bag.iterdir() if f.is_file() and f.name != bag_writer.SIDECAR)
+
+
+def test_status_reports_elapsed_time_and_the_open_bags_size_on_disk(
+    config: RecorderConfig, traffic: list[Sent]
+) -> None:
+    clock = NsClock(traffic[0].timestamp)
+    recorder = Recorder(config, clock_ns=clock)
+    idle = recorder.status()
+    assert (idle.started_at, idle.elapsed, idle.current_bag_bytes) == (None, None, None)
+
+    recorder.start()
+    clock.now += 7_500_000_000
+    for msg in traffic[:1000]:
+        recorder.record(msg.topic, msg.msgtype, msg.data, msg.timestamp)
+    wait_until(lambda: recorder.status().messages_written == 1000, 10, what="1000 messages written")
+    (bag,) = split_dirs(config.output_dir)
+    status = recorder.status()
+    assert status.started_at == traffic[0].timestamp / 1e9
+    assert status.elapsed == 7.5
+    assert status.current_bag == bag.name
+    assert status.current_bag_bytes == split_bytes_on_disk(bag) > 0
+
+    # The size is a stat of the open split, taken at most once a second of the recorder's clock.
+    for msg in traffic[1000:]:
+        recorder.record(msg.topic, msg.msgtype, msg.data, msg.timestamp)
+    wait_until(lambda: recorder.status().messages_written == len(traffic), 10, what="every message written")
+    assert split_bytes_on_disk(bag) > status.current_bag_bytes
+    assert recorder.status().current_bag_bytes == status.current_bag_bytes
+    clock.now += 1_000_000_000
+    assert recorder.status().current_bag_bytes == split_bytes_on_disk(bag)
+
+    recorder.stop()
+    clock.now += 60_000_000_000
+    stopped = recorder.status()
+    assert stopped.elapsed == 8.5  # frozen at stop()
+    assert stopped.current_bag is None
+    assert stopped.current_bag_bytes is None
+    recorder.close()

@@ -146,7 +146,7 @@ def test_server_killed_mid_upload_resumes_after_restart(gunicorn_server: Callabl
 @pytest.mark.slow
 def test_finalize_interrupted_by_kill_resumes_after_restart(gunicorn_server: Callable[..., GunicornServer]) -> None:
     # A slow codec level makes finalize last long enough to kill it in the middle.
-    env = {"JOB_LEASE": "2", "COMPRESSION_THRESHOLD": "0", "COMPRESSION_LEVEL": "19"}
+    env = {"JOB_LEASE": "4", "COMPRESSION_THRESHOLD": "0", "COMPRESSION_LEVEL": "19"}
     server = gunicorn_server(env=env)
     words = [os.urandom(4).hex().encode() for _ in range(2000)]
     data = b" ".join(random.choice(words) for _ in range(1_400_000))

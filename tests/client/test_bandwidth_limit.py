@@ -1,0 +1,41 @@
+"""The bandwidth limit on real bytes through the real server: two uploads share it, within ±10% over 10 s."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.client.events import EventKind
+from core.client.journal import JobState
+from core.protocol import MiB
+from tests.client.support import EventLog, local_sha256, server_sha256
+
+pytestmark = [pytest.mark.gunicorn, pytest.mark.slow]
+
+LIMIT = 2 * MiB
+SECONDS = 10
+
+
+def test_two_concurrent_uploads_share_the_bandwidth_limit(server, make_manager, make_file, events: EventLog):
+    bags = [make_file(LIMIT * SECONDS // 2), make_file(LIMIT * SECONDS // 2)]
+    manager = make_manager(server.upload_url, bandwidth_limit=LIMIT, max_concurrent_uploads=2, chunk_size=1 * MiB)
+    ids = [manager.add_upload(bag) for bag in bags]
+    manager.start()
+    assert manager.wait(60)
+
+    progress = [e for e in events.of(EventKind.PROGRESS) if e.bytes_sent > 0]
+    sent: dict[str, int] = {}
+    samples = []
+    for event in progress:
+        sent[event.job_id] = event.bytes_sent
+        samples.append((event.timestamp, sum(sent.values())))
+    (t0, b0), (t1, b1) = samples[0], samples[-1]
+    rate = (b1 - b0) / (t1 - t0)
+
+    assert rate == pytest.approx(LIMIT, rel=0.10)
+    # Both were in flight together: the limit is shared, not per upload.
+    first_done = min(max(e.timestamp for e in progress if e.job_id == i) for i in ids)
+    assert all(any(e.timestamp < first_done - 1 for e in progress if e.job_id == i) for i in ids)
+    for job_id, bag in zip(ids, bags, strict=True):
+        record = manager.job(job_id)
+        assert record.state is JobState.COMPLETE, record.error
+        assert server_sha256(server.upload_url, record.upload_id) == local_sha256(bag)

@@ -1,0 +1,65 @@
+"""``python -m core.network_manager``: upload with a progress bar, exit status, and the queue listing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from core.protocol import MiB
+from tests.client.support import local_sha256, server_sha256
+from tests.helpers.processes import PYTHON, REPO_ROOT
+
+pytestmark = pytest.mark.gunicorn
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+
+    return subprocess.run([PYTHON, "-m", "core.network_manager", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def test_upload_exits_zero_once_the_server_verified_the_bag(server, make_file, tmp_path):
+    bag = make_file(2 * MiB)
+    state = str(tmp_path / "state")
+
+    done = run_cli("--state-dir", state, "upload", str(bag), "--url", server.upload_url, "--meta", "source=cli")
+    listing = run_cli("--state-dir", state, "status")
+
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stdout.splitlines()
+    assert line.startswith("complete")
+    upload_id = line.split("upload ")[1].split()[0]
+    assert server_sha256(server.upload_url, upload_id) == local_sha256(bag)
+    assert "100%" in done.stderr  # the tqdm bar
+    assert "complete" in listing.stdout
+    assert str(bag) in listing.stdout
+
+
+def test_upload_exits_non_zero_with_the_reason_when_the_server_refuses(tmp_path, make_file):
+    from tests.helpers.servers import GunicornServer
+
+    bag = make_file(64 * 1024)
+    with GunicornServer(tmp_path / "uploads", workers=1, auth=True) as protected:
+        refused = run_cli("--state-dir", str(tmp_path / "state"), "upload", str(bag), "--url", protected.upload_url,
+                          env={"UPLOAD_API_KEY": "wrong-key"})  # fmt: skip
+
+    assert refused.returncode == 1
+    assert refused.stdout.startswith("failed")
+    assert "401" in refused.stdout
+
+
+def test_upload_of_a_missing_file_is_a_usage_error(tmp_path):
+    missing = run_cli("--state-dir", str(tmp_path / "state"), "upload", str(tmp_path / "nope.mcap"), "--url",
+                      "http://127.0.0.1:9/upload")  # fmt: skip
+
+    assert missing.returncode == 2
+    assert "not a file" in missing.stderr
+
+
+def test_status_of_an_empty_journal_says_so(tmp_path):
+    listing = run_cli("--state-dir", str(tmp_path / "state"), "status")
+
+    assert listing.returncode == 0
+    assert "no uploads" in listing.stdout

@@ -1,0 +1,162 @@
+"""One upload's decisions against canned server replies: verification gates retention, 410 restarts, 429 waits."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import responses
+
+from core.checksums import file_digests, sha256_hex
+from core.client.bandwidth import TokenBucket
+from core.client.errors import PermanentUploadError, VerificationError
+from core.client.events import EventBus
+from core.client.job import JobSettings, UploadJob
+from core.client.journal import JobState, Journal
+from core.client.retention import Retention
+from core.client.transfer import ServerClient
+from core.client.watchdog import Watchdog
+from core.protocol import HEADER_CHUNK_SHA256, HEADER_RETRY_AFTER, chunk_url, finalize_url, init_url, upload_status_url
+
+URL = "http://robot-test.invalid:8080/upload"
+CHUNK = 64 * 1024
+
+
+@pytest.fixture
+def bag(make_file) -> Path:
+    return make_file(3 * CHUNK)
+
+
+@pytest.fixture
+def run_job(tmp_path: Path, bag: Path):
+    journal = Journal(tmp_path / "state")
+    sleeps: list[float] = []
+
+    def run(retention: Retention = Retention.KEEP) -> UploadJob:
+        record, _ = journal.add(bag, 1, {"source": "robot1"})
+        job = UploadJob(
+            record,
+            journal=journal,
+            client=ServerClient(URL),
+            settings=JobSettings(chunk_size=CHUNK, retention=retention, max_retries=2),
+            bucket=TokenBucket(0),
+            watchdog=Watchdog(),
+            events=EventBus(),
+            stopping=threading.Event(),
+            sleep=sleeps.append,
+        )
+        job.sleeps = sleeps  # type: ignore[attr-defined]
+        job.run()
+        return job
+
+    return run
+
+
+def serve_upload(upload_id: str, bag: Path, *, final_sha256: str | None = None, verified: bool = True) -> None:
+    """Register replies of a server that accepts everything and then reports ``final_sha256``."""
+    sha = file_digests(bag).sha256 if final_sha256 is None else final_sha256
+    for index in range(3):
+        responses.put(chunk_url(URL, upload_id, index), json={"success": True})
+    responses.post(finalize_url(URL, upload_id), status=202, json={"success": True, "state": "finalizing"})
+    responses.get(upload_status_url(URL, upload_id), json={"state": "finalizing", "received": [0, 1, 2]})
+    responses.get(
+        upload_status_url(URL, upload_id),
+        json={"state": "complete", "verified": verified, "sha256": sha, "codec": "none"},
+    )
+
+
+def init_reply(upload_id: str) -> dict[str, object]:
+    return {
+        "success": True,
+        "upload_id": upload_id,
+        "chunk_size": CHUNK,
+        "chunks": 3,
+        "received": [],
+        "state": "uploading",
+    }
+
+
+@responses.activate
+def test_a_verified_upload_with_our_sha256_completes_and_applies_retention(run_job, bag):
+    responses.post(init_url(URL), status=201, json=init_reply("u1"))
+    serve_upload("u1", bag)
+    data = bag.read_bytes()
+
+    job = run_job(Retention.DELETE)
+
+    assert job.record.state is JobState.COMPLETE
+    assert not bag.exists()
+    chunk_calls = [c for c in responses.calls if c.request.method == "PUT"]
+    expected = [sha256_hex(data[i * CHUNK : (i + 1) * CHUNK]) for i in range(3)]
+    assert [c.request.headers[HEADER_CHUNK_SHA256] for c in chunk_calls] == expected
+
+
+@responses.activate
+@pytest.mark.parametrize(("sha", "verified"), [("0" * 64, True), (None, False)], ids=["other-sha256", "unverified"])
+def test_a_copy_the_server_did_not_verify_as_ours_fails_and_the_bag_stays(run_job, bag, sha, verified):
+    responses.post(init_url(URL), status=201, json=init_reply("u1"))
+    serve_upload("u1", bag, final_sha256=sha, verified=verified)
+    # The detail fetch after a brief "complete" says the same.
+    responses.get(upload_status_url(URL, "u1"), json={"state": "complete", "verified": verified, "sha256": sha})
+
+    with pytest.raises(VerificationError):
+        run_job(Retention.DELETE)
+
+    assert bag.exists()
+
+
+@responses.activate
+def test_an_expired_upload_is_started_over_with_a_new_init(run_job, bag):
+    responses.post(init_url(URL), status=201, json=init_reply("old"))
+    gone = {"success": False, "error": {"code": "upload_expired", "message": "gone"}}
+    responses.put(chunk_url(URL, "old", 0), status=410, json=gone)
+    responses.post(init_url(URL), status=201, json=init_reply("new"))
+    serve_upload("new", bag)
+
+    job = run_job()
+
+    assert job.record.state is JobState.COMPLETE
+    assert job.record.upload_id == "new"
+
+
+@responses.activate
+def test_a_rate_limited_chunk_waits_for_retry_after_then_continues(run_job, bag):
+    responses.post(init_url(URL), status=201, json=init_reply("u1"))
+    responses.put(
+        chunk_url(URL, "u1", 0),
+        status=429,
+        headers={HEADER_RETRY_AFTER: "12"},
+        json={"success": False, "error": {"code": "rate_limited", "message": "slow down"}},
+    )
+    serve_upload("u1", bag)
+
+    job = run_job()
+
+    assert job.record.state is JobState.COMPLETE
+    assert 12.0 in job.sleeps  # type: ignore[attr-defined]
+
+
+@responses.activate
+def test_a_resumed_upload_sends_only_the_missing_chunks(tmp_path, run_job, bag):
+    responses.post(init_url(URL), status=201, json={**init_reply("u1"), "received": [0, 2]})
+    serve_upload("u1", bag)
+
+    run_job()
+
+    sent = [c.request.url for c in responses.calls if c.request.method == "PUT"]
+    assert sent == [chunk_url(URL, "u1", 1)]
+
+
+@responses.activate
+def test_a_server_side_failure_fails_the_upload_with_the_servers_reason(run_job, bag):
+    responses.post(init_url(URL), status=201, json=init_reply("u1"))
+    for index in range(3):
+        responses.put(chunk_url(URL, "u1", index), json={"success": True})
+    responses.post(finalize_url(URL, "u1"), status=202, json={"success": True})
+    responses.get(upload_status_url(URL, "u1"), json={"state": "failed", "error": "checksum mismatch at finalize"})
+
+    with pytest.raises(PermanentUploadError, match="checksum mismatch at finalize"):
+        run_job(Retention.DELETE)
+
+    assert bag.exists()
