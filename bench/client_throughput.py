@@ -124,7 +124,12 @@ def main() -> None:
         root = Path(tmp)
         source = root / "bench.mcap"
         generate(source, size)
+        small = root / "small.mcap"
+        generate(small, min(size, 64 * MiB))
         results: dict[str, tuple[float, float | None, int | None]] = {}
+        with GunicornServer(root / "srv-small" / "uploads", workers=args.workers) as server:
+            # The same client on a small file: peak RSS must not grow with the file size.
+            _elapsed, _cpu, small_rss = run_client(small, server.upload_url, chunk_size, 1, root / "s-small")
         for name, parallelism in (("client", 1), ("client x2 chunks", 2)):
             with GunicornServer(root / f"srv-{parallelism}" / "uploads", workers=args.workers) as server:
                 elapsed, cpu, rss = run_client(
@@ -142,6 +147,7 @@ def main() -> None:
         cpu_text = f"{cpu:7.1f} {cpu / (size / (1024 * MiB)):9.2f}" if cpu is not None else f"{'-':>7} {'-':>9}"
         rss_text = f"{rss / MiB:12.0f}" if rss is not None else f"{'-':>12}"
         print(f"{name:18} {rate:8.1f} {rate / baseline:6.2f} {cpu_text} {rss_text}")
+    print(f"client peak RSS on a {min(size, 64 * MiB) / MiB:.0f} MiB file: {small_rss / MiB:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import requests
@@ -55,7 +55,12 @@ def upload_seconds(base_url: str, chunks: list[tuple[bytes, str]], streams: int,
         data, sha = chunks[index]
         headers = {HEADER_CHUNK_SHA256: sha, "Content-Type": CHUNK_CONTENT_TYPE}
         session = sessions[index % streams]
-        session.put(chunk_url(upload_url, upload_id, index), data=data, headers=headers, verify=verify, timeout=120)
+        reply = session.put(
+            chunk_url(upload_url, upload_id, index), data=data, headers=headers, verify=verify, timeout=120
+        )
+        if reply.status_code != 201:
+            msg = f"chunk {index}: HTTP {reply.status_code} {reply.text[:200]}"
+            raise RuntimeError(msg)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(streams) as pool:
@@ -72,7 +77,7 @@ def gunicorn(base: Path, *, workers: int, worker_class: str = "gthread") -> Iter
 
 @contextmanager
 def behind_nginx(base: Path, variations: dict[str, str]) -> Iterator[tuple[str, str]]:
-    tls = make_tls_files(base / "tls")
+    tls = make_tls_files(base / f"tls-{time.monotonic_ns()}")
     with gunicorn(base, workers=4) as app:
         prefix = base / f"nginx-{time.monotonic_ns()}"
         nginx = NginxServer(prefix, upstream_ports=[app.port], cert=tls.cert, key=tls.key, variations=variations)
@@ -80,16 +85,8 @@ def behind_nginx(base: Path, variations: dict[str, str]) -> Iterator[tuple[str, 
             yield nginx.url, str(tls.ca)
 
 
-def measure(open_target: Callable[[], object], chunks: list[tuple[bytes, str]], rounds: int) -> dict[int, float]:
-    """MB/s per stream count, median over rounds, on one running target."""
-    results: dict[int, float] = {}
-    with open_target() as target:  # type: ignore[attr-defined]
-        url, verify = target if isinstance(target, tuple) else (target.url, True)
-        upload_seconds(url, chunks[:2], 1, verify)  # warm-up: imports, connections, TLS session
-        for streams in (1, 4):
-            times = [upload_seconds(url, chunks, streams, verify) for _ in range(rounds)]
-            results[streams] = CHUNK * len(chunks) / statistics.median(times) / 1e6
-    return results
+def target_url(target: object) -> tuple[str, bool | str]:
+    return target if isinstance(target, tuple) else (target.url, True)  # type: ignore[attr-defined,return-value]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,23 +95,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     chunks = make_chunks(args.mib * MiB)
-    with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
+    times: dict[tuple[str, int], list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp, ExitStack() as stack:
         base = Path(tmp)
-        targets: list[tuple[str, Callable[[], object]]] = [
-            ("gunicorn gthread -w 4 (shipped) [baseline]", lambda: gunicorn(base, workers=4)),
-            ("gunicorn gthread -w 2", lambda: gunicorn(base, workers=2)),
-            ("gunicorn gthread -w 8", lambda: gunicorn(base, workers=8)),
-            ("gunicorn sync -w 4", lambda: gunicorn(base, workers=4, worker_class="sync")),
-            ("nginx TLS, request buffering off (shipped)", lambda: behind_nginx(base, {})),
-            ("nginx TLS, request buffering on", lambda: behind_nginx(base, BUFFERING_ON)),
-        ]
-        rows = [(name, measure(open_target, chunks, args.rounds)) for name, open_target in targets]
-    baseline = rows[0][1]
-    print(f"{args.mib} MiB per upload in 8 MiB chunks, median of {args.rounds} rounds; MB = 10^6 B")
+        targets = {
+            "gunicorn gthread -w 4 (shipped) [baseline]": gunicorn(base, workers=4),
+            "gunicorn gthread -w 2": gunicorn(base, workers=2),
+            "gunicorn gthread -w 8": gunicorn(base, workers=8),
+            "gunicorn sync -w 4": gunicorn(base, workers=4, worker_class="sync"),
+            "nginx TLS, request buffering off (shipped)": behind_nginx(base, {}),
+            "nginx TLS, request buffering on": behind_nginx(base, BUFFERING_ON),
+        }
+        urls = {name: target_url(stack.enter_context(target)) for name, target in targets.items()}
+        for url, verify in urls.values():
+            upload_seconds(url, chunks[:2], 1, verify)  # warm-up: imports, connections, TLS sessions
+        # Rounds interleave the targets, so load from elsewhere on the machine hits all of them alike.
+        for _ in range(args.rounds):
+            for name, (url, verify) in urls.items():
+                for streams in (1, 4):
+                    times.setdefault((name, streams), []).append(upload_seconds(url, chunks, streams, verify))
+    rate = {key: CHUNK * len(chunks) / statistics.median(values) / 1e6 for key, values in times.items()}
+    baseline = next(iter(urls))
+    print(f"{args.mib} MiB per upload in 8 MiB chunks, median of {args.rounds} interleaved rounds; MB = 10^6 B")
     print(f"{'target':46} {'1 stream':>9} {'ratio':>6} {'4 streams':>10} {'ratio':>6}")
-    for name, result in rows:
-        one, four = result[1], result[4]
-        print(f"{name:46} {one:9.0f} {one / baseline[1]:6.2f} {four:10.0f} {four / baseline[4]:6.2f}")
+    for name in urls:
+        one, four = rate[(name, 1)], rate[(name, 4)]
+        print(f"{name:46} {one:9.0f} {one / rate[(baseline, 1)]:6.2f} {four:10.0f} {four / rate[(baseline, 4)]:6.2f}")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,9 @@ def bare_writer_fsync(messages: list[Message], out: Path) -> None:
 
 
 def core(messages: list[Message], out: Path, max_bag_size: int = 0) -> None:
-    config = RecorderConfig(output_dir=out / "core", min_free_disk=0, max_bag_size=max_bag_size, max_bag_duration=0)
+    config = RecorderConfig(
+        output_dir=out / "core", min_free_disk=0, max_bag_size=max_bag_size, max_bag_duration=0, buffer_size=2**40
+    )
     recorder = Recorder(config)
     recorder.start()
     for topic, msgtype, data, stamp in messages:

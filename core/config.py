@@ -318,7 +318,7 @@ class ClientConfig:
         None,
         "NETWORK_MANAGER_STATE_DIR",
         "optional_path",
-        "Folder of the upload journal (default `$XDG_STATE_HOME/ros2-bag-upload`, else `~/.local/state/ros2-bag-upload`)",
+        "Upload journal folder (default `$XDG_STATE_HOME/ros2-bag-upload` or `~/.local/state/ros2-bag-upload`)",
     )
     max_concurrent_uploads: int = setting(2, "UPLOAD_MAX_CONCURRENT", "int", "Bags uploaded at the same time")
     chunk_parallelism: int = setting(1, "UPLOAD_CHUNK_PARALLELISM", "int", "Chunks of one bag sent in parallel")

@@ -203,7 +203,7 @@ class NetworkManager:
         for record in self._journal.jobs():
             entry = record.as_dict()
             job = live.get(record.job_id)
-            entry["active"] = job is not None
+            entry.update(active=job is not None, rate=0.0, eta=None)
             if job is not None:
                 sent = job.bytes_sent()
                 entry.update(bytes_sent=sent, rate=job.meter.rate(), eta=job.meter.eta((record.size or 0) - sent))
@@ -255,7 +255,7 @@ class NetworkManager:
                 record,
                 journal=self._journal,
                 client=self._client,
-                settings=self._settings(),
+                settings=self._settings,
                 bucket=self._bucket,
                 watchdog=self._watchdog,
                 events=self._events,

@@ -37,7 +37,8 @@ def wait_seconds(limit: str) -> int | None:
         if strategy.hit(item, SCOPE, address):
             return None
         reset_at, _remaining = strategy.get_window_stats(item, SCOPE, address)
-    except Exception:  # noqa: BLE001 - like the API's limits (swallow_errors): a storage outage must not lock operators out
+    except Exception:
+        # Like the API's limits (swallow_errors): an unreachable redis must not lock operators out.
         log.exception("dashboard: sign-in limit storage failed; attempt from %s not limited", address)
         return None
     log.warning("dashboard: sign-in attempts from %s over the limit of %s", address, limit)

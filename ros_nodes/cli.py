@@ -45,7 +45,18 @@ def add_recorder_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--min-free-disk", type=_size, metavar="BYTES", help="free-space floor")
     group.add_argument("--keep-bags", type=int, help="keep at most N bags locally (verified ones are deleted)")
     group.add_argument("--keep-bytes", type=_size, help="keep at most N bytes of bags locally")
+    add_upload_options(group)
+
+
+def add_upload_options(group: argparse._ActionsContainer) -> None:
+    """Where and how finished bags are uploaded (shared by every entry point that uploads)."""
     group.add_argument("--upload-url", help="server upload URL (…/upload); key from UPLOAD_API_KEY")
+    group.add_argument(
+        "--stalled-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="retry a chunk that made no progress for this long (default: the NetworkManager's, 60)",
+    )
 
 
 def _size(raw: str) -> int:
@@ -81,13 +92,16 @@ def config_from_args(args: argparse.Namespace) -> RecorderConfig:
     return RecorderConfig.from_env(**overrides)
 
 
-def make_uploader(upload_url: str | None, state_dir: Path) -> Any:
-    """A started NetworkManager journaling next to the bags, or None when only recording."""
-    if not upload_url:
+def make_uploader(args: argparse.Namespace, state_dir: Path) -> Any:
+    """A NetworkManager journaling in ``state_dir`` for ``--upload-url``, or None when only recording."""
+    if not args.upload_url:
         return None
     from core.network_manager import NetworkManager  # lazy: only robots that upload need the client
 
-    return NetworkManager(upload_url=upload_url, api_key=os.environ.get("UPLOAD_API_KEY"), state_dir=state_dir)
+    manager = NetworkManager(upload_url=args.upload_url, api_key=os.environ.get("UPLOAD_API_KEY"), state_dir=state_dir)
+    if args.stalled_timeout is not None:
+        manager.stalled_timeout = args.stalled_timeout
+    return manager
 
 
 def stop_on_signals() -> threading.Event:

@@ -10,9 +10,11 @@ rclpy is imported only in ``main``; without it the command explains and exits.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import logging
+import subprocess
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -21,6 +23,7 @@ from typing import Any
 from core.config import ConfigError
 from ros_nodes.cli import EXIT_USAGE, add_recorder_options, config_from_args, make_uploader, setup_logging
 from ros_nodes.core.errors import RecorderError
+from ros_nodes.core.msgdefs import installed_definition
 from ros_nodes.core.recorder import STATE_DIR, Recorder
 from ros_nodes.node_logic import (
     EXIT_NO_RCLPY,
@@ -40,6 +43,30 @@ def load_rclpy() -> ModuleType | None:
         return importlib.import_module("rclpy")
     except ImportError:
         return None
+
+
+def interface_show(msgtype: str) -> str | None:
+    """``ros2 interface show`` output, or None when the CLI is missing or does not know the type."""
+    try:
+        result = subprocess.run(  # noqa: S603 - fixed argv, the type name is one argument
+            ["ros2", "interface", "show", msgtype],  # noqa: S607 - the sourced ROS environment's ros2
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout
+
+
+def ros_type_lookup() -> functools.partial[str | None]:
+    """Finds custom message definitions in the ROS installation (ament index first, then the CLI)."""
+    from ament_index_python.packages import get_package_share_directory
+
+    return functools.partial(
+        installed_definition, share_directory=get_package_share_directory, interface_show=interface_show
+    )
 
 
 def build_node(rclpy: ModuleType, recorder: Recorder, discovery_interval: float) -> Any:
@@ -119,8 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"ros_nodes.recorder: {err}", file=sys.stderr)
         return EXIT_USAGE
-    manager = make_uploader(args.upload_url, config.output_dir / STATE_DIR / "uploads")
-    recorder = Recorder(config, uploader=manager)
+    manager = make_uploader(args, config.output_dir / STATE_DIR / "uploads")
+    recorder = Recorder(config, uploader=manager, type_lookup=ros_type_lookup())
     if manager is not None:
         manager.start()
     rclpy.init(args=ros_args)

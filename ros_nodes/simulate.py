@@ -42,6 +42,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-rate", type=float, default=30.0, help="CompressedImage rate in Hz")
     parser.add_argument("--wait-uploads", type=float, default=300.0, help="seconds to wait for uploads at the end")
     parser.add_argument("--heartbeat", type=float, default=5.0, help="status heartbeat interval (0: none)")
+    parser.add_argument(
+        "--heartbeat-url",
+        help="server (or …/upload) URL for heartbeats when they take another path than uploads (default: --upload-url)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed of the simulated sensors")
     add_recorder_options(parser)
     return parser.parse_args(argv)
@@ -74,7 +78,7 @@ def start_heartbeat(args: argparse.Namespace, recorder: Recorder, manager: Any) 
 
     sources = {"recorder": lambda: recorder.status().to_dict(), "uploads": manager.status}
     return HeartbeatReporter(
-        args.upload_url,
+        args.heartbeat_url or args.upload_url,
         recorder.config.robot_id,
         sources=sources,
         handler=lambda action, _args: recorder.command(action),
@@ -91,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ros_nodes.simulate: {err}", file=sys.stderr)
         return EXIT_USAGE
     stop = stop_on_signals()
-    manager = make_uploader(args.upload_url, config.output_dir / STATE_DIR / "uploads")
+    manager = make_uploader(args, config.output_dir / STATE_DIR / "uploads")
     recorder = Recorder(config, uploader=manager)
     if manager is not None:
         manager.start()

@@ -16,7 +16,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ros_nodes.cli import EXIT_OK, EXIT_UPLOADS_UNFINISHED, EXIT_USAGE, make_uploader, setup_logging, stop_on_signals
+from ros_nodes.cli import (
+    EXIT_OK,
+    EXIT_UPLOADS_UNFINISHED,
+    EXIT_USAGE,
+    add_upload_options,
+    make_uploader,
+    setup_logging,
+    stop_on_signals,
+)
 from ros_nodes.core.handoff import Handoff
 from ros_nodes.core.ledger import Ledger
 from ros_nodes.core.watcher import FolderWatcher
@@ -27,7 +35,7 @@ log = logging.getLogger("ros_nodes.watch")
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ros_nodes.watch", description=__doc__.splitlines()[0])
     parser.add_argument("directory", type=Path, help="folder ros2 bag record writes into")
-    parser.add_argument("--upload-url", help="server upload URL (…/upload); key from UPLOAD_API_KEY")
+    add_upload_options(parser)
     parser.add_argument("--robot-id", default=os.environ.get("ROBOT_ID") or socket.gethostname())
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between scans")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds a bag must stay unchanged")
@@ -48,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ros_nodes.watch: {args.directory} is not a directory", file=sys.stderr)
         return EXIT_USAGE
     state_dir = args.state_dir or args.directory / ".watch"
-    manager = make_uploader(args.upload_url, state_dir / "uploads")
+    manager = make_uploader(args, state_dir / "uploads")
     ledger = Ledger(state_dir / "handoff.sqlite")
     handoff = Handoff(manager, ledger, priority=args.priority)
     handoff.listen(manager)

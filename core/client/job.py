@@ -87,7 +87,7 @@ class UploadJob:
         *,
         journal: Journal,
         client: ServerClient,
-        settings: JobSettings,
+        settings: Callable[[], JobSettings],
         bucket: TokenBucket,
         watchdog: Watchdog,
         events: EventBus,
@@ -97,7 +97,7 @@ class UploadJob:
         self.record = record
         self.journal = journal
         self.client = client
-        self.settings = settings
+        self._settings = settings
         self.bucket = bucket
         self.watchdog = watchdog
         self.events = events
@@ -107,6 +107,11 @@ class UploadJob:
         self._lock = threading.Lock()
         self._inflight = 0
         self._last_progress_event = 0.0
+
+    @property
+    def settings(self) -> JobSettings:
+        """The manager's current tunables: a change while running applies from the next request."""
+        return self._settings()
 
     # --- bookkeeping -----------------------------------------------------------------------
     @property
@@ -383,6 +388,12 @@ class UploadJob:
         failures: list[BaseException] = []
 
         def worker() -> None:
+            try:
+                send_until_done()
+            finally:
+                self.client.close()  # this thread's session
+
+        def send_until_done() -> None:
             while True:
                 with lock:
                     if failures:

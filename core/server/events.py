@@ -1,6 +1,7 @@
 """Upload lifecycle signals (blinker): metrics, the dashboard and logs subscribe without the service knowing them.
 
-Every signal is sent with the ``UploadService`` as sender and keyword arguments:
+The sender is the component that saw the event (the ``UploadService``, or the finalize job for
+``upload_completed``/``upload_failed``); receivers should rely on the keyword arguments only:
 
 - ``upload_initialized``: ``upload_id, owner, filename, filesize, chunks, resumed, deduplicated``
 - ``chunk_stored``: ``upload_id, owner, index, bytes, seconds``

@@ -72,7 +72,8 @@ class Finalizer:
             return  # aborted meanwhile, or finished by an earlier attempt
         started = time.monotonic()
         source = self._source(record)
-        codec = self._choose_codec(record, source)
+        # A raw file already moved into the store by a crashed attempt stays raw.
+        codec = self._choose_codec(record, source) if source == self.blobs.part_path(upload_id) else Codec.NONE
         blob_id = record.upload_id
         try:
             digests = self._store(record, source, blob_id, codec, progress)
@@ -162,6 +163,7 @@ class Finalizer:
         if failed is None:
             return
         self.blobs.remove_part(record.upload_id)
+        self.blobs.blob_path(record.upload_id, Codec.NONE).unlink(missing_ok=True)  # left by a crashed attempt
         log.warning("Verification failed for %s - ID: %s - %s", record.filename, record.upload_id, message)
         events.upload_failed.send(
             self,

@@ -264,14 +264,18 @@ class UploadService:
             stored = self.state.chunk_sha256(upload_id, index)
             if stored is not None:
                 return self._resent_chunk(record, index, body, expected, stored, sha256=sha256, md5=md5)
-            with storage_errors(), self.blobs.open_part(upload_id) as part:
-                offset = index * record.chunk_size
-                sha_hex, md5_hex = self._receive(
-                    body, expected, want_md5=md5 is not None, write=part.write_at, offset=offset
-                )
-                _check_chunk(index, sha_hex, md5_hex, sha256=sha256, md5=md5)
-                # fsync before ack: an acknowledged chunk must survive a crash or power loss.
-                part.sync()
+            try:
+                with storage_errors(), self.blobs.open_part(upload_id) as part:
+                    offset = index * record.chunk_size
+                    sha_hex, md5_hex = self._receive(
+                        body, expected, want_md5=md5 is not None, write=part.write_at, offset=offset
+                    )
+                    _check_chunk(index, sha_hex, md5_hex, sha256=sha256, md5=md5)
+                    # fsync before ack: an acknowledged chunk must survive a crash or power loss.
+                    part.sync()
+            except FileNotFoundError:  # aborted or swept since we looked: say so (409/410), not 500
+                self._require_state(self.get(identity, upload_id), UploadState.UPLOADING)
+                raise
             received = self.state.record_chunk(upload_id, index, sha_hex, self.clock())
         if received is None:
             self._require_state(self.get(identity, upload_id), UploadState.UPLOADING)
@@ -460,7 +464,7 @@ class UploadService:
                     record.chunks,
                 )
                 events.upload_expired.send(self, upload_id=record.upload_id, owner=record.owner, bytes_received=nbytes)
-        log.info("Sweep finished: %d expired upload(s)", expired)
+        log.log(logging.INFO if expired else logging.DEBUG, "Sweep finished: %d expired upload(s)", expired)
         return expired
 
 

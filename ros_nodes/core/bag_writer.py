@@ -18,7 +18,7 @@ from typing import Any
 from rosbags.interfaces import Connection, Qos
 from rosbags.rosbag2 import Writer
 from rosbags.rosbag2.enums import CompressionFormat, CompressionMode, StoragePlugin
-from rosbags.typesys import Stores, get_typestore
+from rosbags.typesys import Stores, TypesysError, get_typestore
 from rosbags.typesys.store import Typestore
 
 from core.config import RecorderConfig
@@ -98,7 +98,8 @@ class SplitWriter:
                 conn = writer.add_connection(
                     topic.topic, topic.msgtype, typestore=self.typestore, offered_qos_profiles=topic.qos
                 )
-        except KeyError as err:
+        except (KeyError, TypesysError) as err:
+            # rosbags says TypesysError for a type its typestore lacks: drop this topic, not the recording.
             msg = f"no message definition for {topic.msgtype} on {topic.topic}: pass msgdef or use a known type"
             raise RecorderError(msg) from err
         self.connections[topic.topic] = conn

@@ -30,6 +30,7 @@ from ros_nodes.core.disk import DiskGuard, FreeSpace, Retention, free_bytes
 from ros_nodes.core.errors import RecorderError, RecorderStateError
 from ros_nodes.core.handoff import BagInfo, Handoff, Uploader
 from ros_nodes.core.ledger import Ledger
+from ros_nodes.core.msgdefs import MessageTypeError, MsgLookup, register_message_type
 from ros_nodes.core.salvage import RECOVERED_SUFFIX, UNRECOVERABLE_SUFFIX, salvage
 from ros_nodes.core.splitting import NS_PER_S, SplitPolicy
 from ros_nodes.core.status import RecorderState, RecorderStatus, TopicStats
@@ -61,8 +62,10 @@ class Recorder:
         uploader: Uploader | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
         free_space: FreeSpace = free_bytes,
+        type_lookup: MsgLookup | None = None,
     ) -> None:
         self.config = config
+        self.type_lookup = type_lookup
         self.output_dir = config.output_dir
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.selection = TopicSelection(config.topics, config.include_regex, config.exclude_regex)
@@ -198,7 +201,21 @@ class Recorder:
         msgdef: str | None = None,
         rihs01: str | None = None,
     ) -> None:
-        """Declare a topic's QoS and definition ahead of its messages (sources that know them)."""
+        """Declare a topic's QoS and definition ahead of its messages (sources that know them).
+
+        A type the typestore lacks is registered through ``type_lookup`` (the
+        ROS installation's ``.msg`` files) here, on the source's thread, before
+        any of its messages reach the writer. Without a definition the topic's
+        messages are counted as dropped and the reason is reported.
+        """
+        if msgdef is None and self.type_lookup is not None and msgtype not in self.typestore.types:
+            try:
+                added = register_message_type(self.typestore, msgtype, self.type_lookup)
+            except MessageTypeError as err:
+                log.error("cannot record %s: %s", topic, err)
+                self._last_error = str(err)
+            else:
+                log.info("registered message types %s for %s from their .msg definitions", ", ".join(added), topic)
         self._topics[topic] = TopicInfo(topic, msgtype, tuple(qos), msgdef, rihs01)
 
     def wants(self, topic: str) -> bool:

@@ -15,7 +15,6 @@ pytestmark = pytest.mark.gunicorn
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-
     return subprocess.run([PYTHON, "-m", "core.network_manager", *args], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=120, env={**os.environ, **(env or {})})  # fmt: skip
 

@@ -39,7 +39,7 @@ def run_job(tmp_path: Path, bag: Path):
             record,
             journal=journal,
             client=ServerClient(URL),
-            settings=JobSettings(chunk_size=CHUNK, retention=retention, max_retries=2),
+            settings=lambda: JobSettings(chunk_size=CHUNK, retention=retention, max_retries=2),
             bucket=TokenBucket(0),
             watchdog=Watchdog(),
             events=EventBus(),

@@ -119,7 +119,9 @@ def test_resume_sends_only_the_chunks_the_server_lacks(server, make_manager, mak
         first.start()
         events.wait_for(lambda e: e.kind is EventKind.PROGRESS and e.bytes_sent >= 2 * MiB)
         first.stop(timeout=0)
-        acked = first.job(job_id).bytes_sent
+        stopped = first.job(job_id)
+        acked = stopped.bytes_sent
+        assert stopped.state is JobState.UPLOADING  # stopped, not failed: resumable
 
         second = make_manager(proxy.url + "/upload")
         second.start()

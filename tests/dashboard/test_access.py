@@ -137,3 +137,80 @@ def test_pages_forbid_inline_scripts(client: FlaskClient) -> None:
     csp = client.get("/dashboard/login").headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp
     assert "unsafe-inline" not in csp
+
+
+def session_cookie_of_sign_in(client: FlaskClient, key: str, environ: dict[str, str], base_url: str) -> str:
+    token = csrf_of(client)
+    data = {"key": key, "csrf_token": token}
+    reply = client.post("/dashboard/login", data=data, environ_base=environ, base_url=base_url)
+    assert reply.status_code == 302
+    return reply.headers["Set-Cookie"]
+
+
+@pytest.mark.parametrize(
+    ("trusted", "scheme", "forwarded_proto", "secure"),
+    [
+        ((), "http", None, False),  # plain HTTP (a test box): a browser would drop a Secure cookie
+        (("127.0.0.1",), "http", "https", True),  # nginx terminated TLS
+        (("1",), "http", "https", True),  # the same, TRUSTED_PROXIES as a hop count
+        ((), "http", "https", False),  # nobody trusted: the header is only a client's claim
+        ((), "https", None, True),  # TLS served by gunicorn itself
+    ],
+)
+def test_session_cookie_is_secure_whenever_the_browser_used_https(
+    make_app: Callable[..., Flask],
+    admin_key: str,
+    trusted: tuple[str, ...],
+    scheme: str,
+    forwarded_proto: str | None,
+    secure: bool,
+) -> None:
+    client = make_app(auth_enabled=True, trusted_proxies=trusted).test_client()
+    environ = {"HTTP_X_FORWARDED_PROTO": forwarded_proto} if forwarded_proto else {}
+    cookie = session_cookie_of_sign_in(client, admin_key, environ, f"{scheme}://localhost")
+    assert ("; Secure" in cookie) is secure
+
+
+@pytest.fixture
+def limited_client(make_app: Callable[..., Flask]) -> FlaskClient:
+    app = make_app(auth_enabled=True, ratelimit_enabled=True, dashboard_signin_limit="3 per minute")
+    return app.test_client()
+
+
+def test_sign_in_attempts_are_limited_per_address_and_the_page_says_so(
+    limited_client: FlaskClient, admin_key: str
+) -> None:
+    for _ in range(3):
+        assert sign_in(limited_client, "rbk_000000000000_guess") == 401
+    token = csrf_of(limited_client)
+    refused = limited_client.post("/dashboard/login", data={"key": admin_key, "csrf_token": token})
+
+    assert refused.status_code == 429
+    assert refused.mimetype == "text/html"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert "Too many sign-in attempts" in refused.get_data(as_text=True)
+    assert limited_client.get(STATE).status_code == 401  # even the right key waits
+    assert limited_client.get("/dashboard/login").status_code == 200  # viewing the form is not an attempt
+
+    elsewhere = limited_client.application.test_client()
+    token = csrf_of(elsewhere)
+    other = elsewhere.post(
+        "/dashboard/login", data={"key": admin_key, "csrf_token": token}, environ_base={"REMOTE_ADDR": "10.0.0.7"}
+    )
+    assert other.status_code == 302
+
+
+def test_scripts_get_the_sign_in_429_as_json(limited_client: FlaskClient) -> None:
+    for _ in range(3):
+        sign_in(limited_client, "rbk_000000000000_guess")
+    reply = limited_client.post("/dashboard/login", data={"key": "x"}, headers={"Accept": "application/json"})
+    assert reply.status_code == 429
+    assert reply.json["success"] is False
+    assert reply.json["error"]["code"] == "rate_limited"
+    assert "Retry-After" in reply.headers
+
+
+def test_sign_in_is_not_limited_when_rate_limits_are_off(make_app: Callable[..., Flask], admin_key: str) -> None:
+    client = make_app(auth_enabled=True, ratelimit_enabled=False, dashboard_signin_limit="1 per minute").test_client()
+    assert [sign_in(client, "wrong") for _ in range(3)] == [401, 401, 401]
+    assert sign_in(client, admin_key) == 302

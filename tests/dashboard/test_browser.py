@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 import requests
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from tests.dashboard.browser import LAPTOP, PHONE, chromium, screenshot
 from tests.helpers.fault_proxy import FaultProxy
@@ -32,6 +33,9 @@ def server(tmp_path: Path) -> Iterator[GunicornServer]:
         yield running
 
 
+BYTES = re.compile(r"^\d+(\.\d)? (B|KiB|MiB|GiB)$")
+
+
 def sign_in(page: Page, server: GunicornServer) -> None:
     page.goto(server.url + "/dashboard/")
     expect(page).to_have_url(server.url + "/dashboard/login")
@@ -46,37 +50,35 @@ def progress_of(page: Page, key: str) -> float:
     return float(row.locator(".bar").get_attribute("aria-valuenow") or 0)
 
 
+def simulated_robot(server: GunicornServer, proxy: FaultProxy, output: Path, log: Path) -> ManagedProcess:
+    """A robot whose uploads take the faulty path while its heartbeats reach the server directly."""
+    argv = [
+        PYTHON, "-m", "ros_nodes.simulate",
+        "--upload-url", proxy.url + "/upload", "--heartbeat-url", server.url, "--heartbeat", "1",
+        "--stalled-timeout", "3", "--robot-id", "robot-1", "--output", str(output),
+        "--duration", "600", "--max-bag-duration", "3", "--image-rate", "10",
+    ]  # fmt: skip
+    return ManagedProcess(argv, log_path=log, env={"UPLOAD_API_KEY": server.robot_key})
+
+
+def upload_row(page: Page, key: str) -> Locator:
+    return page.locator(f'#up-rows tr[data-key="{key}"]')
+
+
 @pytest.mark.slow
 def test_operator_watches_upload_stall_and_pauses_the_recorder(server: GunicornServer, tmp_path: Path) -> None:
     with FaultProxy(server.port) as proxy:
         proxy.throttle = 1_500_000  # bytes/s: slow enough to watch a progress bar move
-        robot = ManagedProcess(
-            [
-                PYTHON,
-                "-m",
-                "ros_nodes.simulate",
-                "--upload-url",
-                proxy.url + "/upload",
-                "--robot-id",
-                "robot-1",
-                "--output",
-                str(tmp_path / "robot"),
-                "--duration",
-                "600",
-                "--max-bag-duration",
-                "3",
-                "--image-rate",
-                "10",
-                "--heartbeat",
-                "1",
-            ],
-            log_path=tmp_path / "robot.log",
-            env={"UPLOAD_API_KEY": server.robot_key},
-        )
+        robot = simulated_robot(server, proxy, tmp_path / "robot", tmp_path / "robot.log")
         with robot, chromium(tmp_path / "profile") as browser:
             page = browser.new_page()
             sign_in(page, server)
-            expect(page.locator('#fleet-rows tr[data-key="robot-1"]')).to_contain_text("recording", timeout=30_000)
+            fleet_row = page.locator('#fleet-rows tr[data-key="robot-1"]')
+            card = page.locator('#rec-cards article[data-key="robot-1"]')
+            expect(fleet_row).to_contain_text("recording", timeout=30_000)
+            # Elapsed time and the open bag's size on disk come from Recorder.status() via the heartbeat.
+            expect(card.locator(".meta")).to_have_text(re.compile(r"· \d+ (s|min \d+ s) elapsed"), timeout=15_000)
+            expect(fleet_row.locator('td[data-label="Bag size"]')).to_have_text(BYTES, timeout=15_000)
 
             # An upload's progress bar advances, and the upload completes.
             uploading = page.locator('#up-rows tr[data-state="uploading"]').first
@@ -90,24 +92,32 @@ def test_operator_watches_upload_stall_and_pauses_the_recorder(server: GunicornS
                 arg=[key, first],
                 timeout=60_000,
             )
-            expect(page.locator(f'#up-rows tr[data-key="{key}"]')).to_have_attribute(
-                "data-state", "complete", timeout=90_000
-            )
-            expect(page.locator(f'#up-rows tr[data-key="{key}"] a')).to_have_text("download")
+            expect(upload_row(page, key)).to_have_attribute("data-state", "complete", timeout=90_000)
+            expect(upload_row(page, key).locator("a")).to_have_text("download")
             screenshot(page, "laptop-uploading")
 
-            # The network path dies mid-upload: the robot's uploads show as stalled.
-            expect(page.locator('#up-rows tr[data-state="uploading"]').first).to_be_visible(timeout=60_000)
+            # The upload path is black-holed mid-upload (heartbeats still get through): the client's own
+            # status, reported by heartbeat, shows that upload stalled with the reason, the robot online.
+            stalling = page.locator('#up-rows tr[data-state="uploading"]').first
+            expect(stalling).to_be_visible(timeout=60_000)
+            key = stalling.get_attribute("data-key") or ""
             proxy.pause()
-            proxy.drop_all()
-            expect(page.locator('#up-rows tr[data-state="stalled"]').first).to_be_visible(timeout=30_000)
+            expect(upload_row(page, key)).to_have_attribute("data-state", "stalled", timeout=30_000)
+            expect(upload_row(page, key).locator(".reason")).to_contain_text(re.compile(r"\w"))
+            assert "robot offline" not in (upload_row(page, key).locator(".reason").text_content() or "")
+            expect(fleet_row.locator('td[data-label="Status"] .state')).to_have_text("online")
             screenshot(page, "laptop-stalled")
+            page.set_viewport_size(PHONE)
+            screenshot(page, "phone-stalled")
+            page.set_viewport_size(LAPTOP)
 
-            # The link comes back; the operator pauses the recording through the server's command queue.
+            # The path comes back: the same upload resumes and completes.
             proxy.resume()
-            card = page.locator('#rec-cards article[data-key="robot-1"]')
+            expect(upload_row(page, key)).to_have_attribute("data-state", "complete", timeout=90_000)
+
+            # The operator pauses the recording through the server's command queue.
             pause = card.locator('button[data-action="pause"]')
-            expect(pause).to_be_enabled(timeout=90_000)
+            expect(pause).to_be_enabled(timeout=30_000)
             pause.click()
             expect(card.locator("header .state")).to_have_text("paused", timeout=30_000)
             expect(card.locator(".cmd")).to_contain_text("pause — done", timeout=30_000)

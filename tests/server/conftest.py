@@ -1,4 +1,4 @@
-"""Fixtures for the upload server: a test app on a temporary storage root, a fake clock, real gunicorn servers."""
+"""Fixtures for the upload server: a test app on a temporary storage root and a fake clock."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from core.server.app import create_app
 from core.server.identity import Identity
 from core.server.jobs import JobRunner
 from core.server.service import UploadService
-from tests.helpers.servers import GunicornServer
 from tests.server.uploads import Upload
 
 # Small chunks keep unit tests fast; the protocol logic does not depend on the size.
@@ -107,18 +106,3 @@ def new_upload(client: FlaskClient) -> Callable[..., Upload]:
         return Upload(client, data, chunk_size, **fields)
 
     return build
-
-
-@pytest.fixture
-def gunicorn_server(tmp_path: Path) -> Iterator[Callable[..., GunicornServer]]:
-    """Start real gunicorn servers (4 workers by default) on free 127.0.0.1 ports; all stopped afterwards."""
-    servers: list[GunicornServer] = []
-
-    def start(upload_dir: Path | None = None, **kwargs: Any) -> GunicornServer:
-        server = GunicornServer(upload_dir or tmp_path / "uploads", log_dir=tmp_path, **kwargs)
-        servers.append(server)
-        return server.start()
-
-    yield start
-    for server in servers:
-        server.stop()

@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 
 from core.protocol import HEADER_CHUNK_SHA256, HEADER_CONTENT_MD5
 from core.server.blob_store import PartFile
+from core.server.identity import ANONYMOUS
 from tests.server.conftest import CHUNK
 from tests.server.uploads import Upload, assert_error, identity_header
 
@@ -196,3 +197,25 @@ def test_disk_full_at_init_is_507(client: FlaskClient, app: Flask, monkeypatch: 
 
     assert_error(response, 507, "insufficient_storage")
     assert client.get("/uploads").get_json()["total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("ends_upload", "status", "code"), [("abort", 409, "conflict"), ("sweep", 410, "upload_expired")]
+)
+def test_upload_ended_while_a_chunk_arrives_gets_a_clear_error(
+    upload: Upload, app: Flask, clock: Any, monkeypatch: pytest.MonkeyPatch, ends_upload: str, status: int, code: str
+) -> None:
+    service, blobs = app.extensions["upload_service"], app.extensions["blob_store"]
+    real_open = blobs.open_part
+
+    def end_then_open(upload_id: str) -> Any:
+        if ends_upload == "abort":
+            service.abort(ANONYMOUS, upload_id)
+        else:
+            clock.advance(service.config.upload_ttl + 1)
+            service.sweep()
+        return real_open(upload_id)
+
+    monkeypatch.setattr(blobs, "open_part", end_then_open)
+
+    assert_error(upload.send(0), status, code)

@@ -100,3 +100,20 @@ def test_background_thread_finalizes_without_being_driven(make_app: Any) -> None
 
     wait_until(lambda: upload.status()["state"] == "complete", timeout=20, what="background finalize")
     assert upload.download().data == upload.data
+
+
+def test_file_moved_by_a_crashed_attempt_is_kept_raw_without_orphans(
+    new_upload: Any, app: Any, jobs: Any, upload_dir: Any
+) -> None:
+    upload = new_upload(b"compressible " * 1000)
+    upload.init(compression=True)
+    upload.send_all()
+    upload.finalize()
+    app.extensions["blob_store"].store_part(upload.upload_id, upload.upload_id)
+
+    jobs.run_once()
+
+    status = upload.status()
+    assert (status["state"], status["codec"]) == ("complete", "none")
+    stored = [p.name for p in (upload_dir / "store").rglob("*") if p.is_file()]
+    assert sorted(stored) == [upload.upload_id, f"{upload.upload_id}.json"]

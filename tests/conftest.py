@@ -1,0 +1,30 @@
+"""Fixtures shared by every test package: real servers started on free 127.0.0.1 ports and always stopped."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.servers import GunicornServer
+
+
+@pytest.fixture
+def gunicorn_server(tmp_path: Path) -> Iterator[Callable[..., GunicornServer]]:
+    """Start real ``gunicorn upload_server:app`` servers (4 workers by default); all are stopped afterwards.
+
+    ``gunicorn_server(upload_dir=None, **GunicornServer options)``: the storage root defaults to
+    ``tmp_path / "uploads"``, the log goes to ``tmp_path``.
+    """
+    servers: list[GunicornServer] = []
+
+    def start(upload_dir: Path | None = None, **kwargs: Any) -> GunicornServer:
+        server = GunicornServer(upload_dir or tmp_path / "uploads", log_dir=tmp_path, **kwargs)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()
