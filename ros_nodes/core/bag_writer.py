@@ -108,13 +108,16 @@ class SplitWriter:
         return conn
 
     def write(self, conn: Connection, timestamp: int, data: bytes | memoryview) -> None:
+        """Write one message and keep the split's counts; runs once per message, so no helper calls."""
         self._open_writer().write(conn, timestamp, data)
         info = self.info
         if not info.message_count:
+            info.start_ns = info.end_ns = timestamp
+        elif timestamp > info.end_ns:
+            info.end_ns = timestamp
+        elif timestamp < info.start_ns:
             info.start_ns = timestamp
         info.message_count += 1
-        info.start_ns = min(info.start_ns, timestamp)
-        info.end_ns = max(info.end_ns, timestamp)
         info.topics[conn.topic] += 1
         self.size += len(data) + MESSAGE_OVERHEAD
 

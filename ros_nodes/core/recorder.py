@@ -79,7 +79,8 @@ class Recorder:
         self.handoff.listen(uploader)
         self._clock = clock_ns
 
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._queue: deque[tuple[str, str, bytes, int] | object] = deque()
         self._queued_bytes = 0
         self._writer_waiting = False
@@ -226,7 +227,8 @@ class Recorder:
         if self._state is not RecorderState.RECORDING or not self.selection.accepts(topic):
             return False
         size = len(data)
-        with self._cond:
+        # The condition's plain lock, not the Condition: this runs once per message on the source's thread.
+        with self._lock:
             if self._queued_bytes + size > self.config.buffer_size:
                 self._dropped_messages += 1
                 self._dropped_bytes += size
