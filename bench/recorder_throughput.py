@@ -12,9 +12,12 @@ What makes the comparison fair:
   building the ``Recorder`` with its hand-off ledger); per-bag work is inside
   both (opening the Writer, adding connections, writing metadata at close).
 - Noise. The machine is shared: core and baseline alternate within each round
-  (the order flips every round, so cache warmth and drift favour neither), and
-  the ratio reported is the median of the per-round ratios over ``--rounds``
+  (the order rotates every round, so cache warmth and drift favour none), and
+  each ratio reported is the median of the per-round ratios over ``--rounds``
   (default 7), next to its spread.
+- Threads. The core writes on its own thread; ``bare-thread`` runs the bare
+  loop on a second thread too, because glibc's malloc behaves differently
+  there for ~1 MiB buffers (see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import os
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -96,6 +100,22 @@ def core(messages: list[Message], out: Path) -> float:
     return elapsed
 
 
+def bare_writer_in_thread(messages: list[Message], out: Path) -> float:
+    """The same bare loop on a second thread, where the core's writer runs (see BENCHMARKS.md: malloc differs)."""
+    result: list[float] = []
+    thread = threading.Thread(target=lambda: result.append(bare_writer(messages, out)))
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+RUNS: dict[str, Callable[[list[Message], Path], float]] = {
+    "bare": bare_writer,
+    "bare-thread": bare_writer_in_thread,
+    "core": core,
+}
+
+
 def in_temp_dir(run: Callable[[list[Message], Path], float], messages: list[Message]) -> float:
     out = Path(tempfile.mkdtemp(prefix="bench-recorder-"))
     try:
@@ -106,22 +126,24 @@ def in_temp_dir(run: Callable[[list[Message], Path], float], messages: list[Mess
 
 def compare(name: str, messages: list[Message], rounds: int) -> None:
     size = sum(len(m[2]) for m in messages)
-    times: dict[str, list[float]] = {"bare": [], "core": []}
-    ratios = []
+    labels = list(RUNS)
+    times: dict[str, list[float]] = {label: [] for label in labels}
     for index in range(rounds):
-        order = ("core", "bare") if index % 2 else ("bare", "core")
-        for label in order:
-            times[label].append(in_temp_dir(core if label == "core" else bare_writer, messages))
-        ratios.append(times["bare"][-1] / times["core"][-1])
+        # Rotate the order every round so cache warmth and drift favour no variant.
+        shift = index % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            times[label].append(in_temp_dir(RUNS[label], messages))
     print(f"\n{name}: {len(messages)} messages, {size / MB:.0f} MB, {rounds} interleaved rounds")
-    print(f"  {'':6} {'median s':>9} {'msgs/s':>9} {'MB/s':>7}")
+    print(f"  {'':12} {'median s':>9} {'msgs/s':>9} {'MB/s':>7}")
     for label, runs in times.items():
         t = statistics.median(runs)
-        print(f"  {label:6} {t:9.3f} {len(messages) / t:9.0f} {size / MB / t:7.1f}")
-    print(
-        f"  core/bare throughput ratio: median {statistics.median(ratios):.2f}"
-        f" (per round {min(ratios):.2f}…{max(ratios):.2f})"
-    )
+        print(f"  {label:12} {t:9.3f} {len(messages) / t:9.0f} {size / MB / t:7.1f}")
+    for baseline in ("bare", "bare-thread"):
+        ratios = [b / c for b, c in zip(times[baseline], times["core"], strict=True)]
+        print(
+            f"  core/{baseline} throughput ratio: median {statistics.median(ratios):.2f}"
+            f" (per round {min(ratios):.2f}…{max(ratios):.2f})"
+        )
 
 
 def offered_load(rate_mb: float, seconds: float) -> None:
