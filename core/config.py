@@ -252,7 +252,7 @@ class ServerConfig:
         "10 per minute",
         "DASHBOARD_SIGNIN_RATE_LIMIT",
         "str",
-        "Dashboard sign-in attempts per client address (counted in RATELIMIT_STORAGE_URI; off with RATELIMIT_ENABLED=0)",
+        "Dashboard sign-in attempts per client address (kept in RATELIMIT_STORAGE_URI; off with RATELIMIT_ENABLED=0)",
     )
     sse_max_seconds: float = setting(
         55.0, "DASHBOARD_SSE_MAX_SECONDS", "float", "Each live-update stream ends after this long (the page reconnects)"
