@@ -59,7 +59,7 @@ def wait_idle(pid: int, timeout: float = 60.0) -> None:
 
 
 @contextmanager
-def gunicorn(app: str, storage: Path, log_dir: Path) -> Iterator[tuple[str, ManagedProcess]]:
+def gunicorn(app: str, storage: Path, log_dir: Path, **env: str) -> Iterator[tuple[str, ManagedProcess]]:
     port = free_port()
     argv = [
         PYTHON,
@@ -73,7 +73,7 @@ def gunicorn(app: str, storage: Path, log_dir: Path) -> Iterator[tuple[str, Mana
         f"127.0.0.1:{port}",
         app,
     ]
-    env = {"UPLOAD_DIR": str(storage), "AUTH_ENABLED": "0", "RATELIMIT_ENABLED": "0", "LOG_LEVEL": "WARNING"}
+    env = {"UPLOAD_DIR": str(storage), "AUTH_ENABLED": "0", "RATELIMIT_ENABLED": "0", "LOG_LEVEL": "WARNING", **env}
     process = ManagedProcess(argv, log_path=log_dir / f"{app.split(':')[0]}.log", env=env).start()
     try:
         wait_until(lambda: port_open(port), 30, 0.1, f"{app} on port {port}")
@@ -165,8 +165,8 @@ def upload(url: str, payload: Payload, streams: int, cpu: Callable[[], float], *
     return result
 
 
-def measure(app: str, payload: Payload, streams: int, work: Path) -> Result:
-    with gunicorn(APPS[app], work / app, work) as (url, process):
+def measure(app: str, payload: Payload, streams: int, work: Path, baseline_read: int) -> Result:
+    with gunicorn(APPS[app], work / app, work, BASELINE_READ_SIZE=str(baseline_read)) as (url, process):
         before = cpu_seconds(process.pid)
         return upload(url, payload, streams, lambda: cpu_seconds(process.pid) - before, finalize=app == "ours")
 
@@ -177,11 +177,13 @@ def main() -> None:
     parser.add_argument("--chunk-mib", type=int, default=8)
     parser.add_argument("--streams", default="1,4")
     parser.add_argument("--repeat", type=int, default=3, help="runs per server and stream count (median shown)")
+    parser.add_argument("--baseline-read-kib", type=int, default=64, help="the baseline's body read size")
     args = parser.parse_args()
 
     payload = Payload(args.size_mib * MiB, args.chunk_mib * MiB)
     gib = payload.size / 2**30
-    print(f"load average before: {os.getloadavg()[0]:.2f}; file {payload.size / MB:.0f} MB in {payload.count} chunks")
+    print(f"load average before: {os.getloadavg()[0]:.2f}; file {payload.size / MB:.0f} MB in {payload.count} chunks;"
+          f" baseline reads {args.baseline_read_kib} KiB pieces")  # fmt: skip
     print(f"{'streams':>7} {'baseline MB/s':>14} {'ours MB/s':>10} {'ratio':>6} {'to verified MB/s':>17}"
           f" {'CPU s/GiB base':>15} {'ours':>6} {'ours verified':>14}")  # fmt: skip
     out = REPO_ROOT / "bench" / "out"
@@ -192,7 +194,7 @@ def main() -> None:
             runs: dict[str, list[Result]] = {"baseline": [], "ours": []}
             for _ in range(args.repeat):  # alternate, so drift in machine load hits both alike
                 for app in runs:
-                    runs[app].append(measure(app, payload, streams, work))
+                    runs[app].append(measure(app, payload, streams, work, args.baseline_read_kib * 1024))
             base = statistics.median(payload.size / MB / r.seconds for r in runs["baseline"])
             ours = statistics.median(payload.size / MB / r.seconds for r in runs["ours"])
             verified = statistics.median(payload.size / MB / (r.verified_seconds or 1) for r in runs["ours"])

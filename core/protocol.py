@@ -93,6 +93,7 @@ class ErrorCode(str, enum.Enum):
     CONFLICT = "conflict"
     UPLOAD_EXPIRED = "upload_expired"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    LENGTH_REQUIRED = "length_required"  # a chunk sent without Content-Length (e.g. chunked encoding)
     FILE_TOO_LARGE = "file_too_large"
     CHUNK_INDEX_OUT_OF_RANGE = "chunk_index_out_of_range"
     CHUNK_SIZE_MISMATCH = "chunk_size_mismatch"

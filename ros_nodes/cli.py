@@ -1,4 +1,4 @@
-"""Command-line pieces shared by the recorder entry points: recorder options, the uploader, signals."""
+"""Command-line pieces shared by the recorder entry points: recorder options, the uploader, heartbeats, signals."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config import (
     RECORDER_COMPRESSION_MODES,
@@ -18,6 +18,13 @@ from core.config import (
     RecorderConfig,
     parse_size,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from core.heartbeat import CommandHandler, HeartbeatReporter, StatusSource
+    from core.protocol import RobotAction
+    from ros_nodes.core.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,14 @@ def add_recorder_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--keep-bags", type=int, help="keep at most N bags locally (verified ones are deleted)")
     group.add_argument("--keep-bytes", type=_size, help="keep at most N bytes of bags locally")
     add_upload_options(group)
+    group.add_argument(
+        "--heartbeat", type=float, default=5.0, metavar="SECONDS", help="status heartbeat interval (0: none)"
+    )
+    group.add_argument(
+        "--heartbeat-url",
+        help="server (or …/upload) URL for status heartbeats when they take another path than uploads "
+        "(default: --upload-url); key from UPLOAD_API_KEY",
+    )
 
 
 def add_upload_options(group: argparse._ActionsContainer) -> None:
@@ -102,6 +117,45 @@ def make_uploader(args: argparse.Namespace, state_dir: Path) -> Any:
     if args.stalled_timeout is not None:
         manager.stalled_timeout = args.stalled_timeout
     return manager
+
+
+def status_sources(recorder: Recorder, manager: Any) -> dict[str, StatusSource]:
+    """What a heartbeat reports: the recorder's snapshot, and the upload queue when this robot uploads."""
+    sources: dict[str, StatusSource] = {"recorder": lambda: recorder.status().to_dict()}
+    if manager is not None:
+        sources["uploads"] = manager.status
+    return sources
+
+
+def recorder_commands(recorder: Recorder) -> CommandHandler:
+    """Runs an operator's command on the recorder; the acknowledgement tells the operator the new state."""
+
+    def run(action: RobotAction, _args: Mapping[str, Any]) -> str:
+        recorder.command(action)
+        return recorder.status().state
+
+    return run
+
+
+def make_heartbeat(args: argparse.Namespace, recorder: Recorder, manager: Any) -> HeartbeatReporter | None:
+    """The robot's heartbeat (not started yet) so it shows on the dashboard and takes commands, or None.
+
+    Every recorder entry point (the rclpy node, the simulator) uses this, so a real
+    robot reports exactly what the demo robot does. Without a server URL, or with
+    ``--heartbeat 0``, the robot records (and uploads) without reporting.
+    """
+    url = args.heartbeat_url or args.upload_url
+    if not url or args.heartbeat <= 0:
+        return None
+    from core.heartbeat import HeartbeatReporter  # lazy: only robots that report need requests
+
+    return HeartbeatReporter(
+        url,
+        recorder.config.robot_id,
+        sources=status_sources(recorder, manager),
+        handler=recorder_commands(recorder),
+        interval=args.heartbeat,
+    )
 
 
 def stop_on_signals() -> threading.Event:

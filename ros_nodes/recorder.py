@@ -4,6 +4,8 @@ It discovers topics periodically, subscribes to the selected ones with raw
 (serialized) subscriptions and adaptive QoS, passes every message's bytes to
 ``Recorder.record``, offers ``~/start``, ``~/stop``, ``~/pause``, ``~/resume``,
 ``~/split`` (std_srvs/Trigger) and publishes the status as JSON on ``~/status``.
+Like the simulator, it reports to the server by heartbeat (``--heartbeat-url`` or
+``--upload-url``), so the robot shows on the dashboard and takes operator commands.
 rclpy is imported only in ``main``; without it the command explains and exits.
 """
 
@@ -21,7 +23,14 @@ from types import ModuleType
 from typing import Any
 
 from core.config import ConfigError
-from ros_nodes.cli import EXIT_USAGE, add_recorder_options, config_from_args, make_uploader, setup_logging
+from ros_nodes.cli import (
+    EXIT_USAGE,
+    add_recorder_options,
+    config_from_args,
+    make_heartbeat,
+    make_uploader,
+    setup_logging,
+)
 from ros_nodes.core.errors import RecorderError
 from ros_nodes.core.msgdefs import installed_definition
 from ros_nodes.core.recorder import STATE_DIR, Recorder
@@ -148,16 +157,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     manager = make_uploader(args, config.output_dir / STATE_DIR / "uploads")
     recorder = Recorder(config, uploader=manager, type_lookup=ros_type_lookup())
+    heartbeat = make_heartbeat(args, recorder, manager)
     if manager is not None:
         manager.start()
     rclpy.init(args=ros_args)
     try:
         recorder.start()
         node = build_node(rclpy, recorder, config.discovery_interval)
+        if heartbeat is not None:
+            heartbeat.start()
         rclpy.spin(node)
     except KeyboardInterrupt:
         log.info("interrupted")
     finally:
+        if heartbeat is not None:
+            heartbeat.stop()
         recorder.close()
         if manager is not None:
             manager.stop()

@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from core.config import ConfigError
 from ros_nodes.cli import (
@@ -23,6 +22,7 @@ from ros_nodes.cli import (
     EXIT_USAGE,
     add_recorder_options,
     config_from_args,
+    make_heartbeat,
     make_uploader,
     setup_logging,
     stop_on_signals,
@@ -41,11 +41,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pointcloud", action="store_true", help="add a 10 Hz PointCloud2 (~320 KB each)")
     parser.add_argument("--image-rate", type=float, default=30.0, help="CompressedImage rate in Hz")
     parser.add_argument("--wait-uploads", type=float, default=300.0, help="seconds to wait for uploads at the end")
-    parser.add_argument("--heartbeat", type=float, default=5.0, help="status heartbeat interval (0: none)")
-    parser.add_argument(
-        "--heartbeat-url",
-        help="server (or …/upload) URL for heartbeats when they take another path than uploads (default: --upload-url)",
-    )
     parser.add_argument("--seed", type=int, default=0, help="random seed of the simulated sensors")
     add_recorder_options(parser)
     return parser.parse_args(argv)
@@ -71,21 +66,6 @@ def publish(recorder: Recorder, streams: list[Stream], duration: float, stop: th
     return published
 
 
-def start_heartbeat(args: argparse.Namespace, recorder: Recorder, manager: Any) -> Any:
-    if not args.upload_url or args.heartbeat <= 0:
-        return None
-    from core.heartbeat import HeartbeatReporter  # lazy: only with a server
-
-    sources = {"recorder": lambda: recorder.status().to_dict(), "uploads": manager.status}
-    return HeartbeatReporter(
-        args.heartbeat_url or args.upload_url,
-        recorder.config.robot_id,
-        sources=sources,
-        handler=lambda action, _args: recorder.command(action),
-        interval=args.heartbeat,
-    ).start()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
@@ -99,7 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     recorder = Recorder(config, uploader=manager)
     if manager is not None:
         manager.start()
-    heartbeat = start_heartbeat(args, recorder, manager)
+    heartbeat = make_heartbeat(args, recorder, manager)
+    if heartbeat is not None:
+        heartbeat.start()
     try:
         recorder.start()
     except InsufficientDiskError as err:
@@ -122,12 +104,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     exit_code = EXIT_DISK if (status.stop_reason or "").startswith("disk_full") else EXIT_OK
     if manager is not None:
         finished = manager.wait(args.wait_uploads)
-        if heartbeat is not None:
-            heartbeat.stop()
-        manager.stop()
         if not finished:
             log.error("uploads still pending after %.0f s; they resume on the next start", args.wait_uploads)
             exit_code = exit_code or EXIT_UPLOADS_UNFINISHED
+    if heartbeat is not None:
+        heartbeat.stop()
+    if manager is not None:
+        manager.stop()
     recorder.close()
     return exit_code
 

@@ -27,6 +27,7 @@ _CODE_FOR_STATUS = {
     405: ErrorCode.METHOD_NOT_ALLOWED,
     409: ErrorCode.CONFLICT,
     410: ErrorCode.UPLOAD_EXPIRED,
+    411: ErrorCode.LENGTH_REQUIRED,
     413: ErrorCode.PAYLOAD_TOO_LARGE,
     415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
     429: ErrorCode.RATE_LIMITED,
@@ -56,6 +57,7 @@ class InvalidField(ApiError):
 
 class LengthRequired(ApiError):
     code = 411
+    error_code = ErrorCode.LENGTH_REQUIRED
 
 
 class UnsupportedMediaType(ApiError):

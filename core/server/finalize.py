@@ -80,6 +80,13 @@ class Finalizer:
         except VerificationFailed as err:
             self._fail(record, str(err))
             return
+        except FileNotFoundError:
+            current = self.state.get_upload(upload_id)
+            if current is not None and current.state is UploadState.FINALIZING:
+                raise
+            # DELETE /upload/<id> while we read: abort removed the part file; nothing to store.
+            log.info("Finalize of %s stopped: the upload was aborted meanwhile", upload_id)
+            return
         stored = self.blobs.blob_path(blob_id, codec)
         stored_size = stored.stat().st_size
         verified = bool(record.md5 or record.sha256)

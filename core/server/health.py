@@ -23,6 +23,7 @@ from flask import Flask, Response, current_app, jsonify
 
 from core.config import ServerConfig
 from core.protocol import ErrorCode, UploadState
+from core.server.jobs import JobRunner
 from core.server.limits import EXTENSION as LIMITER_EXTENSION
 from core.server.limits import exempt
 from core.server.state_store import StateStore, UploadQuery
@@ -160,9 +161,8 @@ def jobs_check(app: Flask, config: ServerConfig, clock: Callable[[], float] = ti
     def check() -> CheckResult:
         if not config.background_jobs:
             return CheckResult(True, details={"enabled": False})
-        runner = app.extensions.get("job_runner")
-        thread = getattr(runner, "_thread", None)
-        alive = thread is not None and thread.is_alive()
+        runner: JobRunner | None = app.extensions.get("job_runner")
+        alive = runner is not None and runner.is_running()
         state: StateStore = app.extensions["state_store"]
         finalizing, pending = state.list_uploads(UploadQuery(state=UploadState.FINALIZING, limit=100))
         stuck_before = clock() - max(STUCK_AFTER, 10 * config.job_lease)

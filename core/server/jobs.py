@@ -132,6 +132,10 @@ class JobRunner:
         self._thread_pid = os.getpid()
         self._thread.start()
 
+    def is_running(self) -> bool:
+        """The worker thread is alive in this process (a forked copy of the runner has none)."""
+        return self._thread is not None and self._thread_pid == os.getpid() and self._thread.is_alive()
+
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._wake.set()

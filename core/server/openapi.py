@@ -54,6 +54,7 @@ STRING, INTEGER, NUMBER, BOOLEAN = ({"type": t} for t in ("string", "integer", "
 OBJECT: Schema = {"type": "object", "additionalProperties": True}
 HEX_MD5 = {"type": "string", "pattern": "^[0-9a-fA-F]{32}$"}
 HEX_SHA256 = {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}
+BASE64_MD5 = {"type": "string", "pattern": "^[A-Za-z0-9+/]{22}==$"}
 
 SCHEMAS: dict[str, Schema] = {
     "Error": {
@@ -77,7 +78,7 @@ SCHEMAS: dict[str, Schema] = {
         "type": "object",
         "required": ["filename", "filesize"],
         "properties": {
-            "filename": {"type": "string", "description": "Display name only; never used as a path"},
+            "filename": {"type": "string", "minLength": 1, "description": "Display name only; never used as a path"},
             "filesize": {"type": "integer", "minimum": 0},
             "chunks": {"type": "integer", "minimum": 1},
             "chunk_size": {"type": "integer", "minimum": 1},
@@ -212,6 +213,40 @@ RATE_LIMIT_HEADERS = {
 }
 
 
+# OpenAPI links: how an upload_id from one reply feeds the next call. Clients read them as the
+# protocol's sequence; schemathesis follows them so generated calls reach real uploads, not 404s.
+INIT, STATUS, CHUNK, FINALIZE, ABORT, DOWNLOAD = (
+    "initUpload",
+    "getUpload",
+    "putChunk",
+    "finalizeUpload",
+    "abortUpload",
+    "downloadFile",
+)
+
+
+def links(source: str, *targets: str) -> dict[str, Schema]:
+    """Links to ``targets``, each passing the upload_id found at ``source`` (a runtime expression)."""
+    found = {}
+    for target in targets:
+        parameters: dict[str, Any] = {"upload_id": source}
+        if target == CHUNK:
+            parameters["index"] = 0  # every upload has a chunk 0 (an empty file has one empty chunk)
+        found[target] = {"operationId": target, "parameters": parameters}
+    return found
+
+
+FROM_BODY = "$response.body#/upload_id"
+FROM_PATH = "$request.path.upload_id"
+LINKS: dict[str, dict[str, Schema]] = {
+    INIT: links(FROM_BODY, STATUS, CHUNK, FINALIZE, ABORT, DOWNLOAD),
+    CHUNK: links(FROM_PATH, FINALIZE, STATUS, CHUNK),
+    STATUS: links(FROM_PATH, CHUNK, FINALIZE, DOWNLOAD, ABORT),
+    FINALIZE: links(FROM_PATH, STATUS, DOWNLOAD),
+    ABORT: links(FROM_PATH, STATUS, FINALIZE),
+}
+
+
 def json_reply(description: str, schema: Schema) -> Schema:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -226,15 +261,22 @@ def operation(
     is_public: bool = False,
     limited: bool = True,
     tag: str = "uploads",
+    operation_id: str | None = None,
 ) -> Schema:
     """One operation: its own replies plus the shared 401/429 and the listed error statuses."""
     codes = {*errors, *(() if is_public else (401,)), *((429,) if limited else ())}
     replies: dict[str, Schema] = {str(status): reply for status, reply in responses.items()}
+    if operation_id in LINKS:
+        for status in responses:
+            if 200 <= status < 300:
+                replies[str(status)] = {**replies[str(status)], "links": LINKS[operation_id]}
     for status in sorted(codes):
         replies[str(status)] = json_reply(ERROR_MEANINGS[status], ref("Error"))
     if limited:
         replies["429"]["headers"] = RATE_LIMIT_HEADERS
     op: Schema = {"summary": summary, "tags": [tag], "responses": replies}
+    if operation_id:
+        op["operationId"] = operation_id
     if parameters:
         op["parameters"] = list(parameters)
     if body is not None:
@@ -305,6 +347,7 @@ PATHS: dict[str, dict[str, Schema]] = {
                 200: json_reply("Resumed upload or already stored file", ref("InitReply")),
                 201: json_reply("New upload", ref("InitReply")),
             },
+            operation_id=INIT,
             errors=(400, 409, 413, 507),
             body=JSON_BODY,
         )
@@ -316,12 +359,13 @@ PATHS: dict[str, dict[str, Schema]] = {
                 200: json_reply("Chunk was already stored", ref("ChunkReply")),
                 201: json_reply("Chunk stored durably", ref("ChunkReply")),
             },
+            operation_id=CHUNK,
             errors=(400, 404, 409, 410, 411, 413, 507),
             parameters=(
                 UPLOAD_ID,
-                path_param("index", {"type": "integer"}),
+                path_param("index", {"type": "integer", "minimum": 0}),
                 header_param(HEADER_CHUNK_SHA256, HEX_SHA256, "sha256 of the chunk body"),
-                header_param(HEADER_CONTENT_MD5, STRING, "base64 md5 of the chunk body (RFC 1864)"),
+                header_param(HEADER_CONTENT_MD5, BASE64_MD5, "base64 md5 of the chunk body (RFC 1864)"),
             ),
             body={
                 "required": True,
@@ -333,12 +377,14 @@ PATHS: dict[str, dict[str, Schema]] = {
         "get": operation(
             "Status: state, received and missing chunks",
             {200: json_reply("Upload status", ref("UploadReply"))},
+            operation_id=STATUS,
             errors=(404, 410),
             parameters=(UPLOAD_ID,),
         ),
         "delete": operation(
             "Abort an upload and remove its part file",
             {200: json_reply("Aborted", ref("UploadReply"))},
+            operation_id=ABORT,
             errors=(404, 409, 410),
             parameters=(UPLOAD_ID,),
         ),
@@ -350,6 +396,7 @@ PATHS: dict[str, dict[str, Schema]] = {
                 200: json_reply("Already complete", ref("UploadReply")),
                 202: json_reply("Verification queued (state finalizing)", ref("UploadReply")),
             },
+            operation_id=FINALIZE,
             errors=(404, 409, 410),
             parameters=(UPLOAD_ID,),
         )
@@ -376,6 +423,7 @@ PATHS: dict[str, dict[str, Schema]] = {
                     "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
                 }
             },
+            operation_id=DOWNLOAD,
             errors=(400, 404, 409),
             parameters=(UPLOAD_ID, query_param(PARAM_RAW, STRING, "1: the stored (compressed) bytes")),
         )

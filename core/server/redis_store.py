@@ -25,6 +25,8 @@ from core.config import ServerConfig
 from core.protocol import Codec, UploadState
 from core.server.state_store import MUTABLE_FIELDS, SQLiteStateStore, StateStore, UploadQuery, UploadRecord
 
+# Every key of this project in a shared Redis starts with this (upload state, robot status, commands).
+PREFIX = "ros2-upload:"
 _FIELDS = tuple(f.name for f in fields(UploadRecord))
 _ACTIVE = (UploadState.UPLOADING.value, UploadState.FINALIZING.value)
 _NONE = "\x00none"  # a field set to None is deleted from the hash
@@ -105,6 +107,11 @@ return 1
 """
 
 
+def connect(url: str) -> redis.Redis:
+    """A client with bounded timeouts: a request must fail with a clear error, not hang, when Redis is away."""
+    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+
+
 def _encode(name: str, value: Any) -> str:
     if value is None:
         return _NONE
@@ -148,7 +155,7 @@ def _decode(raw: dict[bytes, bytes]) -> UploadRecord:
 class RedisStateStore(StateStore):
     """Upload sessions, chunk receipts, finalize jobs and leases in one Redis database."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "ros2-upload:") -> None:
+    def __init__(self, client: redis.Redis, prefix: str = PREFIX) -> None:
         self.redis = client
         self.p = prefix
         self._transition = client.register_script(_TRANSITION)
@@ -160,7 +167,7 @@ class RedisStateStore(StateStore):
 
     @classmethod
     def from_url(cls, url: str) -> RedisStateStore:
-        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30))
+        return cls(connect(url))
 
     # --- keys ----------------------------------------------------------------------------------
     def _upload(self, upload_id: str) -> str:

@@ -24,7 +24,7 @@ from core.protocol import (
     HEADER_RETRY_AFTER,
     ErrorCode,
 )
-from core.server.errors import ApiError
+from core.server.errors import ApiError, LengthRequired
 
 log = logging.getLogger("upload_server.security")
 
@@ -54,6 +54,9 @@ CORS_MAX_AGE = "600"
 
 # Routes whose body may exceed MAX_JSON_SIZE; everything else carries small JSON.
 BODY_LIMITS: dict[str, Callable[[ServerConfig], int]] = {CHUNK_PATH: lambda c: c.max_chunk_size}
+# Routes that stream their body to disk: the length is checked against the expected chunk size
+# before a byte is stored, so a body of unknown length (chunked encoding) is refused outright.
+LENGTH_REQUIRED_ROUTES = frozenset({CHUNK_PATH})
 
 
 class PayloadTooLargeError(ApiError):
@@ -70,14 +73,36 @@ def _config() -> ServerConfig:
     return config
 
 
+def _is_chunked() -> bool:
+    return "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+
+
 def _limit_body() -> None:
-    """Refuse an oversized body before any byte of it is read, and cap what can be read."""
+    """Refuse an oversized body before any byte of it is read, and cap what can be read.
+
+    A body without Content-Length (chunked encoding) cannot be refused up
+    front: a chunk is answered 411, and a small JSON body is read here, under
+    the limit, so going over it is a clean 413 rather than a truncated
+    document that a lenient parser might half-accept.
+    """
     config = _config()
     rule = request.url_rule.rule if request.url_rule is not None else None
     limit = BODY_LIMITS[rule](config) if rule in BODY_LIMITS else config.max_json_size
     request.max_content_length = limit
-    if request.content_length is not None and request.content_length > limit:
-        msg = f"request body of {request.content_length} bytes exceeds this route's limit of {limit} bytes"
+    if request.content_length is not None:
+        if request.content_length > limit:
+            msg = f"request body of {request.content_length} bytes exceeds this route's limit of {limit} bytes"
+            raise PayloadTooLargeError(msg)
+        return
+    if not _is_chunked():
+        return
+    if rule in LENGTH_REQUIRED_ROUTES:
+        msg = f"Content-Length is required on this route (chunked bodies are refused; at most {limit} bytes)"
+        raise LengthRequired(msg)
+    # werkzeug stops reading silently at the maximum: one byte more tells "over the limit" from "exactly at it".
+    request.max_content_length = limit + 1
+    if len(request.get_data(cache=True, parse_form_data=False)) > limit:
+        msg = f"chunked request body exceeds this route's limit of {limit} bytes"
         raise PayloadTooLargeError(msg)
 
 

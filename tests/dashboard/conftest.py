@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
 from core.config import ServerConfig
 from core.server.app import create_app
 from core.server.keys import KeyStore, key_store_for
+from tests.helpers.redis_server import RedisServer
+
+ROBOT_STORE_BACKENDS = ("sqlite", "redis")
 
 
 def build_app(upload_dir: Path, **overrides: Any) -> Flask:
@@ -20,6 +24,21 @@ def build_app(upload_dir: Path, **overrides: Any) -> Flask:
     app = create_app(config)
     app.config["TESTING"] = True
     return app
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the Redis-backed variants; each test flushes the database it uses."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """An empty Redis database, as a fresh scale-out deployment would start with."""
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushdb()
+    return redis_server.url
 
 
 @pytest.fixture

@@ -4,15 +4,31 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from core.protocol import CommandState, RobotAction
-from core.server.robots import Command, SQLiteRobotStore, robot_store
-from tests.dashboard.conftest import bearer, heartbeat
+from core.server.robots import Command, RedisRobotStore, SQLiteRobotStore, robot_store
+from tests.dashboard.conftest import ROBOT_STORE_BACKENDS, bearer, heartbeat
+
+_STORE_CLASS = {"sqlite": SQLiteRobotStore, "redis": RedisRobotStore}
+
+
+@pytest.fixture(params=ROBOT_STORE_BACKENDS)
+def make_app(request: pytest.FixtureRequest, make_app: Callable[..., Flask]) -> Callable[..., Flask]:
+    """Every heartbeat test runs against the embedded store and against Redis (STATE_STORE_URI)."""
+
+    def make(**overrides: Any) -> Flask:
+        if request.param == "redis":
+            overrides.setdefault("state_store_uri", request.getfixturevalue("redis_url"))
+        app = make_app(**overrides)
+        assert type(robot_store(app)) is _STORE_CLASS[request.param]
+        return app
+
+    return make
 
 
 def queue(app: Flask, robot_id: str, action: RobotAction, created_at: float | None = None) -> Command:
@@ -120,13 +136,3 @@ def test_heartbeats_have_their_own_rate_limit(make_app: Callable[..., Flask], ro
     client = make_app(auth_enabled=True, ratelimit_enabled=True, heartbeat_rate_limit="3 per minute").test_client()
     statuses = [heartbeat(client, "robot-1", robot_key).status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
-
-
-def test_robot_store_is_shared_through_the_database_file(tmp_path: Path) -> None:
-    writer, reader = SQLiteRobotStore(tmp_path / "r.db"), SQLiteRobotStore(tmp_path / "r.db")
-    writer.put_status("r", {"recorder": {"state": "idle"}}, 10.0)
-    writer.enqueue(Command("r", RobotAction.SPLIT, created_at=10.0))
-    assert [r.status for r in reader.robots()] == [{"recorder": {"state": "idle"}}]
-    assert [c.action for c in reader.take_open("r", now=11.0, ttl=60.0)] == [RobotAction.SPLIT]
-    writer.close()
-    reader.close()

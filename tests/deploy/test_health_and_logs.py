@@ -56,6 +56,19 @@ def test_unwritable_storage_degrades_with_a_reason(tmp_path: Path) -> None:
     assert any(r.startswith("storage: ") for r in reply.get_json()["reasons"])
 
 
+def test_dead_background_jobs_degrade_with_a_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    test_client = client(tmp_path)
+    assert test_client.get(DETAILED_HEALTH_PATH).get_json()["checks"]["jobs"]["runner_alive"] is True
+    runner = test_client.application.extensions["job_runner"]
+    runner.stop()
+    # Each request restarts a stopped runner; this one cannot be restarted, like a thread that keeps dying.
+    monkeypatch.setattr(runner, "start", lambda: None)
+    reply = test_client.get(DETAILED_HEALTH_PATH)
+    assert reply.status_code == 503
+    assert reply.get_json()["checks"]["jobs"]["runner_alive"] is False
+    assert "jobs: background job thread is not running in this process" in reply.get_json()["reasons"]
+
+
 @pytest.mark.parametrize(("log_format", "is_json"), [("json", True), ("text", False)])
 def test_log_format_setting(tmp_path: Path, log_format: str, is_json: bool) -> None:
     script = (

@@ -9,11 +9,15 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
-from core.protocol import INIT_PATH, ErrorCode, MiB, chunk_count
+from core.heartbeat import HeartbeatReporter
+from core.protocol import INIT_PATH, ErrorCode, MiB, RobotAction, chunk_count
+from core.server.redis_store import connect
+from core.server.robots import RedisRobotStore
 from tests.deploy.client import UploadClient, write_source
 from tests.helpers.nginx import NginxServer
 from tests.helpers.processes import PYTHON, REPO_ROOT
@@ -24,7 +28,9 @@ from tests.helpers.tls import TLSFiles, make_tls_files
 pytestmark = [pytest.mark.nginx, pytest.mark.gunicorn, pytest.mark.redis]
 
 CHUNK = 8 * MiB
+DASHBOARD_STATE = "/dashboard/api/state"
 INIT_LIMIT = 20  # the seed's default: 20 init requests per hour per client
+ROBOT, OPERATOR = "robot-hb", "operator"
 
 
 class DurableRedis(RedisServer):
@@ -43,6 +49,16 @@ class Cluster:
     tls: TLSFiles
     keys: dict[str, str]
     access_logs: list[Path]
+    state_store_uri: str
+
+    def bearer(self, key_name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[key_name]}"}
+
+    def dashboard_state(self, app: int) -> dict[str, Any]:
+        reply = requests.get(self.apps[app].url + DASHBOARD_STATE, headers=self.bearer(OPERATOR), timeout=10)
+        assert reply.status_code == 200, reply.text
+        state: dict[str, Any] = reply.json()
+        return state
 
     def client(self, key_name: str) -> UploadClient:
         client = UploadClient(self.nginx.url, verify=str(self.tls.ca), retries=8)
@@ -68,9 +84,9 @@ def kill_instance(app: GunicornServer) -> None:
     app.kill()
 
 
-def create_key(upload_dir: Path, name: str) -> str:
+def create_key(upload_dir: Path, name: str, *, admin: bool = False) -> str:
     result = subprocess.run(
-        [PYTHON, "-m", "flask", "--app", "upload_server", "keys", "create", name],
+        [PYTHON, "-m", "flask", "--app", "upload_server", "keys", "create", name, *(["--admin"] if admin else [])],
         cwd=REPO_ROOT,
         env={"UPLOAD_DIR": str(upload_dir), "PATH": "/usr/bin:/bin"},
         capture_output=True,
@@ -86,7 +102,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     base = tmp_path_factory.mktemp("cluster")
     upload_dir = base / "uploads"  # the storage both instances reach (one disk here, a shared mount in production)
     upload_dir.mkdir()
-    keys = {name: create_key(upload_dir, name) for name in ("robot-big", "robot-burst")}
+    keys = {name: create_key(upload_dir, name) for name in ("robot-big", "robot-burst", ROBOT)}
+    keys[OPERATOR] = create_key(upload_dir, OPERATOR, admin=True)
     with DurableRedis(base / "redis") as redis:
         shared = {
             "AUTH_ENABLED": "1",
@@ -106,7 +123,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         nginx = NginxServer(base / "nginx", upstream_ports=[a.port for a in apps], cert=tls.cert, key=tls.key)
         try:
             nginx.start()
-            yield Cluster(nginx, apps, tls, keys, logs)
+            yield Cluster(nginx, apps, tls, keys, logs, shared["STATE_STORE_URI"])
         finally:
             nginx.stop()
             for app in apps:
@@ -127,6 +144,47 @@ def test_rate_limit_holds_exactly_across_both_instances(cluster: Cluster) -> Non
     assert codes[INIT_LIMIT:] == [429] * 10
     assert cluster.inits(0) > 0
     assert cluster.inits(1) > 0
+
+
+def test_robot_status_and_operator_commands_are_shared_by_both_instances(cluster: Cluster) -> None:
+    ran: list[RobotAction] = []
+    recorder = {"state": "recording", "current_bag": "run-1_0.mcap", "bytes_written": 4096}
+
+    def run(action: RobotAction, _args: object) -> str:
+        ran.append(action)
+        return f"{action.value}d"
+
+    robot = HeartbeatReporter(
+        cluster.apps[0].url,  # this robot always reaches instance A, the operator instance B
+        ROBOT,
+        sources={"recorder": lambda: recorder},
+        handler=run,
+        api_key=cluster.keys[ROBOT],
+    )
+    assert robot.beat() == 0
+
+    (row,) = [r for r in cluster.dashboard_state(1)["fleet"] if r["robot_id"] == ROBOT]
+    assert (row["online"], row["recording_state"], row["current_bag"]) == (True, "recording", "run-1_0.mcap")
+
+    reply = requests.post(
+        f"{cluster.apps[1].url}/dashboard/api/robots/{ROBOT}/commands",
+        json={"action": "pause"},
+        headers=cluster.bearer(OPERATOR),
+        timeout=10,
+    )
+    assert reply.status_code == 202, reply.text
+    command_id = reply.json()["command"]["id"]
+    assert robot.beat() == 1  # delivered through A, run by the robot
+    assert ran == [RobotAction.PAUSE]
+    robot.beat()  # acknowledged through A
+
+    (command,) = [c for c in cluster.dashboard_state(1)["commands"] if c["id"] == command_id]
+    assert (command["state"], command["message"], command["robot_id"]) == ("done", "paused", ROBOT)
+    assert [c["id"] for c in cluster.dashboard_state(0)["commands"]] == [command_id]
+    # Shared through Redis, not through the SQLite file beside the uploads (which works on one host only).
+    shared = RedisRobotStore(connect(cluster.state_store_uri))
+    assert ROBOT in [r.robot_id for r in shared.robots()]
+    shared.close()
 
 
 @pytest.mark.slow

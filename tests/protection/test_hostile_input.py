@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
+from core.protocol import MiB
 from tests.helpers.processes import wait_until
 from tests.helpers.servers import GunicornServer
 
@@ -206,3 +208,35 @@ def test_request_line_over_gunicorns_limit_is_refused_before_the_app(server: Gun
 
     assert reply.status_code == 414
     assert "Traceback" not in reply.text
+
+
+def pieces(size: int, piece: int = 1 << 20) -> Iterator[bytes]:
+    """A body of ``size`` bytes as a generator: requests sends it with ``Transfer-Encoding: chunked``."""
+    for start in range(0, size, piece):
+        yield b"c" * min(piece, size - start)
+
+
+@pytest.mark.parametrize("size", [pytest.param(3 * MiB, id="exact-size"), pytest.param(70 * MiB, id="over-max")])
+def test_chunk_with_chunked_encoding_is_refused_with_411_and_nothing_is_stored(
+    server: GunicornServer, size: int
+) -> None:
+    content = b"c" * (3 * MiB)
+    init = requests.post(
+        f"{server.url}/upload/init",
+        json={"filename": "chunked.bag", "filesize": len(content), "chunks": 1},
+        headers=server.headers(),
+        timeout=10,
+    )
+    chunk_url = f"{server.url}/upload/{init.json()['upload_id']}/chunk/0"
+    with requests.Session() as session:
+        refused = session.put(chunk_url, data=pieces(size), headers=server.headers(), timeout=60)
+        status = session.get(chunk_url.rsplit("/chunk/", 1)[0], headers=server.headers(), timeout=10)
+        # The same keep-alive connection still frames requests correctly after the refused body.
+        stored = session.put(chunk_url, data=content, headers=server.headers(), timeout=30)
+
+    assert refused.request.headers["Transfer-Encoding"] == "chunked"
+    assert "Content-Length" not in refused.request.headers
+    assert refused.status_code == 411, refused.text
+    assert refused.json()["error"]["code"] == "length_required"
+    assert status.json()["received"] == []
+    assert stored.status_code == 201, stored.text

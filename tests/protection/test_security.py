@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from core.protocol import KiB, MiB
 from core.server.keys import KeyStore
@@ -128,27 +130,41 @@ def test_chunk_route_takes_up_to_max_chunk_size(make_app: Callable[..., Flask], 
     assert too_big.json["error"]["code"] == "payload_too_large"
 
 
-def test_chunked_body_without_length_is_never_read_past_the_route_limit(
+def chunked(client: FlaskClient, method: str, path: str, body: bytes, headers: dict[str, str]) -> TestResponse:
+    """A request whose body has no Content-Length, as gunicorn passes on ``Transfer-Encoding: chunked``."""
+    return client.open(
+        path,
+        method=method,
+        input_stream=io.BytesIO(body),
+        headers={**headers, "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+def test_chunk_without_content_length_is_refused_with_411(
     make_app: Callable[..., Flask], robot: dict[str, str]
 ) -> None:
-    """Without Content-Length the size is unknown up front; reading stops at the limit (the core then
-    refuses the truncated chunk by its length and checksum, or the truncated JSON as invalid)."""
-    app = make_app(max_json_size=4 * KiB, max_chunk_size=MiB, min_chunk_size=64 * KiB, default_chunk_size=MiB)
-    chunked = {"Transfer-Encoding": "chunked"}
+    """The chunk's length is checked against the upload before a byte is stored: an unknown length is refused."""
+    app = make_app(max_chunk_size=MiB, min_chunk_size=64 * KiB, default_chunk_size=MiB)
 
-    chunk = app.test_client().put(
-        "/upload/u1/chunk/0",
-        input_stream=io.BytesIO(b"\0" * (3 * MiB)),
-        headers={**robot, **chunked},
-        environ_overrides={"wsgi.input_terminated": True},
-    )
-    init = app.test_client().post(
-        "/upload/init",
-        input_stream=io.BytesIO(b"{" + b" " * (8 * KiB) + b"}"),
-        headers={**robot, **chunked, "Content-Type": "application/json"},
-        environ_overrides={"wsgi.input_terminated": True},
-    )
+    for size in (0, 10, 3 * MiB):
+        reply = chunked(app.test_client(), "PUT", "/upload/u1/chunk/0", b"\0" * size, robot)
 
-    assert chunk.json["size"] == MiB
-    assert init.status_code == 400
-    assert init.json["success"] is False
+        assert reply.status_code == 411
+        assert reply.json["error"]["code"] == "length_required"
+
+
+@pytest.mark.parametrize(("size", "status"), [(KiB, 201), (8 * KiB, 413)])
+def test_chunked_json_body_is_read_whole_under_the_limit_or_refused_with_413(
+    make_app: Callable[..., Flask], robot: dict[str, str], size: int, status: int
+) -> None:
+    body = b'{"filename": "' + b"x" * size + b'"}'
+    app = make_app(max_json_size=4 * KiB)
+
+    reply = chunked(app.test_client(), "POST", "/upload/init", body, {**robot, "Content-Type": "application/json"})
+
+    assert reply.status_code == status
+    if status == 413:
+        assert reply.json["error"]["code"] == "payload_too_large"
+    else:
+        assert reply.json["body"]["filename"] == "x" * size

@@ -25,7 +25,8 @@ def snapshot_of_open_split(config: RecorderConfig, traffic: list[Sent], target: 
     recorder.start()
     for msg in traffic:
         recorder.record(msg.topic, msg.msgtype, msg.data, msg.timestamp)
-    wait_until(lambda: recorder.status().buffered_messages == 0, 10, what="the queue to drain")
+    # Written, not just dequeued: the writer empties the queue before it opens the split and writes.
+    wait_until(lambda: recorder.status().messages_written == len(traffic), 10, what="every message written")
     (open_split,) = split_dirs(config.output_dir)
     shutil.copytree(open_split, target / open_split.name)
     return recorder

@@ -1,0 +1,92 @@
+"""Schemathesis hooks for the live run: a positive chunk PUT carries the bytes the upload expects.
+
+Random bodies never have the exact length a chunk must have, so without this
+every generated chunk is refused and finalize, verification and download are
+only ever tested on incomplete uploads. For a *positive* case on a real upload
+(the stateful phase follows the document's links from init) the hook asks the
+server which chunk is missing and how long it must be, and sends that many
+bytes with matching checksum headers. Negative cases keep their generated
+garbage. ``after_call`` tallies every reply by operation and status in the
+file named by ``SCHEMATHESIS_STATUS_LOG``, so the test can check how deep the
+run got. Loaded by ``st run`` through ``SCHEMATHESIS_HOOKS``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import threading
+from typing import Any
+
+import requests
+import schemathesis
+
+from core.protocol import (
+    AUTH_SCHEME,
+    CHUNK_PATH,
+    HEADER_AUTHORIZATION,
+    HEADER_CHUNK_SHA256,
+    HEADER_CONTENT_MD5,
+    KiB,
+    UploadState,
+    chunk_length,
+    upload_status_url,
+)
+from core.server.openapi import openapi_path
+
+KEY_VARIABLE = "SCHEMATHESIS_UPLOAD_KEY"
+STATUS_LOG_VARIABLE = "SCHEMATHESIS_STATUS_LOG"
+# Larger expected chunks stay random: generating them would slow the run down for no new code path.
+MAX_FITTED_CHUNK = 256 * KiB
+CHUNK_OPERATION = openapi_path(CHUNK_PATH)
+_log_lock = threading.Lock()
+
+
+def _is_positive(case: Any) -> bool:
+    meta = getattr(case, "meta", None)
+    mode = getattr(getattr(meta, "generation", None), "mode", None)
+    return getattr(mode, "value", mode) == "positive"
+
+
+def _upload_status(base_url: str, upload_id: str) -> dict[str, Any] | None:
+    headers = {HEADER_AUTHORIZATION: f"{AUTH_SCHEME} {os.environ[KEY_VARIABLE]}"}
+    reply = requests.get(upload_status_url(base_url, upload_id), headers=headers, timeout=10)
+    return reply.json() if reply.status_code == 200 else None
+
+
+def _fit_chunk(case: Any, status: dict[str, Any]) -> None:
+    missing = status.get("missing") or []
+    # Nothing missing: resend chunk 0 unchanged (the idempotent "already stored" path).
+    index = int(missing[0]) if missing else 0
+    length = chunk_length(int(status["filesize"]), int(status["chunk_size"]), index)
+    if length > MAX_FITTED_CHUNK:
+        return
+    body = bytes(length)
+    case.path_parameters["index"] = index
+    case.body = body
+    if HEADER_CHUNK_SHA256 in case.headers:
+        case.headers[HEADER_CHUNK_SHA256] = hashlib.sha256(body).hexdigest()
+    if HEADER_CONTENT_MD5 in case.headers:
+        case.headers[HEADER_CONTENT_MD5] = base64.b64encode(hashlib.md5(body).digest()).decode()  # noqa: S324
+
+
+@schemathesis.hook
+def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
+    """Give positive chunk PUTs on uploads still receiving chunks a body of the right size."""
+    if case.method.upper() != "PUT" or case.operation.path != CHUNK_OPERATION or not _is_positive(case):
+        return
+    base_url = kwargs.get("base_url") or case.operation.base_url
+    upload_id = str(case.path_parameters.get("upload_id", ""))
+    status = _upload_status(base_url.rstrip("/"), upload_id) if base_url and upload_id else None
+    if status is not None and status.get("state") == UploadState.UPLOADING.value:
+        _fit_chunk(case, status)
+
+
+@schemathesis.hook
+def after_call(context: Any, case: Any, response: Any) -> None:
+    """One line per reply: ``METHOD /openapi/path STATUS``."""
+    path = os.environ.get(STATUS_LOG_VARIABLE)
+    if path:
+        with _log_lock, open(path, "a", encoding="utf-8") as log:
+            log.write(f"{case.method.upper()} {case.operation.path} {response.status_code}\n")
