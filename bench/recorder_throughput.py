@@ -1,6 +1,6 @@
 """Recording core throughput vs a bare rosbags Writer loop on the same messages, and drops at 50 MB/s offered.
 
-Run: ``.venv/bin/python -m bench.recorder_throughput`` (about a minute).
+Run: ``.venv/bin/python -m bench.recorder_throughput [--malloc tuned|default]`` (about a minute).
 
 What makes the comparison fair:
 
@@ -15,9 +15,13 @@ What makes the comparison fair:
   (the order rotates every round, so cache warmth and drift favour none), and
   each ratio reported is the median of the per-round ratios over ``--rounds``
   (default 7), next to its spread.
-- Threads. The core writes on its own thread; ``bare-thread`` runs the bare
-  loop on a second thread too, because glibc's malloc behaves differently
-  there for ~1 MiB buffers (see BENCHMARKS.md).
+- Threads and malloc. The core writes on its own thread; ``bare-thread`` runs
+  the bare loop on a second thread too. With glibc's default malloc settings
+  ~1 MiB buffers are mmapped or heap-allocated depending on the thread and the
+  process, which swung the bare loop between 0.6 and 1.9 GB/s. The recorder's
+  entry points fix the thresholds (``ros_nodes.core.malloc``); ``--malloc
+  tuned`` (the default) does the same here, for the baseline and the core
+  alike, since they share this process; ``--malloc default`` leaves glibc's.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from rosbags.typesys.store import Typestore
 
 from core.config import MiB, RecorderConfig
 from ros_nodes.core.bag_writer import fsync_file, typestore_for
+from ros_nodes.core.malloc import tune_malloc
 from ros_nodes.core.messages import POINT_CLOUD, MessageFactory, default_streams, schedule
 from ros_nodes.core.recorder import Recorder
 from ros_nodes.core.splitting import NS_PER_S
@@ -183,8 +188,13 @@ def main() -> None:
     parser.add_argument("--mix-seconds", type=float, default=120.0)
     parser.add_argument("--large", type=int, default=300, help="number of ~1 MiB messages")
     parser.add_argument("--load-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--malloc", choices=("tuned", "default"), default="tuned", help="glibc thresholds as the recorder sets them"
+    )
     args = parser.parse_args()
+    tuned = args.malloc == "tuned" and tune_malloc()
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
+    print(f"malloc: {'tuned (ros_nodes.core.malloc)' if tuned else 'glibc defaults'}, for every variant alike")
     compare("simulated robot mix", simulated_mix(args.mix_seconds), args.rounds)
     compare("large messages (~1 MiB PointCloud2)", large_messages(args.large), args.rounds)
     offered_load(50.0, args.load_seconds)

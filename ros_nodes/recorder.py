@@ -32,6 +32,7 @@ from ros_nodes.cli import (
     setup_logging,
 )
 from ros_nodes.core.errors import RecorderError
+from ros_nodes.core.malloc import tune_malloc
 from ros_nodes.core.msgdefs import installed_definition
 from ros_nodes.core.recorder import STATE_DIR, Recorder
 from ros_nodes.node_logic import (
@@ -147,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(RCLPY_MISSING, file=sys.stderr)
         return EXIT_NO_RCLPY
     setup_logging()
+    tune_malloc()
     parser = argparse.ArgumentParser(prog="python -m ros_nodes.recorder", description=__doc__.splitlines()[0])
     add_recorder_options(parser)
     args, ros_args = parser.parse_known_args(argv)

@@ -28,6 +28,7 @@ from ros_nodes.cli import (
     stop_on_signals,
 )
 from ros_nodes.core.errors import InsufficientDiskError, RecorderError
+from ros_nodes.core.malloc import tune_malloc
 from ros_nodes.core.messages import MessageFactory, Stream, default_streams, schedule
 from ros_nodes.core.recorder import STATE_DIR, Recorder
 from ros_nodes.core.splitting import NS_PER_S
@@ -69,6 +70,7 @@ def publish(recorder: Recorder, streams: list[Stream], duration: float, stop: th
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
+    tune_malloc()
     try:
         config = config_from_args(args)
     except ConfigError as err:

@@ -161,9 +161,11 @@ def init_app(app: Flask, runner: JobRunner) -> None:
     if not app.extensions["server_config"].background_jobs:
         return
 
-    @app.before_request
     def _ensure_runner() -> None:
         runner.start()
+
+    # First in line: a request that auth or a rate limit rejects must still start the runner.
+    app.before_request_funcs.setdefault(None, []).insert(0, _ensure_runner)
 
 
 def start_background(app: Flask) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,6 +24,7 @@ from core.config import ServerConfig
 from core.protocol import (
     CHUNK_PATH,
     FINALIZE_PATH,
+    HEADER_RETRY_AFTER,
     HEALTH_PATH,
     HEARTBEAT_PATH,
     INIT_PATH,
@@ -97,6 +100,26 @@ def _too_many_requests(err: Any) -> Response:
     return response
 
 
+def _exact_retry_after(response: Response) -> Response:
+    """Tell a 429'd client the whole seconds until its window reopens, rounded up and never 0.
+
+    flask-limiter derives ``Retry-After`` from an integer reset time and then
+    truncates (``int(int(reset + 1) - now)``): in a window's last second it says
+    0 and an obedient client is refused again at once, elsewhere it adds up to
+    a second of needless waiting. The window's own reset time gives the exact wait.
+    """
+    limiter = current_app.extensions.get(EXTENSION)
+    limit = limiter.current_limit if limiter is not None and response.status_code == 429 else None
+    if limit is None:
+        return response
+    try:
+        reset = float(limit.window.reset_time)
+    except Exception:  # storage unreachable: flask-limiter logged it; keep its header
+        return response
+    response.headers[HEADER_RETRY_AFTER] = str(max(1, math.ceil(reset - time.time())))
+    return response
+
+
 def _load_flask_limiter() -> Any | None:
     try:
         return importlib.import_module("flask_limiter")
@@ -129,6 +152,8 @@ def init_app(app: Flask, config: ServerConfig) -> Any | None:
         swallow_errors=True,
     )
     limiter.request_filter(_is_exempt)
+    # after_request hooks run in reverse order of registration: this one runs after flask-limiter's headers.
+    app.after_request(_exact_retry_after)
     limiter.init_app(app)
     _apply_route_limits(app, limiter, config)
     app.register_error_handler(flask_limiter.RateLimitExceeded, _too_many_requests)

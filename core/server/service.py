@@ -184,7 +184,8 @@ class UploadService:
         with storage_errors():
             self.blobs.create_part(record.upload_id, record.filesize)
         try:
-            self.state.create_upload(record)
+            with storage_errors():
+                self.state.create_upload(record)
         except BaseException:
             self.blobs.remove_part(record.upload_id)
             raise
@@ -279,7 +280,8 @@ class UploadService:
             except FileNotFoundError:  # aborted or swept since we looked: say so (409/410), not 500
                 self._require_state(self.get(identity, upload_id), UploadState.UPLOADING)
                 raise
-            received = self.state.record_chunk(upload_id, index, sha_hex, self.clock())
+            with storage_errors():
+                received = self.state.record_chunk(upload_id, index, sha_hex, self.clock())
         if received is None:
             self._require_state(self.get(identity, upload_id), UploadState.UPLOADING)
             msg = f"upload {upload_id} changed state while chunk {index} was stored"

@@ -10,6 +10,7 @@ Times are plain epoch seconds passed in by the caller, which owns the clock.
 from __future__ import annotations
 
 import abc
+import errno
 import json
 import os
 import sqlite3
@@ -73,7 +74,8 @@ class StateStore(abc.ABC):
     """
 
     @abc.abstractmethod
-    def create_upload(self, record: UploadRecord) -> None: ...
+    def create_upload(self, record: UploadRecord) -> None:
+        """Insert a new upload. Like every write, raises ``OSError(ENOSPC)`` when the store is full."""
 
     @abc.abstractmethod
     def get_upload(self, upload_id: str) -> UploadRecord | None: ...
@@ -249,13 +251,20 @@ class SQLiteStateStore(StateStore):
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction; IMMEDIATE takes the write lock up front so read-then-write cannot race."""
         db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.OperationalError as err:
+            if err.sqlite_errorcode == sqlite3.SQLITE_FULL:
+                # Callers see a plain disk-full OSError, the same as from the blob store.
+                raise OSError(errno.ENOSPC, f"state database: {err}") from err
             raise
-        db.execute("COMMIT")
 
     def _one(self, sql: str, params: tuple[Any, ...] = ()) -> UploadRecord | None:
         row = self._connection().execute(sql, params).fetchone()

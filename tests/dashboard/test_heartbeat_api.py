@@ -22,6 +22,7 @@ def make_app(request: pytest.FixtureRequest, make_app: Callable[..., Flask]) -> 
     """Every heartbeat test runs against the embedded store and against Redis (STATE_STORE_URI)."""
 
     def make(**overrides: Any) -> Flask:
+        overrides.setdefault("background_jobs", False)  # no uploads here; no thread outliving the test's Redis
         if request.param == "redis":
             overrides.setdefault("state_store_uri", request.getfixturevalue("redis_url"))
         app = make_app(**overrides)

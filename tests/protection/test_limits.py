@@ -17,6 +17,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+import core.server.limits
 from core.config import ServerConfig
 from core.protocol import DEFAULT_CHUNK_SIZE, GiB, MiB
 from core.server.app import create_app
@@ -46,6 +47,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
     fake = FakeTime()
     monkeypatch.setattr(limits.storage.memory, "time", fake)
     monkeypatch.setattr(flask_limiter._extension, "time", fake)
+    monkeypatch.setattr(core.server.limits, "time", fake)
     return fake
 
 
@@ -123,6 +125,25 @@ def test_window_reopens_after_retry_after(make_app: Callable[..., Flask], keys: 
 
     clock.sleep(retry_after + 1)
 
+    assert put().status_code == 200
+
+
+def test_retry_after_in_a_windows_last_second_is_one_not_zero(
+    make_app: Callable[..., Flask], keys: KeyStore, clock: FakeTime
+) -> None:
+    """flask-limiter alone truncates to 0 here; a client obeying 0 would be refused again at once."""
+    client = make_app(ratelimit_chunk="2 per minute").test_client()
+    headers = bearer(keys.create("robot-1").token)
+    put = lambda: client.put("/upload/u1/chunk/0", data=b"x", headers=headers)  # noqa: E731
+    clock.now = 1_700_000_000.7  # the window opens at a fraction of a second and closes 60 s later
+    assert [put().status_code for _ in range(3)] == [200, 200, 429]
+
+    clock.now += 59.9  # 0.1 s of the window left
+    last_second = put()
+    clock.sleep(int(last_second.headers["Retry-After"]))
+
+    assert last_second.status_code == 429
+    assert last_second.headers["Retry-After"] == "1"
     assert put().status_code == 200
 
 

@@ -131,7 +131,7 @@ def test_chunk_without_content_length_is_rejected(upload: Upload, client: FlaskC
         headers={"Transfer-Encoding": "chunked"},
     )
 
-    assert_error(response, 411, "bad_request")
+    assert_error(response, 411, "length_required")
 
 
 @pytest.mark.parametrize("upload_id", ["0" * 32, "../../etc/passwd", "ABC", "f" * 33])
@@ -173,13 +173,17 @@ def test_chunk_body_larger_than_max_chunk_size_is_payload_too_large(make_app: An
     assert_error(response, 413, "payload_too_large")
 
 
-def test_disk_full_while_writing_a_chunk_is_507_and_nothing_is_acknowledged(
-    upload: Upload, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("full", ["part file", "state store"])
+def test_disk_full_while_storing_a_chunk_is_507_and_nothing_is_acknowledged(
+    upload: Upload, app: Flask, monkeypatch: pytest.MonkeyPatch, full: str
 ) -> None:
     def disk_full(*_args: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(PartFile, "write_at", disk_full)
+    if full == "part file":
+        monkeypatch.setattr(PartFile, "write_at", disk_full)
+    else:
+        monkeypatch.setattr(app.extensions["state_store"], "record_chunk", disk_full)
 
     assert_error(upload.send(0), 507, "insufficient_storage")
     monkeypatch.undo()

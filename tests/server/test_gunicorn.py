@@ -8,6 +8,7 @@ import os
 import random
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +32,7 @@ TIMEOUT = (5, 60)
 
 
 class Client:
-    """The protocol over HTTP, one requests.Session per thread is not needed: requests is thread-safe per call."""
+    """The upload protocol over HTTP; plain ``requests`` calls, so threads can share one instance."""
 
     def __init__(self, server: GunicornServer, data: bytes, chunk_size: int) -> None:
         self.server = server
@@ -85,14 +86,19 @@ class Client:
         return response.content
 
 
-def test_chunks_of_one_upload_spread_over_workers_in_parallel(gunicorn_server: Callable[..., GunicornServer]) -> None:
-    server = gunicorn_server()
+def test_chunks_of_one_upload_spread_over_workers_in_parallel(
+    gunicorn_server: Callable[..., GunicornServer], tmp_path: Path
+) -> None:
+    access_log = tmp_path / "access.log"
+    server = gunicorn_server(extra_args=["--access-logfile", str(access_log), "--access-logformat", "%(p)s %(m)s"])
     client = Client(server, os.urandom(8 * MiB + 1234), 256 * KiB)
     client.init()
     order = list(range(client.chunks))
     random.shuffle(order)
 
     assert set(client.send_parallel(order)) == {201}
+    workers = {line.split()[0] for line in access_log.read_text().splitlines() if line.endswith(" PUT")}
+    assert len(workers) >= 2, "all chunks were served by one worker; the test proves nothing"
 
     status = client.finalize_and_wait()
     assert status["state"] == "complete"

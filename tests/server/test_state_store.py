@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -112,3 +113,21 @@ def test_listing_pages_newest_first(open_store: Callable[[], StateStore]) -> Non
 
     assert total == 3
     assert [r.upload_id for r in page] == [f"{4:032x}", f"{2:032x}"]
+
+
+def test_a_full_database_is_reported_as_disk_full(open_store: Callable[[], StateStore]) -> None:
+    store = open_store()
+    store.create_upload(record())
+    # Freeze the database at its current size (sqlite-specific: this is how "disk full" looks to SQLite).
+    db = store._connection()  # type: ignore[attr-defined]
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+
+    def fill() -> None:
+        for n in range(1, 200):
+            store.create_upload(record(f"{n:032x}", metadata={"pad": "x" * 2000}))
+
+    with pytest.raises(OSError, match="state database") as caught:
+        fill()
+
+    assert caught.value.errno == errno.ENOSPC
+    assert store.get_upload("a" * 32) == record()
