@@ -8,6 +8,7 @@ dashboard sees the whole server, not the one worker that served the page.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -19,6 +20,8 @@ from typing import Any
 
 BUCKET_SECONDS = 10
 KEEP_SECONDS = 3600
+
+log = logging.getLogger("upload_server.dashboard")
 
 
 @dataclass
@@ -39,6 +42,7 @@ class RequestMetrics:
         self._lock = threading.Lock()
         self._pending: dict[int, _Counts] = {}
         self._flusher_pid: int | None = None
+        self._closed = threading.Event()
         with self._connect() as db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS buckets (t INTEGER PRIMARY KEY, requests INTEGER NOT NULL, "
@@ -73,9 +77,17 @@ class RequestMetrics:
         threading.Thread(target=self._flush_forever, name="dashboard-metrics", daemon=True).start()
 
     def _flush_forever(self) -> None:
-        while True:
-            time.sleep(self.flush_every)
-            self.flush()
+        while not self._closed.wait(self.flush_every):
+            try:
+                self.flush()
+            except (sqlite3.Error, OSError) as err:
+                # Display counters are best effort: a failed flush (storage gone, disk full) must not
+                # kill the thread; the next flush tries again with the counts it dropped lost.
+                log.warning("dashboard counters not saved to %s: %s", self.path, err)
+
+    def close(self) -> None:
+        """Stop this process's flusher thread (after one last flush by the caller, if wanted)."""
+        self._closed.set()
 
     def flush(self) -> None:
         with self._lock:
