@@ -82,6 +82,7 @@ class NetworkManager:
         self.retention = Retention(retention or cfg.retention)
         self.uploaded_dir = Path(uploaded_dir) if uploaded_dir else cfg.uploaded_dir
         self.park_delay: float = 30.0
+        self.max_park_delay: float = MAX_PARK_DELAY
         self.backoff_initial: float = 1.0
         self.backoff_max: float = 60.0
         self.stop_grace: float = 10.0
@@ -294,7 +295,7 @@ class NetworkManager:
 
     def _park(self, job: UploadJob, error: str) -> None:
         parks = job.record.parks
-        delay = min(MAX_PARK_DELAY, self.park_delay * 2 ** min(parks, 10))
+        delay = min(self.max_park_delay, self.park_delay * 2 ** min(parks, 10))
         log.warning("upload %s: parked for %.0fs after repeated failures: %s", job.record.job_id, delay, error)
         job.enter(JobState.PARKED, error=error, parks=parks + 1, next_attempt=time.time() + delay)
 

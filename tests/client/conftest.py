@@ -58,6 +58,8 @@ def make_manager(tmp_path: Path, events: EventLog) -> Iterator[Callable[..., Net
         manager.backoff_initial = 0.05
         manager.backoff_max = 0.5
         manager.park_delay = 0.5
+        # A restarting server on a loaded machine may take many seconds; keep parked retries frequent.
+        manager.max_park_delay = 2.0
         manager.add_listener(events)
         managers.append(manager)
         return manager
