@@ -272,7 +272,7 @@ class ServerConfig:
         "",
         "STATE_STORE_URI",
         "str",
-        "Upload sessions and robot status: empty = SQLite in UPLOAD_DIR; redis://host:6379/1 for several app servers",
+        "Uploads, robots, API keys, counters: empty = SQLite in UPLOAD_DIR; redis://host:6379/1 for several hosts",
     )
 
     @classmethod

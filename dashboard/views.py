@@ -27,9 +27,9 @@ from flask import (
 from core.config import ServerConfig
 from core.protocol import HEADER_RETRY_AFTER, ErrorCode, RobotAction
 from core.server import auth, limits
-from core.server.errors import ApiError, InvalidField, InvalidJson, error_body
+from core.server.errors import Forbidden, InvalidField, InvalidJson, Unauthorized, error_response
 from core.server.identity import Identity
-from core.server.robots import Command, ForbiddenError, robot_store, validate_robot_id
+from core.server.robots import Command, robot_store, validate_robot_id
 from core.server.state_store import StateStore
 from dashboard import access, signin_limit, snapshot
 from dashboard.metrics import RequestMetrics
@@ -51,16 +51,6 @@ SSE_KEEPALIVE_SECONDS = 15.0
 SSE_REFRESH_SECONDS = 10.0
 
 
-class SignInRequiredError(ApiError):
-    code = 401
-    error_code = ErrorCode.UNAUTHORIZED
-
-
-class CsrfError(ApiError):
-    code = 403
-    error_code = ErrorCode.FORBIDDEN
-
-
 def _config() -> ServerConfig:
     config: ServerConfig = current_app.extensions[CONFIG_EXTENSION]
     return config
@@ -70,7 +60,7 @@ def _require_viewer() -> Identity:
     identity = access.viewer()
     if identity is None:
         msg = "sign in at /dashboard/login or send an admin key"
-        raise SignInRequiredError(msg)
+        raise Unauthorized(msg)
     return identity
 
 
@@ -116,8 +106,7 @@ def _too_many_sign_ins(wait: int) -> Response:
     """429 as the sign-in page (a browser) or as the API's JSON error (a script asking for JSON)."""
     message = f"Too many sign-in attempts from your address: try again in {wait} s."
     if request.accept_mimetypes.best_match(["text/html", "application/json"]) == "application/json":
-        response = current_app.json.response(error_body(ErrorCode.RATE_LIMITED, message))
-        response.status_code = 429
+        response = error_response(429, ErrorCode.RATE_LIMITED, message)
     else:
         response = _page("dashboard/login.html", 429, csrf_token=access.csrf_token(), error=message)
     response.headers[HEADER_RETRY_AFTER] = str(wait)
@@ -231,10 +220,10 @@ def command(robot_id: str) -> tuple[Response, int]:
     """Queue start/stop/pause/resume/split for a robot; it arrives with the robot's next heartbeat."""
     identity = _require_viewer()
     if not identity.admin:
-        raise ForbiddenError("operator commands need an admin key")
+        raise Forbidden("operator commands need an admin key")
     if not access.csrf_exempt() and not access.csrf_ok():
         msg = f"missing or wrong CSRF token (send the page's token in {access.CSRF_HEADER})"
-        raise CsrfError(msg)
+        raise Forbidden(msg)
     validate_robot_id(robot_id)
     body = request.get_json(silent=True)
     if not isinstance(body, dict):

@@ -119,6 +119,13 @@ def make_uploader(args: argparse.Namespace, state_dir: Path) -> Any:
     return manager
 
 
+def make_recorder_uploader(args: argparse.Namespace, config: RecorderConfig) -> Any:
+    """The uploader of a recording entry point, journaling beside its bags so any entry point resumes the queue."""
+    from ros_nodes.core.recorder import STATE_DIR  # lazy: the watcher uses this module without the recorder
+
+    return make_uploader(args, config.output_dir / STATE_DIR / "uploads")
+
+
 def status_sources(recorder: Recorder, manager: Any) -> dict[str, StatusSource]:
     """What a heartbeat reports: the recorder's snapshot, and the upload queue when this robot uploads."""
     sources: dict[str, StatusSource] = {"recorder": lambda: recorder.status().to_dict()}

@@ -28,13 +28,13 @@ from ros_nodes.cli import (
     add_recorder_options,
     config_from_args,
     make_heartbeat,
-    make_uploader,
+    make_recorder_uploader,
     setup_logging,
 )
 from ros_nodes.core.errors import RecorderError
 from ros_nodes.core.malloc import tune_malloc
 from ros_nodes.core.msgdefs import installed_definition
-from ros_nodes.core.recorder import STATE_DIR, Recorder
+from ros_nodes.core.recorder import Recorder
 from ros_nodes.node_logic import (
     EXIT_NO_RCLPY,
     RCLPY_MISSING,
@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"ros_nodes.recorder: {err}", file=sys.stderr)
         return EXIT_USAGE
-    manager = make_uploader(args, config.output_dir / STATE_DIR / "uploads")
+    manager = make_recorder_uploader(args, config)
     recorder = Recorder(config, uploader=manager, type_lookup=ros_type_lookup())
     heartbeat = make_heartbeat(args, recorder, manager)
     if manager is not None:

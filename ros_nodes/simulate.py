@@ -23,14 +23,14 @@ from ros_nodes.cli import (
     add_recorder_options,
     config_from_args,
     make_heartbeat,
-    make_uploader,
+    make_recorder_uploader,
     setup_logging,
     stop_on_signals,
 )
 from ros_nodes.core.errors import InsufficientDiskError, RecorderError
 from ros_nodes.core.malloc import tune_malloc
 from ros_nodes.core.messages import MessageFactory, Stream, default_streams, schedule
-from ros_nodes.core.recorder import STATE_DIR, Recorder
+from ros_nodes.core.recorder import Recorder
 from ros_nodes.core.splitting import NS_PER_S
 
 log = logging.getLogger("ros_nodes.simulate")
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ros_nodes.simulate: {err}", file=sys.stderr)
         return EXIT_USAGE
     stop = stop_on_signals()
-    manager = make_uploader(args, config.output_dir / STATE_DIR / "uploads")
+    manager = make_recorder_uploader(args, config)
     recorder = Recorder(config, uploader=manager)
     if manager is not None:
         manager.start()

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from core.sqlite import connect, transaction
+
 JOURNAL_NAME = "journal.sqlite3"
 
 
@@ -125,10 +127,8 @@ class Journal:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / JOURNAL_NAME
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+        self._db = connect(self.path, timeout=30, synchronous="FULL", check_same_thread=False)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -137,14 +137,8 @@ class Journal:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, transaction(self._db) as db:
+            yield db
 
     def add(self, path: Path, priority: int, metadata: dict[str, Any] | None) -> tuple[JobRecord, bool]:
         """Journal a bag; an unfinished job for the same path is returned instead (``created`` False)."""

@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 from flask import Blueprint, Flask, current_app, g, request
 
 from core.config import ServerConfig
-from core.protocol import AUTH_SCHEME, HEADER_API_KEY, HEADER_AUTHORIZATION, HEALTH_PATH, ErrorCode
-from core.server.errors import ApiError
+from core.protocol import AUTH_SCHEME, HEADER_API_KEY, HEADER_AUTHORIZATION, HEALTH_PATH
+from core.server.errors import Unauthorized
 from core.server.identity import ANONYMOUS, Identity
 from core.server.keys import EXTENSION as KEYS_EXTENSION
-from core.server.keys import key_store, key_store_for, keys_cli
+from core.server.keys import key_store, keys_cli, open_key_store
 
 log = logging.getLogger("upload_server.auth")
 
@@ -34,9 +34,8 @@ IdentityLoader = Callable[[], "Identity | None"]
 Target = TypeVar("Target", bound=Any)
 
 
-class UnauthorizedError(ApiError):
-    code = 401
-    error_code = ErrorCode.UNAUTHORIZED
+class UnauthorizedError(Unauthorized):
+    """An API client without a valid key: the challenge header names the scheme to use."""
 
     def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
         return [*super().get_headers(*args, **kwargs), ("WWW-Authenticate", f'{AUTH_SCHEME} realm="upload"')]
@@ -124,7 +123,7 @@ def authenticated_name() -> str | None:
 
 def init_app(app: Flask, config: ServerConfig) -> None:
     """Open the key store, add the ``keys`` CLI group and check every request (register before limits)."""
-    app.extensions[KEYS_EXTENSION] = key_store_for(config.upload_dir)
+    app.extensions[KEYS_EXTENSION] = open_key_store(config)  # STATE_STORE_URI selects Redis
     app.extensions[ENABLED_EXTENSION] = config.auth_enabled
     app.cli.add_command(keys_cli)
     # First of all hooks: rate limits and every view key on the identity it sets.

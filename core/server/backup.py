@@ -39,6 +39,7 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from core.config import ServerConfig
+from core.server.blob_store import fsync_dir
 
 log = logging.getLogger("upload_server.backup")
 
@@ -96,12 +97,22 @@ class Manifest:
 
 
 # --- file helpers ------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _fresh_staging(target: Path, suffix: str) -> Path:
+    """An empty directory beside ``target`` to build it in; what an interrupted run left there is discarded."""
+    staging = target.with_name(target.name + suffix)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Make everything in ``staging`` durable, then make it ``target`` (missing or empty) in one rename."""
+    for directory in sorted({p.parent for p in staging.rglob("*")}, key=lambda p: len(p.parts), reverse=True):
+        fsync_dir(directory)
+    if target.exists():
+        target.rmdir()
+    staging.rename(target)
+    fsync_dir(target.parent)
 
 
 def _write_durably(path: Path, data: bytes) -> None:
@@ -216,9 +227,7 @@ def create_backup(upload_dir: Path, dest: Path, *, previous: Path | None = None)
     if dest.exists() and any(dest.iterdir()):
         msg = f"backup destination {dest} exists and is not empty"
         raise BackupError(msg)
-    partial = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = _fresh_staging(dest, ".partial")
     old = _previous_entries(previous)
     manifest = Manifest(created_at=datetime.now(timezone.utc).isoformat(), source=str(root))
     started, linked = time.monotonic(), 0
@@ -238,12 +247,7 @@ def create_backup(upload_dir: Path, dest: Path, *, previous: Path | None = None)
             linked += 1
         manifest.entries.append(entry)
     manifest.dump(partial / MANIFEST)
-    for directory in sorted({p.parent for p in partial.rglob("*")}, key=lambda p: len(p.parts), reverse=True):
-        _fsync_dir(directory)
-    if dest.exists():
-        dest.rmdir()
-    partial.rename(dest)
-    _fsync_dir(dest.parent)
+    _publish(partial, dest)
     log.info(
         "Backup created: %s (%d databases, %d files, %d bytes, %d hard-linked from %s) in %.1fs",
         dest,
@@ -326,9 +330,7 @@ def restore_backup(src: Path, upload_dir: Path) -> Manifest:
     if upload_dir.exists() and any(upload_dir.iterdir()):
         msg = f"restore target {upload_dir} is not empty; restore only into an empty UPLOAD_DIR (server stopped)"
         raise BackupError(msg)
-    staging = upload_dir.with_name(upload_dir.name + ".restoring")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = _fresh_staging(upload_dir, ".restoring")
     started = time.monotonic()
     for entry in manifest.entries:
         source = src / entry.path
@@ -339,12 +341,7 @@ def restore_backup(src: Path, upload_dir: Path) -> Manifest:
         _check_entry(entry, source, _copy_hashing(source, target))
         if entry.kind == "database":
             _check_database(target)
-    for directory in sorted({p.parent for p in staging.rglob("*")}, key=lambda p: len(p.parts), reverse=True):
-        _fsync_dir(directory)
-    if upload_dir.exists():
-        upload_dir.rmdir()
-    staging.rename(upload_dir)
-    _fsync_dir(upload_dir.parent)
+    _publish(staging, upload_dir)
     log.info(
         "Backup restored: %s -> %s (%d files, %d bytes, all sha256 verified) in %.1fs",
         src,

@@ -55,6 +55,21 @@ class InvalidField(ApiError):
     error_code = ErrorCode.INVALID_FIELD
 
 
+class Unauthorized(ApiError):
+    code = 401
+    error_code = ErrorCode.UNAUTHORIZED
+
+
+class Forbidden(ApiError):
+    code = 403
+    error_code = ErrorCode.FORBIDDEN
+
+
+class PayloadTooLarge(ApiError):
+    code = 413
+    error_code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
 class LengthRequired(ApiError):
     code = 411
     error_code = ErrorCode.LENGTH_REQUIRED
@@ -110,15 +125,20 @@ def error_body(code: ErrorCode | str, message: str, **details: Any) -> dict[str,
     return {"success": False, "error": {"code": str(getattr(code, "value", code)), "message": message, **details}}
 
 
+def error_response(status: int, code: ErrorCode | str, message: str, **details: Any) -> Response:
+    """The JSON error document as a response, for errors answered without raising (e.g. a 429 from a limiter)."""
+    response = jsonify(error_body(code, message, **details))
+    response.status_code = status
+    return response
+
+
 def _render_http_error(err: HTTPException) -> Response:
     status = err.code or 500
     if isinstance(err, ApiError):
-        body = error_body(err.error_code, err.description or "", **err.details)
+        response = error_response(status, err.error_code, err.description or "", **err.details)
     else:
         code = _CODE_FOR_STATUS.get(status, ErrorCode.INTERNAL_ERROR if status >= 500 else ErrorCode.BAD_REQUEST)
-        body = error_body(code, err.description or err.name)
-    response = jsonify(body)
-    response.status_code = status
+        response = error_response(status, code, err.description or err.name)
     # Keep protocol headers werkzeug/extensions attach (Allow on 405, Retry-After on 429/503).
     for name, value in err.get_headers():
         if name.lower() != "content-type":
@@ -128,9 +148,7 @@ def _render_http_error(err: HTTPException) -> Response:
 
 def _render_unexpected(err: Exception) -> Response:
     log.exception("Unhandled error: %s", type(err).__name__)
-    response = jsonify(error_body(ErrorCode.INTERNAL_ERROR, "internal server error"))
-    response.status_code = 500
-    return response
+    return error_response(500, ErrorCode.INTERNAL_ERROR, "internal server error")
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import Flask, Response, current_app, jsonify, request
+from flask import Flask, Response, current_app, request
 
 from core.config import ServerConfig
 from core.protocol import (
@@ -33,7 +33,7 @@ from core.protocol import (
     ErrorCode,
 )
 from core.server.auth import authenticated_name
-from core.server.errors import error_body
+from core.server.errors import error_response
 
 log = logging.getLogger("upload_server.limits")
 
@@ -90,14 +90,11 @@ def _is_exempt() -> bool:
 
 
 def _too_many_requests(err: Any) -> Response:
-    response = jsonify(
-        error_body(
-            ErrorCode.RATE_LIMITED,
-            f"rate limit exceeded ({err.description}); retry after the number of seconds in Retry-After",
-        )
+    return error_response(
+        429,
+        ErrorCode.RATE_LIMITED,
+        f"rate limit exceeded ({err.description}); retry after the number of seconds in Retry-After",
     )
-    response.status_code = 429
-    return response
 
 
 def _exact_retry_after(response: Response) -> Response:

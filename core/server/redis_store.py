@@ -23,7 +23,7 @@ import redis
 
 from core.config import ServerConfig
 from core.protocol import Codec, UploadState
-from core.server.state_store import MUTABLE_FIELDS, SQLiteStateStore, StateStore, UploadQuery, UploadRecord
+from core.server.state_store import SQLiteStateStore, StateStore, UploadQuery, UploadRecord, check_mutable
 
 # Every key of this project in a shared Redis starts with this (upload state, robot status, commands).
 PREFIX = "ros2-upload:"
@@ -265,10 +265,7 @@ class RedisStateStore(StateStore):
     def transition(
         self, upload_id: str, from_states: Collection[UploadState], now: float, **changes: Any
     ) -> UploadRecord | None:
-        unknown = set(changes) - MUTABLE_FIELDS
-        if unknown:
-            msg = f"not updatable: {sorted(unknown)}"
-            raise ValueError(msg)
+        check_mutable(changes)
         states = [s.value for s in from_states]
         pairs = [item for name, value in changes.items() for item in (name, _encode(name, value))]
         keys = [self._upload(upload_id), self._by_state, self._activity]

@@ -14,14 +14,12 @@ from __future__ import annotations
 import abc
 import json
 import logging
-import os
 import re
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +28,11 @@ import redis
 from flask import Blueprint, Flask, current_app, jsonify, request
 
 from core.config import ServerConfig
-from core.protocol import HEARTBEAT_PATH, CommandAck, CommandDoc, CommandState, ErrorCode, RobotAction
-from core.server.errors import ApiError, InvalidField, InvalidJson
+from core.protocol import HEARTBEAT_PATH, CommandAck, CommandDoc, CommandState, RobotAction
+from core.server.errors import Forbidden, InvalidField, InvalidJson, PayloadTooLarge
 from core.server.identity import current_identity
 from core.server.redis_store import PREFIX, connect
+from core.sqlite import ThreadConnections, transaction
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +46,6 @@ _ROBOT_ID = re.compile(rf"^[^\x00-\x1f\x7f]{{1,{MAX_ROBOT_ID_LENGTH}}}$")
 _OPEN_STATES = (CommandState.PENDING.value, CommandState.DELIVERED.value)
 _EXPIRED_MESSAGE = "not acknowledged in time"
 MAX_ACK_MESSAGE = 500
-
-
-class ForbiddenError(ApiError):
-    code = 403
-    error_code = ErrorCode.FORBIDDEN
-
-
-class PayloadTooLargeError(ApiError):
-    code = 413
-    error_code = ErrorCode.PAYLOAD_TOO_LARGE
 
 
 @dataclass(frozen=True)
@@ -157,29 +146,14 @@ class SQLiteRobotStore(RobotStore):
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        self._connections = ThreadConnections(path, timeout=10, synchronous="NORMAL", check_same_thread=False)
         self._connection().executescript(_SCHEMA)
 
     def _connection(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        # A connection must not cross a fork (gunicorn may import the app before forking workers).
-        if conn is None or self._local.pid != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
+        return self._connections.get()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._connection())
 
     def put_status(self, robot_id: str, status: dict[str, Any], now: float) -> None:
         with self._tx() as db:
@@ -245,10 +219,7 @@ class SQLiteRobotStore(RobotStore):
         return [_command(row) for row in rows]
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._connections.close()
 
 
 def _ack_state(ack: CommandAck) -> CommandState:
@@ -445,7 +416,7 @@ def validate_robot_id(robot_id: str) -> str:
 def _parse_heartbeat() -> dict[str, Any]:
     if (request.content_length or 0) > MAX_HEARTBEAT_BYTES:
         msg = f"heartbeat larger than {MAX_HEARTBEAT_BYTES} bytes"
-        raise PayloadTooLargeError(msg)
+        raise PayloadTooLarge(msg)
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise InvalidJson("heartbeat body must be a JSON object")
@@ -464,7 +435,7 @@ def heartbeat(robot_id: str) -> Any:
     identity = current_identity()
     if not identity.admin and identity.name != robot_id:
         msg = f"identity {identity.name!r} may only report for itself"
-        raise ForbiddenError(msg)
+        raise Forbidden(msg)
     body = _parse_heartbeat()
     config: ServerConfig = current_app.extensions[CONFIG_EXTENSION]
     acks: list[CommandAck] = body.pop("acks", [])

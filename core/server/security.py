@@ -22,9 +22,8 @@ from core.protocol import (
     HEADER_CONTENT_MD5,
     HEADER_REQUEST_ID,
     HEADER_RETRY_AFTER,
-    ErrorCode,
 )
-from core.server.errors import ApiError, LengthRequired
+from core.server.errors import LengthRequired, PayloadTooLarge
 
 log = logging.getLogger("upload_server.security")
 
@@ -59,11 +58,6 @@ BODY_LIMITS: dict[str, Callable[[ServerConfig], int]] = {CHUNK_PATH: lambda c: c
 LENGTH_REQUIRED_ROUTES = frozenset({CHUNK_PATH})
 
 
-class PayloadTooLargeError(ApiError):
-    code = 413
-    error_code = ErrorCode.PAYLOAD_TOO_LARGE
-
-
 def normalize_origin(origin: str) -> str:
     return origin.strip().rstrip("/").lower()
 
@@ -92,7 +86,7 @@ def _limit_body() -> None:
     if request.content_length is not None:
         if request.content_length > limit:
             msg = f"request body of {request.content_length} bytes exceeds this route's limit of {limit} bytes"
-            raise PayloadTooLargeError(msg)
+            raise PayloadTooLarge(msg)
         return
     if not _is_chunked():
         return
@@ -103,7 +97,7 @@ def _limit_body() -> None:
     request.max_content_length = limit + 1
     if len(request.get_data(cache=True, parse_form_data=False)) > limit:
         msg = f"chunked request body exceeds this route's limit of {limit} bytes"
-        raise PayloadTooLargeError(msg)
+        raise PayloadTooLarge(msg)
 
 
 def _add_security_headers(response: Response) -> Response:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import abc
 import errno
 import json
-import os
 import sqlite3
-import threading
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -22,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from core.protocol import Codec, UploadState
+from core.sqlite import ThreadConnections, transaction
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,14 @@ MUTABLE_FIELDS = frozenset(
     {"state", "blob_id", "codec", "stored_size", "verified", "md5", "sha256"}
     | {"error_code", "error_message", "progress", "deduplicated"}
 )
+
+
+def check_mutable(changes: Collection[str]) -> None:
+    """Refuse a ``transition`` that would rewrite an upload's identity (owner, file, size, ...)."""
+    unknown = set(changes) - MUTABLE_FIELDS
+    if unknown:
+        msg = f"not updatable: {sorted(unknown)}"
+        raise ValueError(msg)
 
 
 @dataclass(frozen=True)
@@ -231,35 +238,20 @@ class SQLiteStateStore(StateStore):
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
+        # FULL: a chunk receipt is acknowledged to the robot, so it must survive power loss too.
+        self._connections = ThreadConnections(path, timeout=self.BUSY_TIMEOUT, synchronous="FULL")
         # executescript commits on its own; CREATE ... IF NOT EXISTS makes concurrent starts harmless.
         self._connection().executescript(_SCHEMA)
 
     def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=self.BUSY_TIMEOUT, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            # FULL: a chunk receipt is acknowledged to the robot, so it must survive power loss too.
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute(f"PRAGMA busy_timeout={int(self.BUSY_TIMEOUT * 1000)}")
-            self._local.conn = conn
-            self._local.pid = os.getpid()
-        return conn
+        return self._connections.get()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction; IMMEDIATE takes the write lock up front so read-then-write cannot race."""
-        db = self._connection()
+        """A write transaction whose disk-full error is the same ``OSError`` as the blob store's."""
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(self._connection()) as db:
                 yield db
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
         except sqlite3.OperationalError as err:
             if err.sqlite_errorcode == sqlite3.SQLITE_FULL:
                 # Callers see a plain disk-full OSError, the same as from the blob store.
@@ -325,10 +317,7 @@ class SQLiteStateStore(StateStore):
     def transition(
         self, upload_id: str, from_states: Collection[UploadState], now: float, **changes: Any
     ) -> UploadRecord | None:
-        unknown = set(changes) - MUTABLE_FIELDS
-        if unknown:
-            msg = f"not updatable: {sorted(unknown)}"
-            raise ValueError(msg)
+        check_mutable(changes)
         assignments = ", ".join(f"{name} = ?" for name in changes)
         states = [s.value for s in from_states]
         with self._write() as db:
@@ -433,7 +422,4 @@ class SQLiteStateStore(StateStore):
             return cursor.rowcount == 1
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._connections.close()

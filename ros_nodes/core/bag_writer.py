@@ -87,6 +87,11 @@ class SplitWriter:
             raise RecorderError(msg)
         return self._writer
 
+    @property
+    def writer(self) -> Writer:
+        """The open rosbags Writer, for a batch loop that keeps ``info`` and ``size`` up to date itself."""
+        return self._open_writer()
+
     def add_topic(self, topic: TopicInfo) -> Connection:
         writer = self._open_writer()
         try:

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.sqlite import connect, transaction
+
 CLAIMED = "claimed"  # about to be queued; a crash here is retried on restart
 QUEUED = "queued"
 VERIFIED = "verified"
@@ -51,21 +53,14 @@ class Ledger:
         self.path = path
         self._clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        # 5 s: the sqlite3 module's default busy timeout, which this ledger has always used.
+        self._db = connect(path, timeout=5.0, synchronous="FULL", check_same_thread=False)
         self._db.executescript(_SCHEMA)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, transaction(self._db) as db:
+            yield db
 
     def claim(self, file: Path, bag: str, size: int) -> bool:
         """Reserve ``file`` for queuing; False when it was already queued (or verified) before."""

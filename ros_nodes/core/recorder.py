@@ -20,26 +20,30 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from rosbags.interfaces import Qos
+from rosbags.interfaces import Connection, Qos
 
 from core.config import RecorderConfig
 from ros_nodes.core.bag_info import describe_bag
-from ros_nodes.core.bag_writer import SIDECAR, SplitWriter, TopicInfo, is_complete, typestore_for
+from ros_nodes.core.bag_writer import MESSAGE_OVERHEAD, SIDECAR, SplitWriter, TopicInfo, is_complete, typestore_for
 from ros_nodes.core.disk import DiskGuard, FreeSpace, Retention, free_bytes
 from ros_nodes.core.errors import RecorderError, RecorderStateError
 from ros_nodes.core.handoff import BagInfo, Handoff, Uploader
 from ros_nodes.core.ledger import Ledger
 from ros_nodes.core.msgdefs import MessageTypeError, MsgLookup, register_message_type
 from ros_nodes.core.salvage import RECOVERED_SUFFIX, UNRECOVERABLE_SUFFIX, salvage
-from ros_nodes.core.splitting import NS_PER_S, SplitPolicy
+from ros_nodes.core.splitting import NS_PER_S, UNLIMITED, SplitPolicy
 from ros_nodes.core.status import RecorderState, RecorderStatus, TopicStats
 from ros_nodes.core.topics import TopicSelection
 
 log = logging.getLogger(__name__)
 
+Route = tuple[Connection, TopicStats]  # per topic, for the open split: where to write it and what to count
+
 STATE_DIR = ".recorder"
 _SPLIT = object()  # queue marker: split here, preserving the order of messages around it
+_RECORDING = RecorderState.RECORDING
 _IDLE_WAKEUP_S = 0.2
 _DISK_CHECK_NS = NS_PER_S
 # status() may be polled often (heartbeats, the status topic, benchmarks): stat the open split at most this often.
@@ -83,6 +87,8 @@ class Recorder:
         self._cond = threading.Condition(self._lock)
         self._queue: deque[tuple[str, str, bytes, int] | object] = deque()
         self._queued_bytes = 0
+        self._buffer_size = config.buffer_size
+        self._wanted: dict[str, bool] = {}  # the selection's decision per topic, one lookup per message
         self._writer_waiting = False
         self._dropped_messages = 0
         self._dropped_bytes = 0
@@ -100,6 +106,9 @@ class Recorder:
         self._splits_done = 0
         self._topics: dict[str, TopicInfo] = {}
         self._stats: dict[str, TopicStats] = {}
+        self._status_lock = threading.Lock()  # TopicStats.snapshot() moves the rate anchors
+        self._routes: dict[str, Route] = {}  # the open split's topics
+        self._split_base: dict[str, int] = {}  # each topic's count when it joined the open split
         self._errors_by_topic: dict[str, str] = {}
         self._closed = False
         self._pending_at_close = 0
@@ -223,28 +232,43 @@ class Recorder:
         return self.selection.accepts(topic)
 
     def record(self, topic: str, msgtype: str, data: bytes, timestamp: int | None = None) -> bool:
-        """Queue one serialized message; False when not recorded (not recording, not selected, buffer full)."""
-        if self._state is not RecorderState.RECORDING or not self.selection.accepts(topic):
+        """Queue one serialized message; False when not recorded (not recording, not selected, buffer full).
+
+        Runs once per message on the source's thread: one cached selection
+        lookup, one uncontended lock, one tuple appended; no call on the way.
+        """
+        if self._state is not _RECORDING:
+            return False
+        wanted = self._wanted.get(topic)
+        if wanted is None:
+            wanted = self._wanted[topic] = self.selection.accepts(topic)
+        if not wanted:
             return False
         size = len(data)
-        # The condition's plain lock, not the Condition: this runs once per message on the source's thread.
+        if timestamp is None:
+            timestamp = self._clock()
+        # The condition's plain lock, not the Condition: notify() only when the writer sleeps.
         with self._lock:
-            if self._queued_bytes + size > self.config.buffer_size:
-                self._dropped_messages += 1
-                self._dropped_bytes += size
-                if self._dropped_messages == 1 or self._dropped_messages % 1000 == 0:
-                    log.warning(
-                        "recording buffer full (%d bytes): %d messages dropped so far, latest on %s",
-                        self.config.buffer_size,
-                        self._dropped_messages,
-                        topic,
-                    )
+            if self._queued_bytes + size > self._buffer_size:
+                self._overflow(topic, size)
                 return False
-            self._queue.append((topic, msgtype, data, self._clock() if timestamp is None else timestamp))
+            self._queue.append((topic, msgtype, data, timestamp))
             self._queued_bytes += size
             if self._writer_waiting:
                 self._cond.notify()
         return True
+
+    def _overflow(self, topic: str, size: int) -> None:
+        """Count a message the full buffer refuses (called holding the lock); log the first and every 1000th."""
+        self._dropped_messages += 1
+        self._dropped_bytes += size
+        if self._dropped_messages == 1 or self._dropped_messages % 1000 == 0:
+            log.warning(
+                "recording buffer full (%d bytes): %d messages dropped so far, latest on %s",
+                self._buffer_size,
+                self._dropped_messages,
+                topic,
+            )
 
     # --- writer thread -----------------------------------------------------------------
     def _writer_loop(self) -> None:
@@ -304,49 +328,113 @@ class Recorder:
             self._closer_queue.put(None)
 
     def _write_batch(self, batch: deque[tuple[str, str, bytes, int] | object]) -> int:
-        written = 0
-        messages = 0
+        """Write a batch; returns its payload bytes.
+
+        Per message only the rosbags write, the topic's counters and a few
+        locals: the split decision is two integer comparisons against the
+        policy's ``room``/``deadline``, and the split's counts are stored by
+        ``_settle()`` once per batch and before each rotation.
+        """
         split = self._split
+        tally = self._load_tally(split)
+        count, start, end, room, deadline = tally
+        written = 0
+        overhead = MESSAGE_OVERHEAD
         policy = self.policy
-        stats = self._stats
-        for item in batch:
-            if item is _SPLIT:
-                self._rotate()
-                split = None
-                continue
-            topic, msgtype, data, timestamp = item  # type: ignore[misc]
-            size = len(data)
-            if split is None:
-                split = self._open_split()
-            elif policy.split_before(
-                messages=split.info.message_count,
-                size=split.size,
-                first_ns=split.info.start_ns,
-                next_size=size,
-                next_ns=timestamp,
-            ):
-                split.flush_closed_chunks()
-                self._rotate()
-                split = self._open_split()
-            conn = split.connections.get(topic)
-            if conn is None:
-                try:
-                    conn = split.add_topic(self._topics.get(topic) or TopicInfo(topic, msgtype))
-                except RecorderError as err:
-                    self._unrecordable(topic, size, err)
+        routes = self._routes
+        write = split.writer.write if split is not None else None
+        try:
+            for item in batch:
+                if item is _SPLIT:
+                    if split is not None:
+                        written += self._settle(split, tally, count, start, end, room)
+                        self._rotate()
+                    split = None
                     continue
-            split.write(conn, timestamp, data)
-            topic_stats = stats.get(topic)
-            if topic_stats is None:
-                topic_stats = stats[topic] = TopicStats(msgtype)
-            topic_stats.add(timestamp, size)
-            written += size
-            messages += 1
+                topic, msgtype, data, timestamp = item  # type: ignore[misc]
+                size = len(data)
+                if split is None or (count and (size > room or timestamp >= deadline)):
+                    if split is not None:
+                        written += self._settle(split, tally, count, start, end, room)
+                        split.flush_closed_chunks()
+                        self._rotate()
+                        split = None  # settled: an exception from here on must not settle it again
+                    split = self._open_split()
+                    tally = self._load_tally(split)
+                    count, start, end, room, deadline = tally
+                    routes = self._routes
+                    write = split.writer.write
+                route = routes.get(topic)
+                if route is None:
+                    route = self._route(split, topic, msgtype, timestamp, size)
+                    if route is None:
+                        continue
+                conn, stats = route
+                write(conn, timestamp, data)
+                stats.count += 1
+                stats.bytes += size
+                stats.last_ns = timestamp
+                count += 1
+                room -= size + overhead
+                if timestamp > end:
+                    end = timestamp
+                if timestamp < start:
+                    start = timestamp
+                    deadline = policy.deadline(start)
+        finally:
+            if split is not None:
+                written += self._settle(split, tally, count, start, end, room)
         if split is not None:
             split.flush_closed_chunks()
-        self._messages_written += messages
-        self._bytes_written += written
         return written
+
+    def _load_tally(self, split: SplitWriter | None) -> tuple[int, int, int, int, int]:
+        """The open split's (messages, start, end, room, deadline) as the batch loop keeps them in locals."""
+        if split is None or not split.info.message_count:
+            return 0, UNLIMITED, -UNLIMITED, self.policy.room(0), UNLIMITED
+        info = split.info
+        return (
+            info.message_count,
+            info.start_ns,
+            info.end_ns,
+            self.policy.room(split.size),
+            self.policy.deadline(info.start_ns),
+        )
+
+    def _settle(
+        self, split: SplitWriter, tally: tuple[int, int, int, int, int], count: int, start: int, end: int, room: int
+    ) -> int:
+        """Store the batch loop's locals into the split's info (what its hand-off metadata reports).
+
+        Returns the payload bytes written since ``tally`` was loaded; the
+        recorder's totals are updated here too, so the loop counts nothing twice.
+        """
+        info = split.info
+        messages = count - tally[0]
+        if count:
+            info.message_count, info.start_ns, info.end_ns = count, start, end
+        framed = tally[3] - room
+        split.size += framed
+        for topic, (_conn, stats) in self._routes.items():
+            info.topics[topic] = stats.count - self._split_base[topic]
+        payload = framed - messages * MESSAGE_OVERHEAD
+        self._messages_written += messages
+        self._bytes_written += payload
+        return payload
+
+    def _route(self, split: SplitWriter, topic: str, msgtype: str, timestamp: int, size: int) -> Route | None:
+        """First message of a topic in this split: add its connection; None when the type is unknown (counted)."""
+        try:
+            conn = split.add_topic(self._topics.get(topic) or TopicInfo(topic, msgtype))
+        except RecorderError as err:
+            self._unrecordable(topic, size, err)
+            return None
+        stats = self._stats.get(topic)
+        if stats is None:
+            stats = self._stats[topic] = TopicStats(msgtype, timestamp)
+        self._split_base[topic] = stats.count
+        route = self._routes[topic] = (conn, stats)
+        return route
 
     def _unrecordable(self, topic: str, size: int, err: RecorderError) -> None:
         """A topic whose type has no definition is dropped (counted, logged once); the others go on."""
@@ -357,6 +445,7 @@ class Recorder:
         with self._cond:
             self._dropped_messages += 1
             self._dropped_bytes += size
+            self._queued_bytes -= size
 
     def _open_split(self) -> SplitWriter:
         name = f"{self.config.robot_id}_{self._session}_{self._split_index:04d}"
@@ -370,6 +459,7 @@ class Recorder:
         )
         split = SplitWriter(info, self.config, self.typestore)
         split.open()
+        self._routes, self._split_base = {}, {}
         self._split = split
         self._split_index += 1
         log.info("opened split %s", name)
@@ -490,7 +580,7 @@ class Recorder:
             started_at=self._started_ns / NS_PER_S if self._started_ns is not None else None,
             elapsed=self._elapsed(now),
             current_bag_bytes=self._current_bag_bytes(split.info.path if split else None, now),
-            topics={topic: stats.snapshot(now) for topic, stats in list(self._stats.items())},
+            topics=self._topic_snapshots(now),
             messages_written=self._messages_written,
             bytes_written=self._bytes_written,
             splits_done=self._splits_done,
@@ -507,6 +597,10 @@ class Recorder:
             unrecoverable_bags=list(self._unrecoverable),
             uploads_pending=self._uploads_pending(),
         )
+
+    def _topic_snapshots(self, now: int) -> dict[str, dict[str, Any]]:
+        with self._status_lock:
+            return {topic: stats.snapshot(now) for topic, stats in list(self._stats.items())}
 
     def _elapsed(self, now: int) -> float | None:
         if self._started_ns is None:

@@ -20,34 +20,37 @@ class RecorderState(str, enum.Enum):
 
 
 class TopicStats:
-    """Counts and a once-per-second rate, updated by the writer thread at almost no cost per message."""
+    """Counts updated by the writer thread per message as plain ints; the rate is worked out by ``snapshot()``.
 
-    __slots__ = ("bytes", "count", "last_ns", "msgtype", "rate_hz", "window_count", "window_start")
+    The writer only adds to ``count`` and ``bytes`` and sets ``last_ns`` (no call,
+    no window bookkeeping per message). ``snapshot()`` derives the rate from
+    message timestamps: messages since the previous anchor over the time they
+    span, moving the anchor once that span reaches a second. So the rate is the
+    average since the last status request at least a second (of message time)
+    earlier, or since the topic's first message.
+    """
 
-    def __init__(self, msgtype: str) -> None:
+    __slots__ = ("anchor_count", "anchor_ns", "bytes", "count", "last_ns", "msgtype", "rate_hz")
+
+    def __init__(self, msgtype: str, first_ns: int) -> None:
         self.msgtype = msgtype
         self.count = 0
         self.bytes = 0
+        self.last_ns = first_ns
         self.rate_hz = 0.0
-        self.window_start = 0
-        self.window_count = 0
-        self.last_ns = 0
-
-    def add(self, timestamp: int, size: int) -> None:
-        self.count += 1
-        self.bytes += size
-        self.last_ns = timestamp
-        elapsed = timestamp - self.window_start
-        if elapsed >= NS_PER_S:
-            if self.window_start:
-                self.rate_hz = self.window_count * NS_PER_S / elapsed
-            self.window_start = timestamp
-            self.window_count = 0
-        self.window_count += 1
+        # The anchor is the first message, which is about to be counted.
+        self.anchor_count = 1
+        self.anchor_ns = first_ns
 
     def snapshot(self, now_ns: int) -> dict[str, Any]:
-        rate = 0.0 if now_ns - self.last_ns > STALE_RATE_NS else round(self.rate_hz, 2)
-        return {"type": self.msgtype, "messages": self.count, "bytes": self.bytes, "rate_hz": rate}
+        """Not thread-safe against itself: the recorder serialises its callers."""
+        count, last_ns = self.count, self.last_ns
+        span = last_ns - self.anchor_ns
+        if span >= NS_PER_S:
+            self.rate_hz = (count - self.anchor_count) * NS_PER_S / span
+            self.anchor_count, self.anchor_ns = count, last_ns
+        rate = 0.0 if now_ns - last_ns > STALE_RATE_NS else round(self.rate_hz, 2)
+        return {"type": self.msgtype, "messages": count, "bytes": self.bytes, "rate_hz": rate}
 
 
 @dataclass(frozen=True)

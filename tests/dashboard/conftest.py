@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 
 from core.config import ServerConfig
 from core.server.app import create_app
-from core.server.keys import KeyStore, key_store_for
+from core.server.keys import KeyStore, key_store
 from tests.helpers.redis_server import RedisServer
 
 ROBOT_STORE_BACKENDS = ("sqlite", "redis")
@@ -56,8 +56,9 @@ def make_app(upload_dir: Path) -> Callable[..., Flask]:
 
 
 @pytest.fixture
-def keys(upload_dir: Path) -> KeyStore:
-    return key_store_for(upload_dir)
+def keys(app: Flask) -> KeyStore:
+    """The key store the test's apps read: SQLite in UPLOAD_DIR, or Redis when the app has STATE_STORE_URI."""
+    return key_store(app)
 
 
 @pytest.fixture

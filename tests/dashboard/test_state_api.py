@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +14,6 @@ from flask.testing import FlaskClient
 from core.protocol import Codec, UploadState
 from core.server.state_store import UploadRecord
 from dashboard import views
-from dashboard.metrics import BUCKET_SECONDS, RequestMetrics
 from tests.dashboard.conftest import bearer, heartbeat
 
 STATE = "/dashboard/api/state"
@@ -201,20 +199,6 @@ def views_state(app: Flask) -> dict[str, Any]:
 
     with app.test_request_context():
         return views.state_document(UploadFilter())
-
-
-def test_metrics_buckets_are_summed_across_processes(tmp_path: Path) -> None:
-    clock = [1000.0]
-    first = RequestMetrics(tmp_path / "m.db", clock=lambda: clock[0])
-    second = RequestMetrics(tmp_path / "m.db", clock=lambda: clock[0])
-    first.record(200, 100)
-    second.record(429, 50)
-    clock[0] += BUCKET_SECONDS
-    second.record(201, 1000)
-    first.flush()
-    series = second.series(window=60)
-    assert (series["requests"], series["rate_limited"]) == (3, 1)
-    assert [p["bytes_in"] for p in series["points"]][-2:] == [100, 1000]
 
 
 def sse_events(body: str) -> list[tuple[str, str]]:

@@ -1,4 +1,8 @@
-"""Scale-out as DEPLOYMENT.md describes it: nginx (TLS) → two gunicorns sharing one Redis and one UPLOAD_DIR."""
+"""Scale-out as DEPLOYMENT.md describes it: nginx (TLS) → two gunicorns sharing one Redis and one UPLOAD_DIR.
+
+UPLOAD_DIR stands for the network filesystem several hosts would mount: in Redis mode
+no SQLite file may live there (SQLite's WAL locking works on one host only).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import pytest
 import requests
 
 from core.heartbeat import HeartbeatReporter
-from core.protocol import INIT_PATH, ErrorCode, MiB, RobotAction, chunk_count
+from core.protocol import INIT_PATH, UPLOADS_PATH, ErrorCode, MiB, RobotAction, chunk_count
 from core.server.redis_store import connect
 from core.server.robots import RedisRobotStore
 from tests.deploy.client import UploadClient, write_source
@@ -84,17 +88,32 @@ def kill_instance(app: GunicornServer) -> None:
     app.kill()
 
 
-def create_key(upload_dir: Path, name: str, *, admin: bool = False) -> str:
+def flask_keys(app: GunicornServer, *args: str) -> str:
+    """``flask --app upload_server keys …`` on ``app``'s host: its environment, so its key store."""
+    env = {name: app.env[name] for name in ("UPLOAD_DIR", "STATE_STORE_URI")}
     result = subprocess.run(
-        [PYTHON, "-m", "flask", "--app", "upload_server", "keys", "create", name, *(["--admin"] if admin else [])],
+        [PYTHON, "-m", "flask", "--app", "upload_server", "keys", *args],
         cwd=REPO_ROOT,
-        env={"UPLOAD_DIR": str(upload_dir), "PATH": "/usr/bin:/bin"},
+        env={**env, "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
-    return result.stdout.strip().splitlines()[-1]
+    return result.stdout
+
+
+def create_key(app: GunicornServer, name: str, *, admin: bool = False) -> str:
+    return flask_keys(app, "create", name, *(["--admin"] if admin else [])).strip().splitlines()[-1]
+
+
+def sqlite_files_in_use(app: GunicornServer) -> list[str]:
+    """SQLite files (and their -wal/-shm) the master or any worker of ``app`` holds open."""
+    assert app.process is not None
+    master = app.process.pid
+    pids = [master, *map(int, Path(f"/proc/{master}/task/{master}/children").read_text().split())]
+    targets = [os.readlink(fd) for pid in pids for fd in Path(f"/proc/{pid}/fd").iterdir() if fd.is_symlink()]
+    return [target for target in targets if ".sqlite3" in target]
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +121,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     base = tmp_path_factory.mktemp("cluster")
     upload_dir = base / "uploads"  # the storage both instances reach (one disk here, a shared mount in production)
     upload_dir.mkdir()
-    keys = {name: create_key(upload_dir, name) for name in ("robot-big", "robot-burst", ROBOT)}
-    keys[OPERATOR] = create_key(upload_dir, OPERATOR, admin=True)
     with DurableRedis(base / "redis") as redis:
         shared = {
             "AUTH_ENABLED": "1",
@@ -117,6 +134,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             GunicornServer(upload_dir, workers=2, env={**shared, "GUNICORN_ACCESS_LOG": str(log)}, log_dir=base)
             for log in logs
         ]
+        # Keys are created with the CLI before the servers start, as DEPLOYMENT.md says: they go to Redis.
+        keys = {name: create_key(apps[0], name) for name in ("robot-big", "robot-burst", ROBOT)}
+        keys[OPERATOR] = create_key(apps[1], OPERATOR, admin=True)
         for app in apps:
             app.start()
         tls = make_tls_files(base / "tls")
@@ -185,6 +205,40 @@ def test_robot_status_and_operator_commands_are_shared_by_both_instances(cluster
     shared = RedisRobotStore(connect(cluster.state_store_uri))
     assert ROBOT in [r.robot_id for r in shared.robots()]
     shared.close()
+
+
+def test_a_key_made_with_one_hosts_cli_works_on_both_and_revoking_it_on_the_other_is_immediate(
+    cluster: Cluster,
+) -> None:
+    token = create_key(cluster.apps[0], "robot-rotated")
+    headers = {"Authorization": f"Bearer {token}"}
+    for app in cluster.apps:
+        assert requests.get(app.url + UPLOADS_PATH, headers=headers, timeout=10).status_code == 200
+    assert "robot-rotated" in flask_keys(cluster.apps[1], "list")
+
+    assert "Revoked 1 key(s)" in flask_keys(cluster.apps[1], "revoke", "robot-rotated")
+
+    for app in cluster.apps:
+        reply = requests.get(app.url + UPLOADS_PATH, headers=headers, timeout=10)
+        assert reply.status_code == 401
+        assert reply.json()["error"]["code"] == ErrorCode.UNAUTHORIZED.value
+    assert "robot-rotated" not in flask_keys(cluster.apps[0], "list")
+
+
+def test_no_sqlite_file_is_created_or_used_on_the_shared_storage(cluster: Cluster, tmp_path: Path) -> None:
+    key = "robot-small"
+    cluster.keys[key] = create_key(cluster.apps[1], key)
+    source = write_source(tmp_path / "small.mcap", 3 * MiB)
+    client = cluster.client(key)
+    upload_id = client.upload(source, MiB)  # round robin: chunks, state and keys served by both instances
+    assert client.finalize(upload_id)["state"] == "complete"
+    for app in (0, 1):
+        HeartbeatReporter(cluster.apps[app].url, key, sources={}, api_key=cluster.keys[key]).beat()
+        assert cluster.dashboard_state(app)["server"]["requests"]["requests"] > 0
+    upload_dir = cluster.apps[0].upload_dir
+
+    assert sorted(p.name for p in upload_dir.rglob("*.sqlite3*")) == []
+    assert [sqlite_files_in_use(app) for app in cluster.apps] == [[], []]
 
 
 @pytest.mark.slow

@@ -1,15 +1,99 @@
-"""API keys: hashed at rest, constant-time checked, revocable at once, managed by `flask keys`."""
+"""API keys: hashed at rest, constant-time checked, revocable at once, managed by `flask keys` — in SQLite and Redis."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 from flask import Flask
 
+from core.config import ServerConfig
 from core.server.identity import Identity
-from core.server.keys import KEYS_FILENAME, KeyStore, KeyStoreError
+from core.server.keys import (
+    KEYS_FILENAME,
+    KeyStore,
+    KeyStoreError,
+    RedisKeyStore,
+    SQLiteKeyStore,
+    key_store,
+    open_key_store,
+)
+from tests.helpers.redis_server import RedisServer
+
+BACKENDS = ("sqlite", "redis")
+_STORE_CLASS = {"sqlite": SQLiteKeyStore, "redis": RedisKeyStore}
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings that select the key store: none (SQLite in UPLOAD_DIR) or an empty Redis (STATE_STORE_URI)."""
+    if request.param == "sqlite":
+        return {}
+    url = request.getfixturevalue("redis_server").url
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
+    return {"state_store_uri": url}
+
+
+@pytest.fixture
+def make_config(make_config: Callable[..., ServerConfig], backend: dict[str, Any]) -> Callable[..., ServerConfig]:
+    return lambda **overrides: make_config(**{**backend, **overrides})
+
+
+@pytest.fixture
+def open_store(make_config: Callable[..., ServerConfig]) -> Iterator[Callable[[], KeyStore]]:
+    """Opens the configured key store, as one more worker process or host would."""
+    opened: list[KeyStore] = []
+
+    def open_one() -> KeyStore:
+        opened.append(open_key_store(make_config()))
+        return opened[-1]
+
+    yield open_one
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def keys(open_store: Callable[[], KeyStore]) -> KeyStore:
+    return open_store()
+
+
+def stored_bytes(keys: KeyStore, tmp_path: Path) -> bytes:
+    """Everything the backend holds at rest: the SQLite files, or every Redis key's name and contents."""
+    if isinstance(keys, SQLiteKeyStore):
+        return b"".join(p.read_bytes() for p in (tmp_path / "uploads").glob(f"{KEYS_FILENAME}*"))
+    assert isinstance(keys, RedisKeyStore)
+    client = keys.redis
+    parts = []
+    for name in client.scan_iter():
+        parts.append(name)
+        kind = client.type(name)
+        if kind == b"hash":
+            parts.extend(item for pair in client.hgetall(name).items() for item in pair)
+        elif kind == b"zset":
+            parts.extend(client.zrange(name, 0, -1))
+        elif kind == b"set":
+            parts.extend(client.smembers(name))
+        else:
+            pytest.fail(f"unexpected Redis value type {kind!r} at {name!r}")
+    return b"\n".join(parts)
+
+
+def test_open_key_store_follows_state_store_uri(keys: KeyStore, backend: dict[str, Any], tmp_path: Path) -> None:
+    kind = "redis" if backend else "sqlite"
+
+    assert type(keys) is _STORE_CLASS[kind]
+    assert (tmp_path / "uploads" / KEYS_FILENAME).exists() == (kind == "sqlite")
 
 
 def test_created_key_identifies_its_robot(keys: KeyStore) -> None:
@@ -24,7 +108,7 @@ def test_key_secret_is_never_stored(keys: KeyStore, tmp_path: Path) -> None:
     new = keys.create("robot-1")
     secret = new.token.rsplit("_", 1)[-1]
 
-    stored = b"".join(p.read_bytes() for p in (tmp_path / "uploads").glob(f"{KEYS_FILENAME}*"))
+    stored = stored_bytes(keys, tmp_path)
     assert new.record.key_id.encode() in stored
     assert secret.encode() not in stored
     assert new.token.encode() not in stored
@@ -41,6 +125,7 @@ def test_key_secret_is_never_stored(keys: KeyStore, tmp_path: Path) -> None:
         pytest.param(lambda t: "rbk_000000000000_" + t.rsplit("_", 1)[-1], id="unknown-key-id"),
         pytest.param(lambda t: t + "\x00", id="nul"),
         pytest.param(lambda t: "' OR 1=1 --", id="sql"),
+        pytest.param(lambda t: "rbk_*_" + t.rsplit("_", 1)[-1], id="redis-glob"),
     ],
 )
 def test_wrong_keys_identify_nobody(keys: KeyStore, mangle: Callable[[str], str]) -> None:
@@ -49,14 +134,17 @@ def test_wrong_keys_identify_nobody(keys: KeyStore, mangle: Callable[[str], str]
     assert keys.identity_for(mangle(token)) is None
 
 
-def test_revocation_is_seen_by_other_processes_without_restart(keys: KeyStore, tmp_path: Path) -> None:
-    other_worker = KeyStore(tmp_path / "uploads" / KEYS_FILENAME)
+def test_revocation_is_seen_by_other_processes_without_restart(
+    keys: KeyStore, open_store: Callable[[], KeyStore]
+) -> None:
+    other_worker = open_store()
     token = keys.create("robot-1").token
     assert other_worker.identity_for(token) is not None
 
     assert keys.revoke("robot-1") == 1
 
     assert other_worker.identity_for(token) is None
+    assert other_worker.revoke("robot-1") == 0
 
 
 def test_revoke_by_key_id_keeps_the_robots_other_key(keys: KeyStore) -> None:
@@ -71,10 +159,43 @@ def test_revoke_by_key_id_keeps_the_robots_other_key(keys: KeyStore) -> None:
     assert len(keys.list(include_revoked=True)) == 2
 
 
+def test_revoking_another_names_key_id_revokes_nothing(keys: KeyStore) -> None:
+    victim = keys.create("robot-1")
+    keys.create("robot-2")
+
+    assert keys.revoke("robot-2", key_id=victim.record.key_id) == 0
+
+    assert keys.identity_for(victim.token) == Identity("robot-1")
+
+
+def test_list_is_ordered_by_name_then_age_and_marks_revoked_keys(keys: KeyStore) -> None:
+    first_b = keys.create("robot-b")
+    a = keys.create("robot-a", admin=True)
+    second_b = keys.create("robot-b")
+    keys.revoke("robot-b", key_id=first_b.record.key_id)
+
+    listed = keys.list(include_revoked=True)
+
+    assert [r.key_id for r in listed] == [a.record.key_id, first_b.record.key_id, second_b.record.key_id]
+    assert [(r.name, r.admin, r.active) for r in listed] == [
+        ("robot-a", True, True),
+        ("robot-b", False, False),
+        ("robot-b", False, True),
+    ]
+    assert listed[1].revoked_at is not None
+    assert listed[0].created_at == a.record.created_at
+
+
 @pytest.mark.parametrize("name", ["", "anonymous", "../etc", "a b", "-lead", "x" * 65, "robot\x00", "ünï"])
 def test_unusable_names_are_refused(keys: KeyStore, name: str) -> None:
     with pytest.raises(KeyStoreError):
         keys.create(name)
+
+
+def test_the_app_reads_the_configured_store(make_app: Callable[..., Flask], backend: dict[str, Any]) -> None:
+    store = key_store(make_app())
+
+    assert type(store) is _STORE_CLASS["redis" if backend else "sqlite"]
 
 
 def test_cli_create_prints_the_key_alone_on_the_last_line(make_app: Callable[..., Flask], keys: KeyStore) -> None:

@@ -10,7 +10,7 @@ from ruamel.yaml import YAML
 
 from core.config import RecorderConfig
 from ros_nodes.core.recorder import Recorder
-from tests.ros_nodes.support import Sent, mcap_rows, record_all, rosbags_rows, split_dirs, with_changes
+from tests.ros_nodes.support import FakeUploader, Sent, mcap_rows, record_all, rosbags_rows, split_dirs, with_changes
 
 
 def sent_rows(messages: list[Sent]) -> list[tuple[str, int, bytes]]:
@@ -112,3 +112,29 @@ def test_split_now_closes_the_split_after_the_messages_already_received(
     assert sorted(first) == sorted(sent_rows(traffic[:half]))
     assert sorted(second) == sorted(sent_rows(traffic[half:]))
     assert recorder.status().splits_done == 2
+
+
+@pytest.mark.parametrize(
+    "limits", [{"max_bag_duration": 1.0}, {"max_bag_size": 300_000}, {"max_bag_size": 700_000, "max_bag_duration": 2.0}]
+)
+def test_each_splits_hand_off_metadata_matches_its_contents(
+    config: RecorderConfig, traffic: list[Sent], uploader: FakeUploader, limits: dict[str, float]
+) -> None:
+    # The writer keeps a split's counts in locals and stores them per batch: what it hands off must match the bag.
+    config = with_changes(config, **limits)
+    recorder = record_all(config, traffic, uploader=uploader)
+
+    handed_off = {meta["bag"]: meta for _file, _prio, meta in uploader.calls}
+    bags = split_dirs(config.output_dir)
+    assert sorted(handed_off) == [bag.name for bag in bags]
+    for bag in bags:
+        rows = rosbags_rows(bag)
+        meta = handed_off[bag.name]
+        assert meta["message_count"] == len(rows)
+        assert meta["topics"] == dict(Counter(topic for topic, _, _ in rows))
+        assert (meta["start_ns"], meta["end_ns"]) == (min(ts for _, ts, _ in rows), max(ts for _, ts, _ in rows))
+    status = recorder.status()
+    assert (status.messages_written, status.bytes_written) == (len(traffic), sum(len(m.data) for m in traffic))
+    assert sum(topic["messages"] for topic in status.topics.values()) == len(traffic)
+    assert sum(topic["bytes"] for topic in status.topics.values()) == status.bytes_written
+    recorder.close()

@@ -99,15 +99,15 @@ def test_control_calls_that_do_not_fit_the_state_raise(config: RecorderConfig, a
 def test_buffer_overflow_is_counted_and_reported_never_silent(
     config: RecorderConfig, traffic: list[Sent], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A disk that stalls: the writer thread blocks on its first message until released.
+    # A disk that stalls: the writer thread blocks opening the split for its first message until released.
     release = threading.Event()
-    original = bag_writer.SplitWriter.write
+    original = bag_writer.SplitWriter.open
 
-    def stalled_write(self: bag_writer.SplitWriter, *args: object) -> None:
+    def stalled_open(self: bag_writer.SplitWriter) -> None:
         release.wait(30)
-        original(self, *args)  # type: ignore[arg-type]
+        original(self)
 
-    monkeypatch.setattr(bag_writer.SplitWriter, "write", stalled_write)
+    monkeypatch.setattr(bag_writer.SplitWriter, "open", stalled_open)
     config = with_changes(config, buffer_size=200_000)
     recorder = Recorder(config)
     recorder.start()

@@ -1,0 +1,79 @@
+"""Opening SQLite databases the one way this project trusts them: WAL, a busy timeout, explicit transactions."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+Synchronous = Literal["FULL", "NORMAL"]
+
+
+def connect(
+    path: Path, *, timeout: float, synchronous: Synchronous, check_same_thread: bool = True
+) -> sqlite3.Connection:
+    """A WAL connection in autocommit mode, so that ``transaction()`` alone decides where a write begins and ends.
+
+    ``timeout`` is also SQLite's busy timeout: how long a writer waits for another
+    process's write lock before ``database is locked``. ``synchronous="FULL"`` is
+    for rows that were acknowledged to someone and must survive power loss.
+    """
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=check_same_thread)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    return conn
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction; IMMEDIATE takes the write lock up front so read-then-write cannot race.
+
+    The rollback is skipped when SQLite has already ended the transaction itself
+    (e.g. on a full disk), so the caller sees the error that caused it.
+    """
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+class ThreadConnections:
+    """One connection per thread and process: a connection must not cross a fork.
+
+    Gunicorn may import the app (and open a store) before it forks its workers.
+    """
+
+    def __init__(self, path: Path, *, timeout: float, synchronous: Synchronous, check_same_thread: bool = True) -> None:
+        self.path = path
+        self._timeout = timeout
+        self._synchronous: Synchronous = synchronous
+        self._check_same_thread = check_same_thread
+        self._local = threading.local()
+
+    def get(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use (and again in a forked child)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            conn = connect(
+                self.path,
+                timeout=self._timeout,
+                synchronous=self._synchronous,
+                check_same_thread=self._check_same_thread,
+            )
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def close(self) -> None:
+        """Close this thread's connection; another thread's closes when that thread ends."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None

@@ -1,0 +1,186 @@
+"""The dashboard's request counters: summed over workers and hosts, in SQLite (one host) or Redis (several)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+
+from core.config import ServerConfig
+from core.protocol import HEALTH_PATH, UPLOAD_PREFIX
+from core.server.redis_store import PREFIX
+from dashboard import views
+from dashboard.metrics import (
+    BUCKET_SECONDS,
+    KEEP_SECONDS,
+    METRICS_FILE,
+    CounterStore,
+    RedisCounters,
+    RequestMetrics,
+    SQLiteCounters,
+    open_request_metrics,
+)
+from tests.dashboard.conftest import ROBOT_STORE_BACKENDS, build_app
+
+STATE = "/dashboard/api/state"
+
+
+class Clock:
+    """Wall-clock-based time the test moves by hand (Redis expires buckets by its own, real clock)."""
+
+    def __init__(self) -> None:
+        self.now = float(int(time.time()) // BUCKET_SECONDS * BUCKET_SECONDS)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=ROBOT_STORE_BACKENDS)
+def open_counters(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], CounterStore]]:
+    """Opens the shared counter store of one backend again, as another worker or host would."""
+    if request.param == "sqlite":
+        yield lambda: SQLiteCounters(tmp_path / METRICS_FILE)
+        return
+    url = request.getfixturevalue("redis_url")
+    clients: list[redis.Redis] = []
+
+    def open_redis() -> CounterStore:
+        clients.append(redis.Redis.from_url(url))
+        return RedisCounters(clients[-1])
+
+    yield open_redis
+    for client in clients:
+        client.close()
+
+
+def test_buckets_are_summed_across_workers(open_counters: Callable[[], CounterStore], clock: Clock) -> None:
+    first = RequestMetrics(open_counters(), clock=clock)
+    second = RequestMetrics(open_counters(), clock=clock)
+    first.record(200, 100)
+    second.record(429, 50)
+    clock.now += BUCKET_SECONDS
+    second.record(201, 1000)
+    second.record(500, 7)
+    first.flush()
+
+    series = second.series(window=60)
+
+    assert (series["requests"], series["rate_limited"], series["errors"]) == (4, 1, 1)
+    assert [p["bytes_in"] for p in series["points"]][-2:] == [100, 1000]
+    assert [p["t"] for p in series["points"]][-1] == clock.now
+
+
+def test_series_is_zero_filled_oldest_first_and_ends_at_the_window(
+    open_counters: Callable[[], CounterStore], clock: Clock
+) -> None:
+    metrics = RequestMetrics(open_counters(), clock=clock)
+    metrics.record(200, 1)
+    clock.now += 60
+
+    series = metrics.series(window=60)
+
+    assert len(series["points"]) == 60 // BUCKET_SECONDS
+    assert [p["t"] for p in series["points"]] == sorted(p["t"] for p in series["points"])
+    assert series["requests"] == 0  # the request fell out of the window
+    assert all(p["requests"] == p["bytes_in"] == 0 for p in series["points"])
+    assert metrics.series(window=70)["requests"] == 1
+
+
+def test_redis_buckets_expire_by_themselves(redis_url: str, clock: Clock) -> None:
+    client = redis.Redis.from_url(redis_url)
+    metrics = RequestMetrics(RedisCounters(client), clock=clock)
+    metrics.record(200, 10)
+    metrics.flush()
+
+    (key,) = client.keys(f"{PREFIX}dashboard:*")
+    assert client.expiretime(key) == int(clock.now) + KEEP_SECONDS
+    assert client.hgetall(key) == {b"requests": b"1", b"bytes_in": b"10"}
+    client.close()
+
+
+def test_sqlite_forgets_buckets_older_than_an_hour(tmp_path: Path, clock: Clock) -> None:
+    store = SQLiteCounters(tmp_path / METRICS_FILE)
+    metrics = RequestMetrics(store, clock=clock)
+    old = clock.now
+    metrics.record(200, 10)
+    metrics.flush()
+    clock.now += KEEP_SECONDS + BUCKET_SECONDS
+    metrics.record(200, 10)
+    metrics.flush()
+
+    assert store.read([old]) == {}
+    assert store.read([clock.now])[int(clock.now)].requests == 1
+
+
+def test_a_failing_store_does_not_stop_the_flusher(clock: Clock) -> None:
+    class Flaky(CounterStore):
+        errors = (redis.ConnectionError,)
+
+        def __init__(self) -> None:
+            self.saved: list[int] = []
+            self.failures = 1
+
+        def add(self, deltas: Any, now: float) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise redis.ConnectionError("Redis is away")
+            self.saved.extend(c.requests for c in deltas.values())
+
+        def read(self, buckets: Any) -> dict[int, Any]:
+            return {}
+
+    store = Flaky()
+    metrics = RequestMetrics(store, flush_every=0.01, clock=clock)
+    metrics.record(200, 1)  # starts the flusher; its first flush fails
+    deadline = time.monotonic() + 10
+    while store.failures and time.monotonic() < deadline:
+        time.sleep(0.01)
+    metrics.record(200, 1)
+    while not store.saved and time.monotonic() < deadline:
+        time.sleep(0.01)
+    metrics.close()
+
+    assert store.saved == [1]
+
+
+def test_open_request_metrics_follows_state_store_uri(tmp_path: Path, redis_url: str) -> None:
+    default = open_request_metrics(ServerConfig(upload_dir=tmp_path / "one-host"))
+    shared = open_request_metrics(ServerConfig(upload_dir=tmp_path / "many-hosts", state_store_uri=redis_url))
+
+    assert isinstance(default.store, SQLiteCounters)
+    assert default.store.path == tmp_path / "one-host" / METRICS_FILE
+    assert isinstance(shared.store, RedisCounters)
+    assert not (tmp_path / "many-hosts" / METRICS_FILE).exists()
+
+
+def dashboard_requests(app: Flask) -> dict[str, Any]:
+    reply = app.test_client().get(STATE)
+    assert reply.status_code == 200, reply.text
+    counts: dict[str, Any] = reply.json["server"]["requests"]
+    return counts
+
+
+def test_two_hosts_sharing_redis_show_each_others_requests(tmp_path: Path, redis_url: str) -> None:
+    """Two app servers with separate disks (like two hosts) and one Redis: each dashboard counts both."""
+    hosts = [
+        build_app(tmp_path / name, auth_enabled=False, ratelimit_enabled=False, state_store_uri=redis_url)
+        for name in ("host-a", "host-b")
+    ]
+    for _ in range(3):
+        hosts[0].test_client().get(HEALTH_PATH)
+    hosts[1].test_client().get(f"{UPLOAD_PREFIX}/no-such-upload")
+    for app in hosts:
+        app.extensions[views.METRICS_EXTENSION].flush()
+
+    assert [dashboard_requests(app)["requests"] for app in hosts] == [4, 4]
+    assert [p.name for p in tmp_path.rglob("*.sqlite3*")] == []  # no keys, robots, state or counters on disk
