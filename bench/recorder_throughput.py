@@ -22,11 +22,16 @@ What makes the comparison fair:
   entry points fix the thresholds (``ros_nodes.core.malloc``); ``--malloc
   tuned`` (the default) does the same here, for the baseline and the core
   alike, since they share this process; ``--malloc default`` leaves glibc's.
+- Garbage collector. ``--gc frozen`` freezes everything alive after setup
+  (typestore, messages) and raises the collection thresholds, for both sides;
+  ``--gc default`` (the default) leaves Python's. See BENCHMARKS.md for why the
+  recorder does not do this itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import shutil
 import statistics
@@ -50,6 +55,7 @@ from ros_nodes.core.splitting import NS_PER_S
 Message = tuple[str, str, bytes, int]
 START_NS = 1_700_000_000 * NS_PER_S
 MB = 1e6
+GC_THRESHOLDS = (10_000, 50, 100)  # --gc frozen: collections ~14x rarer than Python's (700, 10, 10)
 TYPESTORE = typestore_for("humble")
 
 
@@ -191,12 +197,18 @@ def main() -> None:
     parser.add_argument(
         "--malloc", choices=("tuned", "default"), default="tuned", help="glibc thresholds as the recorder sets them"
     )
+    parser.add_argument("--gc", choices=("default", "frozen"), default="default", help="garbage collector settings")
     args = parser.parse_args()
     tuned = args.malloc == "tuned" and tune_malloc()
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} cores)")
     print(f"malloc: {'tuned (ros_nodes.core.malloc)' if tuned else 'glibc defaults'}, for every variant alike")
-    compare("simulated robot mix", simulated_mix(args.mix_seconds), args.rounds)
-    compare("large messages (~1 MiB PointCloud2)", large_messages(args.large), args.rounds)
+    mix, large = simulated_mix(args.mix_seconds), large_messages(args.large)
+    if args.gc == "frozen":
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
+    print(f"gc: {args.gc} (thresholds {gc.get_threshold()}, {gc.get_freeze_count()} objects frozen)")
+    compare("simulated robot mix", mix, args.rounds)
+    compare("large messages (~1 MiB PointCloud2)", large, args.rounds)
     offered_load(50.0, args.load_seconds)
     print(f"load average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
