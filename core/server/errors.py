@@ -9,9 +9,12 @@ unexpected exception as the same JSON document.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 from flask import Flask, Response, jsonify
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 
 from core.protocol import ErrorCode
@@ -146,6 +149,25 @@ def _render_http_error(err: HTTPException) -> Response:
     return response
 
 
+# A state backend that is down or saturated is the server's fault, not the client's: 503 with a
+# Retry-After makes robots back off and retry instead of failing the upload.
+BACKEND_RETRY_AFTER = 5
+
+
+def _render_backend_unavailable(err: Exception) -> Response:
+    log.error("State backend unavailable: %s: %s", type(err).__name__, err)
+    response = error_response(503, ErrorCode.SERVICE_UNAVAILABLE, "state backend unavailable; retry later")
+    response.headers["Retry-After"] = str(BACKEND_RETRY_AFTER)
+    return response
+
+
+def _render_sqlite_error(err: sqlite3.OperationalError) -> Response:
+    # "database is locked" after the busy timeout is contention, retryable; anything else is a bug.
+    if "locked" in str(err) or "busy" in str(err):
+        return _render_backend_unavailable(err)
+    return _render_unexpected(err)
+
+
 def _render_unexpected(err: Exception) -> Response:
     log.exception("Unhandled error: %s", type(err).__name__)
     return error_response(500, ErrorCode.INTERNAL_ERROR, "internal server error")
@@ -153,4 +175,7 @@ def _render_unexpected(err: Exception) -> Response:
 
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, _render_http_error)
+    app.register_error_handler(RedisConnectionError, _render_backend_unavailable)
+    app.register_error_handler(RedisTimeoutError, _render_backend_unavailable)
+    app.register_error_handler(sqlite3.OperationalError, _render_sqlite_error)
     app.register_error_handler(Exception, _render_unexpected)

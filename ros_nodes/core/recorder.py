@@ -247,7 +247,8 @@ class Recorder:
         size = len(data)
         if timestamp is None:
             timestamp = self._clock()
-        # The condition's plain lock, not the Condition: notify() only when the writer sleeps.
+        # The condition's plain lock, not the Condition: notify() only when the writer sleeps, and only once —
+        # the woken writer may wait for the GIL a whole switch interval, thousands of record() calls.
         with self._lock:
             if self._queued_bytes + size > self._buffer_size:
                 self._overflow(topic, size)
@@ -255,6 +256,7 @@ class Recorder:
             self._queue.append((topic, msgtype, data, timestamp))
             self._queued_bytes += size
             if self._writer_waiting:
+                self._writer_waiting = False
                 self._cond.notify()
         return True
 

@@ -11,7 +11,8 @@ from core.config import RecorderConfig
 from ros_nodes.core import bag_writer
 from ros_nodes.core.errors import InsufficientDiskError, RecorderStateError
 from ros_nodes.core.recorder import Recorder
-from ros_nodes.core.splitting import SplitPolicy
+from ros_nodes.core.splitting import NS_PER_S, SplitPolicy
+from ros_nodes.core.status import TopicStats
 from ros_nodes.core.topics import TopicSelection
 from tests.helpers.processes import wait_until
 from tests.ros_nodes.support import FakeUploader, Sent, record_all, rosbags_rows, split_dirs, with_changes
@@ -194,6 +195,29 @@ def test_status_reports_topics_rates_and_splits(config: RecorderConfig, traffic:
     assert imu["messages"] == 1000
     assert imu["type"] == "sensor_msgs/msg/Imu"
     assert imu["rate_hz"] == pytest.approx(200, rel=0.01)
+
+
+def feed(stats: TopicStats, rate_hz: float, seconds: float) -> None:
+    """What the writer does per message: plain counter updates, timestamps spaced at ``rate_hz``."""
+    for _ in range(int(rate_hz * seconds)):
+        stats.count += 1
+        stats.bytes += 10
+        stats.last_ns += int(NS_PER_S / rate_hz)
+
+
+def test_topic_rate_covers_the_time_since_the_previous_status_and_drops_to_zero_when_stale() -> None:
+    stats = TopicStats("sensor_msgs/msg/Imu", first_ns=NS_PER_S)
+    stats.count, stats.bytes = 1, 10  # the first message
+    feed(stats, 200, 3.0)
+    assert stats.snapshot(stats.last_ns)["rate_hz"] == pytest.approx(200)
+
+    feed(stats, 50, 0.5)  # less than a second since the last status: the rate stays until a second has passed
+    assert stats.snapshot(stats.last_ns)["rate_hz"] == pytest.approx(200)
+    feed(stats, 50, 1.5)
+    assert stats.snapshot(stats.last_ns)["rate_hz"] == pytest.approx(50)
+
+    snapshot = stats.snapshot(stats.last_ns + 2 * NS_PER_S + 1)
+    assert snapshot == {"type": "sensor_msgs/msg/Imu", "messages": 1 + 600 + 100, "bytes": 7010, "rate_hz": 0.0}
 
 
 class NsClock:
