@@ -141,7 +141,8 @@ class SplitWriter:
         writer, self._writer = self._open_writer(), None
         writer.close()
         for file in self.info.path.iterdir():
-            fsync_file(file)
+            if file.name != SIDECAR:  # deleted below: syncing it would only cost time
+                fsync_file(file)
         fsync_file(self.info.path)
         (self.info.path / SIDECAR).unlink(missing_ok=True)
         return self.info

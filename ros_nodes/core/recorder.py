@@ -39,10 +39,14 @@ from ros_nodes.core.topics import TopicSelection
 
 log = logging.getLogger(__name__)
 
+Item = tuple[str, str, bytes, int]  # (topic, message type, CDR bytes, timestamp ns), as queued by record()
 Route = tuple[Connection, TopicStats]  # per topic, for the open split: where to write it and what to count
 
 STATE_DIR = ".recorder"
-_SPLIT = object()  # queue marker: split here, preserving the order of messages around it
+# The queue marker "split here", ordered with the messages around it: a message whose topic no source can send,
+# so the writer's loop tells it apart on its rare path (an unknown topic) instead of checking every item.
+_SPLIT: Any = object()
+_SPLIT_ITEM = (_SPLIT, "", b"", 0)
 _RECORDING = RecorderState.RECORDING
 _IDLE_WAKEUP_S = 0.2
 _DISK_CHECK_NS = NS_PER_S
@@ -85,7 +89,7 @@ class Recorder:
 
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._queue: deque[tuple[str, str, bytes, int] | object] = deque()
+        self._queue: deque[Item] = deque()
         self._queued_bytes = 0
         self._buffer_size = config.buffer_size
         self._wanted: dict[str, bool] = {}  # the selection's decision per topic, one lookup per message
@@ -178,7 +182,7 @@ class Recorder:
             msg = f"cannot split while {self._state.value}"
             raise RecorderStateError(msg)
         with self._cond:
-            self._queue.append(_SPLIT)
+            self._queue.append(_SPLIT_ITEM)
             self._cond.notify()
 
     def command(self, action: str) -> None:
@@ -320,7 +324,7 @@ class Recorder:
             self._stopping = True
             self._stop_reason = reason
             # What is still queued cannot be written any more: count it, never lose it silently.
-            self._dropped_messages += sum(1 for item in self._queue if item is not _SPLIT)
+            self._dropped_messages += sum(1 for item in self._queue if item is not _SPLIT_ITEM)
             self._dropped_bytes += self._queued_bytes
             self._queue.clear()
             self._queued_bytes = 0
@@ -329,12 +333,13 @@ class Recorder:
         finally:
             self._closer_queue.put(None)
 
-    def _write_batch(self, batch: deque[tuple[str, str, bytes, int] | object]) -> int:
+    def _write_batch(self, batch: deque[Item]) -> int:
         """Write a batch; returns its payload bytes.
 
-        Per message only the rosbags write, the topic's counters and a few
-        locals: the split decision is two integer comparisons against the
-        policy's ``room``/``deadline``, and the split's counts are stored by
+        Per message only a route lookup, the split test (two integer comparisons
+        against the policy's ``room``/``deadline``), the rosbags write and plain
+        counters. Everything rare (split marker, new split, a topic's first
+        message in a split) is behind one test; the split's counts are stored by
         ``_settle()`` once per batch and before each rotation.
         """
         split = self._split
@@ -346,31 +351,33 @@ class Recorder:
         routes = self._routes
         write = split.writer.write if split is not None else None
         try:
-            for item in batch:
-                if item is _SPLIT:
-                    if split is not None:
-                        written += self._settle(split, tally, count, start, end, room)
-                        self._rotate()
-                    split = None
-                    continue
-                topic, msgtype, data, timestamp = item  # type: ignore[misc]
+            for topic, msgtype, data, timestamp in batch:
                 size = len(data)
-                if split is None or (count and (size > room or timestamp >= deadline)):
-                    if split is not None:
-                        written += self._settle(split, tally, count, start, end, room)
-                        split.flush_closed_chunks()
-                        self._rotate()
-                        split = None  # settled: an exception from here on must not settle it again
-                    split = self._open_split()
-                    tally = self._load_tally(split)
-                    count, start, end, room, deadline = tally
-                    routes = self._routes
-                    write = split.writer.write
                 route = routes.get(topic)
-                if route is None:
-                    route = self._route(split, topic, msgtype, timestamp, size)
-                    if route is None:
+                # A known route means this split has messages already, so the split test needs no count check.
+                if route is None or size > room or timestamp >= deadline:
+                    if topic is _SPLIT:
+                        if split is not None:
+                            written += self._settle(split, tally, count, start, end, room)
+                            self._rotate()
+                            split, routes = None, self._routes
                         continue
+                    if split is None or (count and (size > room or timestamp >= deadline)):
+                        if split is not None:
+                            written += self._settle(split, tally, count, start, end, room)
+                            split.flush_closed_chunks()
+                            self._rotate()
+                            split = None  # settled: an exception from here on must not settle it again
+                        split = self._open_split()
+                        tally = self._load_tally(split)
+                        count, start, end, room, deadline = tally
+                        routes = self._routes
+                        write = split.writer.write
+                        route = None
+                    if route is None:
+                        route = self._route(split, topic, msgtype, timestamp, size)
+                        if route is None:
+                            continue
                 conn, stats = route
                 write(conn, timestamp, data)
                 stats.count += 1
@@ -461,7 +468,6 @@ class Recorder:
         )
         split = SplitWriter(info, self.config, self.typestore)
         split.open()
-        self._routes, self._split_base = {}, {}
         self._split = split
         self._split_index += 1
         log.info("opened split %s", name)
@@ -469,6 +475,7 @@ class Recorder:
 
     def _rotate(self) -> None:
         split, self._split = self._split, None
+        self._routes, self._split_base = {}, {}  # after _settle(), which reads them
         if split is None:
             return
         if self.config.storage == "sqlite3":

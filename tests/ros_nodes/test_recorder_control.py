@@ -126,6 +126,24 @@ def test_buffer_overflow_is_counted_and_reported_never_silent(
     assert sorted(ts for _, ts, _ in rosbags_rows(bag)) == sorted(m.timestamp for m in accepted)
 
 
+def test_messages_of_an_unknown_type_are_counted_as_dropped_and_free_their_buffer_space(
+    config: RecorderConfig, traffic: list[Sent]
+) -> None:
+    recorder = Recorder(config)
+    recorder.start()
+    unknown = [Sent("/custom", "my_pkg/msg/Unknown", bytes(100), m.timestamp) for m in traffic[:50]]
+    for msg in unknown + traffic:
+        recorder.record(msg.topic, msg.msgtype, msg.data, msg.timestamp)
+    recorder.stop()
+    status = recorder.status()
+
+    assert (status.dropped_messages, status.dropped_bytes) == (50, 5000)
+    assert status.buffered_bytes == 0
+    assert status.messages_written == len(traffic)
+    assert "my_pkg/msg/Unknown" in (status.last_error or "")
+    recorder.close()
+
+
 class FakeDisk:
     def __init__(self, free: int) -> None:
         self.free = free
