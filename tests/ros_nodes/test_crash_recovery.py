@@ -101,8 +101,10 @@ def test_sigkill_mid_recording_keeps_closed_splits_and_salvages_the_open_one(
     argv = [
         sys.executable, "-m", "ros_nodes.simulate",
         "--duration", "60", "--output", str(output), "--robot-id", "killed",
-        "--max-bag-duration", "1", "--storage", "mcap", "--min-free-disk", "0",
+        "--max-bag-duration", "3", "--storage", "mcap", "--min-free-disk", "0",
     ]  # fmt: skip
+    # 3 s splits: the open split passes its first chunk (~1.2 MB) well before it rotates, so the
+    # kill cannot land in the rotation itself and leave nothing open to salvage.
     log = (tmp_path / "simulate.log").open("wb")
     proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -111,7 +113,12 @@ def test_sigkill_mid_recording_keeps_closed_splits_and_salvages_the_open_one(
             dirs = split_dirs(output) if output.exists() else []
             closed = [d for d in dirs if (d / "metadata.yaml").exists()]
             open_ = [d for d in dirs if (d / SIDECAR).exists()]
-            return len(closed) >= 2 and any(f.stat().st_size > 1_200_000 for d in open_ for f in d.glob("*.mcap"))
+            return len(closed) >= 2 and any(
+                f.stat().st_size > 1_200_000
+                for d in open_
+                if not (d / "metadata.yaml").exists()
+                for f in d.glob("*.mcap")
+            )
 
         wait_until(closed_and_open_with_a_chunk, 60, what="two closed splits and an open one with a chunk")
     finally:
