@@ -90,7 +90,14 @@ def test_chunks_of_one_upload_spread_over_workers_in_parallel(
     gunicorn_server: Callable[..., GunicornServer], tmp_path: Path
 ) -> None:
     access_log = tmp_path / "access.log"
-    server = gunicorn_server(extra_args=["--access-logfile", str(access_log), "--access-logformat", "%(p)s %(m)s"])
+    # sync workers take one request at a time, so parallel chunks must spread over workers; a gthread
+    # worker may accept all eight connections itself and leave the others idle.
+    server = gunicorn_server(
+        extra_args=[
+            "--worker-class", "sync",
+            "--access-logfile", str(access_log), "--access-logformat", "%(p)s %(m)s",
+        ]
+    )  # fmt: skip
     client = Client(server, os.urandom(8 * MiB + 1234), 256 * KiB)
     client.init()
     order = list(range(client.chunks))
