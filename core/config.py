@@ -208,6 +208,12 @@ class ServerConfig:
     ratelimit_list: str = setting(
         "120 per minute", "RATELIMIT_LIST", "str", "GET /uploads per client (dashboards and admin scripts)"
     )
+    ratelimit_unauthenticated: str = setting(
+        "30 per minute",
+        "RATELIMIT_UNAUTHENTICATED",
+        "str",
+        "Requests with a missing or wrong key per client address; then 429 instead of 401 (valid keys never count)",
+    )
     ratelimit_storage_uri: str = setting(
         "memory://",
         "RATELIMIT_STORAGE_URI",

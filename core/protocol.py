@@ -35,6 +35,10 @@ HEADER_AUTHORIZATION = "Authorization"
 AUTH_SCHEME = "Bearer"
 HEADER_RETRY_AFTER = "Retry-After"
 HEADER_REQUEST_ID = "X-Request-ID"
+# flask-limiter's default names; every limited reply carries them.
+HEADER_RATELIMIT_LIMIT = "X-RateLimit-Limit"
+HEADER_RATELIMIT_REMAINING = "X-RateLimit-Remaining"
+HEADER_RATELIMIT_RESET = "X-RateLimit-Reset"
 CHUNK_CONTENT_TYPE = "application/octet-stream"
 
 # --- Query parameters -------------------------------------------------------

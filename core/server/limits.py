@@ -32,6 +32,7 @@ from core.protocol import (
     UPLOADS_PATH,
     ErrorCode,
 )
+from core.server import auth_limits
 from core.server.auth import authenticated_name
 from core.server.errors import error_response
 
@@ -41,6 +42,7 @@ EXTENSION = "rate_limiter"
 EXEMPT_ATTRIBUTE = "ratelimit_exempt"
 # Load balancers poll /health every few seconds from one address.
 EXEMPT_PATHS = frozenset({HEALTH_PATH})
+KEY_PREFIX = "upload"
 Target = TypeVar("Target", bound=Any)
 
 
@@ -143,7 +145,7 @@ def init_app(app: Flask, config: ServerConfig) -> Any | None:
         storage_uri=config.ratelimit_storage_uri,
         headers_enabled=True,
         strategy="fixed-window",
-        key_prefix="upload",
+        key_prefix=KEY_PREFIX,
         # An unreachable redis must not stop uploads: count in memory until it is back.
         in_memory_fallback_enabled=True,
         swallow_errors=True,
@@ -154,6 +156,7 @@ def init_app(app: Flask, config: ServerConfig) -> Any | None:
     limiter.init_app(app)
     _apply_route_limits(app, limiter, config)
     app.register_error_handler(flask_limiter.RateLimitExceeded, _too_many_requests)
+    auth_limits.init_app(app, limiter, config, KEY_PREFIX)
     app.extensions[EXTENSION] = limiter
     log.info(
         "rate limits: default=%r init=%r chunk=%r status=%r finalize=%r storage=%s",

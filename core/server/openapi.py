@@ -264,6 +264,8 @@ def operation(
     operation_id: str | None = None,
 ) -> Schema:
     """One operation: its own replies plus the shared 401/429 and the listed error statuses."""
+    # A keyed route answers 429 to a client over RATELIMIT_UNAUTHENTICATED even when it has no limit itself.
+    limited = limited or not is_public
     codes = {*errors, *(() if is_public else (401,)), *((429,) if limited else ())}
     replies: dict[str, Schema] = {str(status): reply for status, reply in responses.items()}
     if operation_id in LINKS:
