@@ -16,6 +16,7 @@ import requests
 
 from core.protocol import (
     HEADER_CHUNK_SHA256,
+    UPLOAD_PREFIX,
     KiB,
     MiB,
     chunk_url,
@@ -24,6 +25,7 @@ from core.protocol import (
     init_url,
     upload_status_url,
 )
+from tests.helpers.fault_proxy import FaultProxy
 from tests.helpers.processes import wait_until
 from tests.helpers.servers import GunicornServer
 
@@ -34,8 +36,9 @@ TIMEOUT = (5, 60)
 class Client:
     """The upload protocol over HTTP; plain ``requests`` calls, so threads can share one instance."""
 
-    def __init__(self, server: GunicornServer, data: bytes, chunk_size: int) -> None:
+    def __init__(self, server: GunicornServer, data: bytes, chunk_size: int, upload_url: str | None = None) -> None:
         self.server = server
+        self.upload_url = upload_url or server.upload_url
         self.data = data
         self.chunk_size = chunk_size
         self.upload_id = ""
@@ -53,7 +56,7 @@ class Client:
             "sha256": hashlib.sha256(self.data).hexdigest(),
             **extra,
         }
-        response = requests.post(init_url(self.server.upload_url), json=body, timeout=TIMEOUT)
+        response = requests.post(init_url(self.upload_url), json=body, timeout=TIMEOUT)
         assert response.status_code in (200, 201), response.text
         reply: dict[str, Any] = response.json()
         self.upload_id = reply["upload_id"]
@@ -62,7 +65,7 @@ class Client:
     def send(self, index: int) -> requests.Response:
         piece = self.data[index * self.chunk_size : (index + 1) * self.chunk_size]
         headers = {HEADER_CHUNK_SHA256: hashlib.sha256(piece).hexdigest()}
-        url = chunk_url(self.server.upload_url, self.upload_id, index)
+        url = chunk_url(self.upload_url, self.upload_id, index)
         return requests.put(url, data=piece, headers=headers, timeout=TIMEOUT)
 
     def send_parallel(self, indices: list[int], threads: int = 8) -> list[int]:
@@ -70,18 +73,18 @@ class Client:
             return [r.status_code for r in pool.map(self.send, indices)]
 
     def status(self) -> dict[str, Any]:
-        response = requests.get(upload_status_url(self.server.upload_url, self.upload_id), timeout=TIMEOUT)
+        response = requests.get(upload_status_url(self.upload_url, self.upload_id), timeout=TIMEOUT)
         assert response.status_code == 200, response.text
         return dict(response.json())
 
     def finalize_and_wait(self, timeout: float = 60) -> dict[str, Any]:
-        response = requests.post(finalize_url(self.server.upload_url, self.upload_id), timeout=TIMEOUT)
+        response = requests.post(finalize_url(self.upload_url, self.upload_id), timeout=TIMEOUT)
         assert response.status_code in (200, 202), response.text
         wait_until(lambda: self.status()["state"] != "finalizing", timeout, 0.2, "finalize")
         return self.status()
 
     def download(self) -> bytes:
-        response = requests.get(download_url(self.server.upload_url, self.upload_id), timeout=TIMEOUT)
+        response = requests.get(download_url(self.upload_url, self.upload_id), timeout=TIMEOUT)
         assert response.status_code == 200, response.text
         return response.content
 
@@ -90,27 +93,32 @@ def test_chunks_of_one_upload_spread_over_workers_in_parallel(
     gunicorn_server: Callable[..., GunicornServer], tmp_path: Path
 ) -> None:
     access_log = tmp_path / "access.log"
-    # sync workers take one request at a time, so parallel chunks must spread over workers; a gthread
-    # worker may accept all eight connections itself and leave the others idle.
+    # sync workers take one request at a time, and the throttled link keeps each chunk request busy
+    # for ~0.1 s, so eight parallel chunks cannot all land on one worker (with fast requests on a
+    # loaded machine one worker may win every accept and the test would prove nothing).
     server = gunicorn_server(
         extra_args=[
             "--worker-class", "sync",
             "--access-logfile", str(access_log), "--access-logformat", "%(p)s %(m)s",
         ]
     )  # fmt: skip
-    client = Client(server, os.urandom(8 * MiB + 1234), 256 * KiB)
-    client.init()
-    order = list(range(client.chunks))
-    random.shuffle(order)
+    with FaultProxy(server.port) as slow_link:
+        slow_link.throttle = 2 * MiB
+        client = Client(server, os.urandom(8 * MiB + 1234), 256 * KiB, upload_url=slow_link.url + UPLOAD_PREFIX)
+        client.init()
+        order = list(range(client.chunks))
+        random.shuffle(order)
 
-    assert set(client.send_parallel(order)) == {201}
+        assert set(client.send_parallel(order)) == {201}
+        slow_link.throttle = None
+        status = client.finalize_and_wait()
+        downloaded = client.download()
     workers = {line.split()[0] for line in access_log.read_text().splitlines() if line.endswith(" PUT")}
-    assert len(workers) >= 2, "all chunks were served by one worker; the test proves nothing"
 
-    status = client.finalize_and_wait()
+    assert len(workers) >= 2, "all chunks were served by one worker; the test proves nothing"
     assert status["state"] == "complete"
     assert status["verified"] is True
-    assert client.download() == client.data
+    assert downloaded == client.data
 
 
 def test_racing_sends_of_one_chunk_across_workers_store_it_once(gunicorn_server: Callable[..., GunicornServer]) -> None:
