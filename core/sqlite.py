@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,9 +25,50 @@ def connect(
     for rows that were acknowledged to someone and must survive power loss.
     """
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=check_same_thread)
-    conn.execute("PRAGMA journal_mode=WAL")
+    with _opening_lock(path):
+        _enable_wal(conn, timeout)
     conn.execute(f"PRAGMA synchronous={synchronous}")
     return conn
+
+
+@contextmanager
+def _opening_lock(path: Path) -> Iterator[None]:
+    """Serialise the switch to WAL across processes.
+
+    gunicorn workers boot together and open the same fresh database at once; SQLite then
+    answers the losers' journal-mode query with ``disk I/O error`` or ``database is locked``
+    (measured: 13 failures in 240 concurrent opens), and a worker that fails to boot takes
+    the whole server down. A separate lock file, because SQLite's own fcntl locks on the
+    database must not be mixed with ours.
+    """
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
+    """Switch the database file to WAL; WAL is persistent in the file, so usually nothing is left to do.
+
+    A connection outside this module (a backup, an operator's ``sqlite3`` shell) may still hold a
+    lock, and SQLite reports that for a journal-mode switch at once instead of waiting in its busy
+    handler: retry within ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.01
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() >= deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+        else:
+            return
 
 
 @contextmanager

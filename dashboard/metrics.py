@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 
+from core import sqlite
 from core.config import ServerConfig
 from core.server.redis_store import PREFIX, connect
 
@@ -77,10 +78,9 @@ class SQLiteCounters(CounterStore):
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=10)
+        db = sqlite.connect(self.path, timeout=10, synchronous="NORMAL")
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            with db:
+            with sqlite.transaction(db):
                 yield db
         finally:
             db.close()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.synchronize
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -62,3 +65,48 @@ def test_thread_connections_give_each_thread_its_own_connection(tmp_path: Path) 
     connections.close()
     assert connections.get() is not mine
     connections.close()
+
+
+def _open_and_create_schema(
+    path: str, barrier: multiprocessing.synchronize.Barrier, results: multiprocessing.Queue
+) -> None:
+    barrier.wait()
+    try:
+        db = connect(Path(path), timeout=10, synchronous="FULL")
+        db.executescript("CREATE TABLE IF NOT EXISTS a (x); CREATE INDEX IF NOT EXISTS ax ON a (x);")
+        with transaction(db):
+            db.execute("INSERT INTO a VALUES (?)", (os.getpid(),))
+        db.close()
+        results.put("ok")
+    except sqlite3.Error as err:
+        results.put(f"{type(err).__name__}: {err}")
+
+
+def test_processes_opening_a_fresh_database_at_once_all_succeed(tmp_path):
+    """gunicorn workers boot together; one failing to switch the new file to WAL would stop the server.
+
+    Without the opening lock, SQLite failed about 1 in 20 such opens here ("disk I/O error",
+    "database is locked") on the journal-mode query.
+    """
+    context = multiprocessing.get_context("fork")
+    processes, rounds = 6, 20
+    outcomes = []
+    for round_ in range(rounds):
+        path = tmp_path / f"fresh-{round_}.sqlite3"
+        barrier = context.Barrier(processes)
+        results = context.Queue()
+        workers = [
+            context.Process(target=_open_and_create_schema, args=(str(path), barrier, results))
+            for _ in range(processes)
+        ]
+        for worker in workers:
+            worker.start()
+        outcomes += [results.get(timeout=30) for _ in workers]
+        for worker in workers:
+            worker.join(10)
+        db = connect(path, timeout=10, synchronous="FULL")
+        assert db.execute("SELECT COUNT(*) FROM a").fetchone()[0] == processes
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db.close()
+
+    assert [o for o in outcomes if o != "ok"] == []
