@@ -103,7 +103,7 @@ class GunicornServer:
             self.process.stop(signal.SIGTERM)
 
     def kill(self) -> None:
-        """SIGKILL the master: workers notice the lost parent and exit; no graceful shutdown."""
+        """SIGKILL the master only; orphaned workers may finish requests for a while (``crash()`` kills all)."""
         if self.process is not None:
             self.process.kill()
 

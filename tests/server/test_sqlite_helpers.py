@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import multiprocessing.synchronize
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from core.sqlite import ThreadConnections, connect, transaction
+from tests.helpers.processes import REPO_ROOT
 
 
 class Boom(Exception):
@@ -82,17 +86,12 @@ def _open_and_create_schema(
         results.put(f"{type(err).__name__}: {err}")
 
 
-def test_processes_opening_a_fresh_database_at_once_all_succeed(tmp_path):
-    """gunicorn workers boot together; one failing to switch the new file to WAL would stop the server.
-
-    Without the opening lock, SQLite failed about 1 in 20 such opens here ("disk I/O error",
-    "database is locked") on the journal-mode query.
-    """
+def open_fresh_databases_concurrently(directory: str, processes: int = 6, rounds: int = 40) -> list[str]:
+    """Each round, ``processes`` forked children open one fresh database at the same instant."""
     context = multiprocessing.get_context("fork")
-    processes, rounds = 6, 20
-    outcomes = []
+    outcomes: list[str] = []
     for round_ in range(rounds):
-        path = tmp_path / f"fresh-{round_}.sqlite3"
+        path = Path(directory) / f"fresh-{round_}.sqlite3"
         barrier = context.Barrier(processes)
         results = context.Queue()
         workers = [
@@ -104,9 +103,30 @@ def test_processes_opening_a_fresh_database_at_once_all_succeed(tmp_path):
         outcomes += [results.get(timeout=30) for _ in workers]
         for worker in workers:
             worker.join(10)
+    return outcomes
+
+
+def test_processes_opening_a_fresh_database_at_once_all_succeed(tmp_path):
+    """gunicorn workers boot together; one failing to switch the new file to WAL would stop the server.
+
+    Without the retry, SQLite failed about 1 in 8 such opens here ("database is locked" on
+    ``PRAGMA journal_mode=WAL``). The forks happen in a fresh interpreter:
+    forking this test process, whose other threads may hold locks, could deadlock the children.
+    """
+    script = (
+        "import json, sys; from tests.server.test_sqlite_helpers import open_fresh_databases_concurrently as run; "
+        "print(json.dumps(run(sys.argv[1])))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    outcomes = json.loads(done.stdout.splitlines()[-1])
+
+    assert len(outcomes) == 6 * 40
+    assert [o for o in outcomes if o != "ok"] == []
+    for path in sorted(tmp_path.glob("fresh-*.sqlite3")):
         db = connect(path, timeout=10, synchronous="FULL")
-        assert db.execute("SELECT COUNT(*) FROM a").fetchone()[0] == processes
+        assert db.execute("SELECT COUNT(*) FROM a").fetchone()[0] == 6
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         db.close()
-
-    assert [o for o in outcomes if o != "ok"] == []
