@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 
-from core.protocol import ErrorCode
+from core.protocol import HEADER_RETRY_AFTER, ErrorCode
 
 log = logging.getLogger("upload_server")
 
@@ -157,7 +157,7 @@ BACKEND_RETRY_AFTER = 5
 def _render_backend_unavailable(err: Exception) -> Response:
     log.error("State backend unavailable: %s: %s", type(err).__name__, err)
     response = error_response(503, ErrorCode.SERVICE_UNAVAILABLE, "state backend unavailable; retry later")
-    response.headers["Retry-After"] = str(BACKEND_RETRY_AFTER)
+    response.headers[HEADER_RETRY_AFTER] = str(BACKEND_RETRY_AFTER)
     return response
 
 

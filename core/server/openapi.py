@@ -19,8 +19,13 @@ from core.protocol import (
     CHUNK_PATH,
     DOWNLOAD_PATH,
     FINALIZE_PATH,
+    HEADER_API_KEY,
     HEADER_CHUNK_SHA256,
     HEADER_CONTENT_MD5,
+    HEADER_RATELIMIT_LIMIT,
+    HEADER_RATELIMIT_REMAINING,
+    HEADER_RATELIMIT_RESET,
+    HEADER_RETRY_AFTER,
     HEALTH_PATH,
     HEARTBEAT_PATH,
     INIT_PATH,
@@ -205,10 +210,10 @@ ERROR_MEANINGS = {
 RATE_LIMIT_HEADERS = {
     name: {"schema": INTEGER, "description": meaning}
     for name, meaning in {
-        "X-RateLimit-Limit": "Requests allowed in the current window",
-        "X-RateLimit-Remaining": "Requests left in the current window",
-        "X-RateLimit-Reset": "Unix time the window resets",
-        "Retry-After": "Seconds until a request may succeed again",
+        HEADER_RATELIMIT_LIMIT: "Requests allowed in the current window",
+        HEADER_RATELIMIT_REMAINING: "Requests left in the current window",
+        HEADER_RATELIMIT_RESET: "Unix time the window resets",
+        HEADER_RETRY_AFTER: "Seconds until a request may succeed again",
     }.items()
 }
 
@@ -521,7 +526,7 @@ def document(server_url: str | None = None) -> dict[str, Any]:
             "schemas": SCHEMAS,
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
-                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": HEADER_API_KEY},
             },
         },
         "security": [{"bearer": []}, {"apiKey": []}],

@@ -21,7 +21,15 @@ from typing import Any, BinaryIO
 
 from core.checksums import hex_digests_equal
 from core.config import ServerConfig
-from core.protocol import Codec, ErrorCode, KiB, UploadState, chunk_length
+from core.protocol import (
+    HEADER_CHUNK_SHA256,
+    HEADER_CONTENT_MD5,
+    Codec,
+    ErrorCode,
+    KiB,
+    UploadState,
+    chunk_length,
+)
 from core.server import events
 from core.server.blob_store import BlobStore, is_valid_id
 from core.server.compression import iter_decompressed
@@ -474,7 +482,7 @@ class UploadService:
 
 
 def _check_chunk(index: int, sha_hex: str, md5_hex: str | None, *, sha256: str | None, md5: str | None) -> None:
-    for name, claimed, actual in (("X-Chunk-SHA256", sha256, sha_hex), ("Content-MD5", md5, md5_hex)):
+    for name, claimed, actual in ((HEADER_CHUNK_SHA256, sha256, sha_hex), (HEADER_CONTENT_MD5, md5, md5_hex)):
         if claimed is not None and (actual is None or not hex_digests_equal(claimed, actual)):
             msg = f"chunk {index} does not match its {name}; it was not stored"
             raise ChecksumMismatch(msg, details={"header": name})

@@ -12,7 +12,7 @@ from typing import Any
 
 from core.checksums import is_hex_digest
 from core.config import ServerConfig
-from core.protocol import Codec, UploadState, chunk_count
+from core.protocol import HEADER_CHUNK_SHA256, HEADER_CONTENT_MD5, Codec, UploadState, chunk_count
 from core.server.errors import FileTooLarge, InvalidField
 
 MAX_FILENAME_LENGTH = 255
@@ -139,7 +139,7 @@ def chunk_sha256_header(value: str | None) -> str | None:
         return None
     if not is_hex_digest(value.strip(), "sha256"):
         msg = "X-Chunk-SHA256 must be a hex sha256 digest"
-        raise InvalidField(msg, details={"field": "X-Chunk-SHA256"})
+        raise InvalidField(msg, details={"field": HEADER_CHUNK_SHA256})
     return value.strip().lower()
 
 
@@ -151,10 +151,10 @@ def content_md5_header(value: str | None) -> str | None:
         digest = base64.b64decode(value.strip(), validate=True)
     except (binascii.Error, ValueError) as err:
         msg = "Content-MD5 must be base64 of a 16-byte md5 digest"
-        raise InvalidField(msg, details={"field": "Content-MD5"}) from err
+        raise InvalidField(msg, details={"field": HEADER_CONTENT_MD5}) from err
     if len(digest) != 16:
         msg = "Content-MD5 must be base64 of a 16-byte md5 digest"
-        raise InvalidField(msg, details={"field": "Content-MD5"})
+        raise InvalidField(msg, details={"field": HEADER_CONTENT_MD5})
     return digest.hex()
 
 
