@@ -347,6 +347,15 @@ class ClientConfig:
     ca_bundle: Path | None = setting(
         None, "UPLOAD_CA_BUNDLE", "optional_path", "CA certificate(s) to trust for a server with a private CA"
     )
+    journal_retention: float = setting(
+        7 * 24 * 3600.0,
+        "UPLOAD_JOURNAL_RETENTION",
+        "float",
+        "Seconds a complete upload stays in the robot's journal before it is pruned (failed ones stay until purged)",
+    )
+    heartbeat_recent: int = setting(
+        20, "UPLOAD_HEARTBEAT_RECENT", "int", "Ended uploads the heartbeat carries besides the active ones"
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClientConfig:

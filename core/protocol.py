@@ -130,6 +130,29 @@ class CommandState(str, enum.Enum):
 
 
 # --- JSON documents -----------------------------------------------------------
+class BlockedReason(str, enum.Enum):
+    """Why a robot's upload is not moving, in ``status()``, upload events and the heartbeat's ``uploads``.
+
+    Each job entry carries ``blocked`` (one of these, or null) and ``blocked_until``
+    (epoch seconds of the next attempt, or null); the heartbeat's ``uploads.blocked``
+    counts jobs per reason and ``uploads.blocked_until`` has the soonest retry per reason.
+    """
+
+    AUTH = "auth"  # 401/403: no key, a wrong or revoked key; retried with capped backoff
+    RATE_LIMITED = "rate_limited"  # 429: waits out Retry-After
+    SERVER_FAILED = "server_failed"  # the server ended the upload failed/expired: re-hashed and re-initialised
+    SERVER_ERROR = "server_error"  # 5xx (507 disk full included)
+    UNREACHABLE = "unreachable"  # connection errors, timeouts, watchdog aborts
+    REJECTED = "rejected"  # any other 4xx: retried, since a server change may accept it
+    FILE_CHANGING = "file_changing"  # the bag changed while it was hashed or sent: re-hashed and re-sent
+    FAILED = "failed"  # permanent (file too large, filename refused): needs a human; listed by ``failed``
+
+
+# The JSON field of an ``invalid_field`` error that names the refused request field.
+ERROR_FIELD = "field"
+FILENAME_FIELD = "filename"
+
+
 class InitRequest(TypedDict, total=False):
     """Body of ``POST /upload/init`` (seed fields first)."""
 

@@ -1,4 +1,7 @@
-"""Command line of the upload client: ``python -m core.network_manager upload|status``."""
+"""Command line of the upload client: ``ros2-bag-upload upload|status|failed|retry|purge``.
+
+Also ``python -m core.network_manager …`` from a checkout.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,9 @@ from tqdm import tqdm
 from core.client.events import UploadEvent
 from core.client.journal import JobState, Journal
 from core.client.retention import Retention
+from core.client.status import blocked_label
 from core.config import ClientConfig, ConfigError, parse_size
+from core.protocol import BlockedReason
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -76,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="list the persistent upload queue")
     st.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+
+    fl = sub.add_parser("failed", help="list uploads that failed for good (file too large, name refused)")
+    fl.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    for name, text in (("retry", "queue failed uploads again"), ("purge", "forget failed uploads (bags stay)")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("job_ids", nargs="*", metavar="JOB_ID", help="job ids or unique prefixes")
+        cmd.add_argument("--all", action="store_true", help="every failed upload")
     return parser
 
 
@@ -97,8 +110,8 @@ class _ProgressBar:
             delta = event.bytes_sent - self._sent.get(event.job_id, 0)
             self._sent[event.job_id] = event.bytes_sent
             self._bar.update(delta)
-            if event.state is not JobState.UPLOADING or event.error:
-                self._bar.set_postfix_str(f"{Path(event.path).name}: {event.state.value}", refresh=False)
+            label = event.state.value if not event.blocked else f"{event.state.value}, blocked: {event.blocked}"
+            self._bar.set_postfix_str(f"{Path(event.path).name}: {label}", refresh=False)
 
     def close(self) -> None:
         self._bar.close()
@@ -136,7 +149,7 @@ def _upload(args: argparse.Namespace, config: ClientConfig) -> int:
     bar.jobs.update(job_ids)
     manager.start()
     try:
-        done = manager.wait(args.timeout, job_ids=job_ids)
+        done = _wait(manager, job_ids, args.timeout)
     except KeyboardInterrupt:
         print("interrupted: stopping; unfinished uploads resume on the next run", file=sys.stderr)
         manager.close()
@@ -148,6 +161,24 @@ def _upload(args: argparse.Namespace, config: ClientConfig) -> int:
     return _report(records, done)
 
 
+def _wait(manager: Any, job_ids: list[str], timeout: float | None) -> bool:
+    """Wait for the jobs; a command line also returns when every job waits for a human to fix the key.
+
+    The robot's long-running uploader keeps retrying those (a key may be
+    replaced); an interactive command says so and leaves them in the journal.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        step = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+        if manager.wait(step, job_ids=job_ids):
+            return True
+        records = [manager.job(job_id) for job_id in job_ids]
+        if all(r.state is JobState.PARKED and r.blocked == BlockedReason.AUTH.value for r in records):
+            return False
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+
+
 def _report(records: list[Any], done: bool) -> int:
     failed = False
     for rec in records:
@@ -156,6 +187,8 @@ def _report(records: list[Any], done: bool) -> int:
             line += f"  upload {rec.upload_id}"
         if rec.state is JobState.COMPLETE:
             line += f"  verified sha256 {rec.sha256}"
+        elif rec.blocked and rec.state is not JobState.FAILED:
+            line += f"  blocked: {rec.blocked} ({rec.error})"
         elif rec.error:
             line += f"  ({rec.error})"
         failed = failed or rec.state is JobState.FAILED
@@ -181,8 +214,47 @@ def _status(args: argparse.Namespace, config: ClientConfig) -> int:
         size = job.size or 0
         percent = 100.0 * job.bytes_sent / size if size else 0.0
         error = f"  ({job.error})" if job.error and not job.ended else ""
+        if job.blocked and not job.ended:
+            error = f"  [{blocked_label(job)}]{error}"
         print(f"{job.job_id[:12]}  {job.state.value:10} p{job.priority:<3} {percent:5.1f}%  {job.path}{error}")
     return EXIT_OK
+
+
+def _failed_ids(wanted: Sequence[str], failed: Sequence[Any]) -> list[str]:
+    """Full job ids for the ids or unique prefixes in ``wanted``; an unknown or ambiguous one is a usage error."""
+    ids = []
+    for prefix in wanted:
+        matches = [rec.job_id for rec in failed if rec.job_id.startswith(prefix)]
+        if len(matches) != 1:
+            msg = f"{prefix!r} matches {len(matches)} failed uploads (see the `failed` command)"
+            raise argparse.ArgumentTypeError(msg)
+        ids.extend(matches)
+    return ids
+
+
+def _failed_command(args: argparse.Namespace, config: ClientConfig) -> int:
+    """``failed`` lists, ``retry`` re-queues, ``purge`` forgets failed uploads (through the manager's API)."""
+    from core.network_manager import NetworkManager
+
+    manager = NetworkManager(state_dir=args.state_dir, config=config)
+    try:
+        failed = manager.failed()
+        if args.command == "failed":
+            if args.json:
+                print(json.dumps([rec.as_dict() for rec in failed], indent=2))
+            for rec in [] if args.json else failed:
+                print(f"{rec.job_id[:12]}  {rec.path}  ({rec.error})")
+            return EXIT_OK
+        if not args.all and not args.job_ids:
+            print(f"error: {args.command} needs JOB_IDs or --all", file=sys.stderr)
+            return EXIT_USAGE
+        ids = None if args.all else _failed_ids(args.job_ids, failed)
+        done = manager.retry(ids) if args.command == "retry" else manager.purge(ids)
+        verb = "queued again" if args.command == "retry" else "purged"
+        print(f"{len(done)} failed upload(s) {verb}")
+        return EXIT_OK
+    finally:
+        manager.close()
 
 
 def _raise_interrupt(_signum: int, _frame: object) -> None:
@@ -199,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.meta = args.meta or []
             signal.signal(signal.SIGTERM, _raise_interrupt)
             return _upload(args, config)
+        if args.command in ("failed", "retry", "purge"):
+            return _failed_command(args, config)
         return _status(args, config)
     except (ConfigError, argparse.ArgumentTypeError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -39,6 +39,8 @@ class UploadEvent:
     upload_id: str | None = None
     error: str | None = None
     verified: bool = False
+    blocked: str | None = None  # a core.protocol.BlockedReason value while the upload cannot move
+    blocked_until: float | None = None
     timestamp: float = field(default_factory=time.time)
 
     def as_dict(self) -> dict[str, Any]:

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core.checksums import file_digests
+from core.checksums import FileDigests, StreamingDigests, iter_file
 from core.client.bandwidth import TokenBucket
 from core.client.compressibility import worth_compressing
 from core.client.errors import (
+    FileChangedError,
     PermanentUploadError,
+    ServerFailedError,
     StalledTransferError,
     TransferAbortedError,
     TransientUploadError,
@@ -29,12 +31,13 @@ from core.client.errors import (
 )
 from core.client.events import EventBus, EventKind, RateMeter, UploadEvent
 from core.client.journal import JobRecord, JobState, Journal
-from core.client.retention import LocalCopy, Retention, ServerConfirmation, apply_retention
+from core.client.retention import LocalCopy, Retention, ServerConfirmation, confirm, finish_retention, plan_retention
 from core.client.retry import RetryPolicy
 from core.client.transfer import ConnectionSlot, ServerClient
-from core.client.watchdog import Watchdog
+from core.client.watchdog import Verdict, Watch, Watchdog
 from core.protocol import (
     DEFAULT_CHUNK_SIZE,
+    BlockedReason,
     ErrorCode,
     InitRequest,
     UploadState,
@@ -44,12 +47,33 @@ from core.protocol import (
 
 log = logging.getLogger("core.network_manager")
 
-# An expired upload is re-initialised at most this often in one run before the job fails.
+# A failed, expired or changed upload is re-hashed and re-initialised at most this often in one run before it parks.
 MAX_REINITS = 3
+# Finalize replies that mean "not yet": ask for the missing chunks instead of retrying the finalize.
+FINALIZE_REFUSALS = frozenset({ErrorCode.UPLOAD_INCOMPLETE.value, ErrorCode.CONFLICT.value})
 # Finalize calls answered "incomplete" in a row before the job parks.
 MAX_FINALIZE_ROUNDS = 5
 PROGRESS_EVENT_INTERVAL = 0.25
 T = TypeVar("T")
+
+
+class _FinalizeRefused(UploadError):
+    """The server answered the finalize with "incomplete" or "conflict": not an error, a request for chunks."""
+
+
+def watchdog_message(err: StalledTransferError, watch: Watch, settings: JobSettings, chunk_size: int) -> str:
+    """Name the timeout that fired, with its value, and the chunk size that makes it less likely."""
+    if watch.verdict is Verdict.DEADLINE:
+        fired = f"upload_timeout ({settings.upload_timeout:g}s for one chunk) expired"
+    else:
+        fired = f"stalled_timeout ({settings.stalled_timeout:g}s without progress) expired"
+    hint = f"on a slow or flaky link a smaller chunk_size helps (now {chunk_size} bytes; try {max(1, chunk_size // 4)})"
+    return f"{err}: {fired}; {hint}"
+
+
+def stat_key(stat: os.stat_result) -> tuple[int, int, int]:
+    """What says a file is still the one we hashed: size, mtime and inode (a replaced file has a new inode)."""
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
 def known(value: T | None, what: str) -> T:
@@ -93,8 +117,10 @@ class UploadJob:
         events: EventBus,
         stopping: threading.Event,
         sleep: Callable[[float], None],
+        on_blocked: Callable[[str, str | None], object] | None = None,
     ) -> None:
         self.record = record
+        self.on_blocked = on_blocked
         self.journal = journal
         self.client = client
         self._settings = settings
@@ -144,6 +170,8 @@ class UploadJob:
                 attempt=rec.attempts,
                 upload_id=rec.upload_id,
                 error=rec.error,
+                blocked=rec.blocked,
+                blocked_until=rec.blocked_until,
                 **extra,
             )
         )
@@ -174,8 +202,20 @@ class UploadJob:
 
     def _on_retry(self, err: UploadError, attempt: int, delay: float) -> None:
         log.warning("upload %s: attempt %d failed (%s); retrying in %.1fs", self.record.job_id, attempt, err, delay)
-        self._save(attempts=self.record.attempts + 1, error=str(err))
+        blocked = getattr(err, "blocked", None)
+        if self.on_blocked is not None:
+            self.on_blocked(self.record.job_id, blocked)
+        self._save(
+            attempts=self.record.attempts + 1,
+            error=str(err),
+            blocked=blocked,
+            blocked_until=time.time() + delay if blocked else None,
+        )
         self._event(EventKind.RETRY, retry_in=delay)
+
+    def _moving(self, **changes: Any) -> None:
+        """Progress was made: the park counter starts over and nothing blocks the upload any more."""
+        self._save(attempts=0, parks=0, error=None, blocked=None, blocked_until=None, **changes)
 
     def _policy(self) -> RetryPolicy:
         s = self.settings
@@ -194,42 +234,79 @@ class UploadJob:
 
     # --- steps -------------------------------------------------------------------------------
     def run(self) -> JobRecord:
-        """Run to an outcome; TransferAbortedError leaves the job resumable, other errors end or park it."""
+        """Run to an outcome; TransferAbortedError leaves the job resumable, other errors end or park it.
+
+        A server upload that failed or expired, a copy that did not verify, or a
+        bag that changed on disk all lead to the same recovery: hash the file
+        again and send it as a new upload.
+        """
         try:
-            self._ensure_digests()
+            last: UploadExpiredError | None = None
             for _ in range(MAX_REINITS):
+                self._ensure_digests(rehash=last is not None)
                 try:
                     return self._upload()
                 except UploadExpiredError as err:
-                    log.warning("upload %s: %s; starting over with a new init", self.record.job_id, err)
-                    self._save(upload_id=None, bytes_sent=0, error=str(err))
-            msg = f"upload expired {MAX_REINITS} times in a row"
-            raise TransientUploadError(msg)
+                    last = err
+                    reason = BlockedReason.FILE_CHANGING if isinstance(err, FileChangedError) else None
+                    reason = reason or BlockedReason.SERVER_FAILED
+                    log.warning("upload %s: %s; re-hashing and starting over with a new init", self.record.job_id, err)
+                    self._save(upload_id=None, bytes_sent=0, error=str(err), blocked=reason.value)
+            msg = f"upload had to start over {MAX_REINITS} times in a row; last: {last}"
+            raise TransientUploadError(msg, blocked=self.record.blocked)
         finally:
             self._inflight = 0
 
-    def _ensure_digests(self) -> None:
-        """Hash the file once (md5 + sha256 in one pass); a changed file invalidates the old server upload."""
+    def _hashed_key(self) -> tuple[int | None, int | None, int | None]:
+        rec = self.record
+        return rec.size, rec.mtime_ns, rec.inode
+
+    def _unchanged(self, stat: os.stat_result) -> bool:
+        size, mtime_ns, inode = self._hashed_key()
+        return (size, mtime_ns) == (stat.st_size, stat.st_mtime_ns) and inode in (None, stat.st_ino)
+
+    def _check_unchanged(self, stat: os.stat_result | None = None, *, when: str) -> None:
+        """Raise FileChangedError when the bag is no longer the one that was hashed (grown, rewritten, replaced)."""
+        stat = stat or self.path.stat()
+        if not self._unchanged(stat):
+            size, mtime_ns, inode = self._hashed_key()
+            msg = (
+                f"{self.path} changed {when} (size {size} -> {stat.st_size}, mtime {mtime_ns} -> "
+                f"{stat.st_mtime_ns}, inode {inode} -> {stat.st_ino})"
+            )
+            raise FileChangedError(msg)
+
+    def _ensure_digests(self, *, rehash: bool = False) -> None:
+        """Hash the file (md5 + sha256 in one pass) unless the journaled digests still match it."""
         stat = self.path.stat()
         rec = self.record
-        if rec.sha256 and rec.size == stat.st_size and rec.mtime_ns == stat.st_mtime_ns:
+        if rec.sha256 and not rehash and self._unchanged(stat):
             return
         if rec.upload_id:
             log.warning("upload %s: %s changed since it was hashed; starting a new upload", rec.job_id, rec.path)
         self.enter(JobState.HASHING, upload_id=None, bytes_sent=0)
-        digests = file_digests(self.path)
+        digests = self._hash()
         after = self.path.stat()
-        if (after.st_size, after.st_mtime_ns) != (stat.st_size, stat.st_mtime_ns):
+        if stat_key(after) != stat_key(stat) or digests.size != stat.st_size:
             msg = f"{self.path} is still being written; retrying later"
-            raise TransientUploadError(msg)
+            raise TransientUploadError(msg, blocked=BlockedReason.FILE_CHANGING.value)
         compression = worth_compressing(self.path, digests.size)
         self._save(
             size=digests.size,
             mtime_ns=stat.st_mtime_ns,
+            inode=stat.st_ino,
             md5=digests.md5,
             sha256=digests.sha256,
             compression=compression,
         )
+
+    def _hash(self) -> FileDigests:
+        """md5 + sha256 in one pass; ``stop()`` interrupts it between pieces, so stop never waits for a big hash."""
+        digests = StreamingDigests()
+        for piece in iter_file(self.path):
+            self._check_stopping()
+            digests.update(piece)
+        return digests.result()
 
     def _init(self) -> dict[str, Any]:
         rec = self.record
@@ -245,6 +322,7 @@ class UploadJob:
             "compression": bool(rec.compression),
             "metadata": rec.metadata,
         }
+        self.enter(JobState.INITIALIZING)
         reply = self._policy().call(lambda: self.client.init(request, self.settings.init_timeout))
         upload_id = reply.get("upload_id")
         if not upload_id:
@@ -252,7 +330,7 @@ class UploadJob:
             raise PermanentUploadError(msg)
         size = int(reply.get("chunk_size") or chunk_size)
         chunks = int(reply.get("chunks") or chunk_count(rec.size, size))
-        self._save(upload_id=upload_id, chunk_size=size, chunks=chunks, error=None)
+        self._save(upload_id=upload_id, chunk_size=size, chunks=chunks, error=None, blocked=None, blocked_until=None)
         log.info(
             "upload %s: init %s -> %s (%d bytes, %d chunks of %d, compression %s, deduplicated %s)",
             rec.job_id,
@@ -274,6 +352,7 @@ class UploadJob:
     def _open(self) -> dict[str, Any]:
         """Resume the journaled server upload if there is one, else init a new one."""
         if self.record.upload_id:
+            self.enter(JobState.INITIALIZING)
             status = self._status()
             if status.get("state") == UploadState.ABORTED.value:
                 msg = f"upload {self.record.upload_id} was aborted on the server"
@@ -324,7 +403,7 @@ class UploadJob:
             elif state == UploadState.FAILED.value:
                 error = status.get("error")
                 msg = f"server failed upload {self.record.upload_id}: {error}"
-                raise PermanentUploadError(msg)
+                raise ServerFailedError(msg)
             elif state == UploadState.ABORTED.value:
                 msg = f"upload {self.record.upload_id} was aborted on the server"
                 raise UploadExpiredError(msg)
@@ -334,12 +413,21 @@ class UploadJob:
 
     def _finalize(self) -> dict[str, Any]:
         upload_id = known(self.record.upload_id, "upload_id")
+        # A bag that grew or was rewritten after hashing must not be finalized as its old prefix.
+        self._check_unchanged(when="while it was uploaded")
         self.enter(JobState.FINALIZING)
-        try:
-            self._policy().call(lambda: self.client.finalize(upload_id, self.settings.init_timeout))
-        except PermanentUploadError as err:
-            if err.code not in (ErrorCode.UPLOAD_INCOMPLETE.value, ErrorCode.CONFLICT.value):
+
+        def attempt() -> dict[str, Any]:
+            try:
+                return self.client.finalize(upload_id, self.settings.init_timeout)
+            except UploadError as err:
+                if err.code in FINALIZE_REFUSALS:
+                    raise _FinalizeRefused(str(err), status=err.status, code=err.code) from err
                 raise
+
+        try:
+            self._policy().call(attempt)
+        except _FinalizeRefused as err:
             log.warning("upload %s: finalize refused (%s); asking for missing chunks", self.record.job_id, err)
         return self._status()
 
@@ -350,20 +438,26 @@ class UploadJob:
         rec = self.record
         upload_id = known(rec.upload_id, "upload_id")
         confirmation = ServerConfirmation(upload_id, status.get("verified") is True, status.get("sha256"))
-        local = LocalCopy(
-            Path(rec.path), known(rec.sha256, "sha256"), known(rec.size, "size"), known(rec.mtime_ns, "mtime_ns")
-        )
-        where = apply_retention(self.settings.retention, confirmation, local, self.settings.uploaded_dir)
+        local = local_copy(rec)
+        confirm(confirmation, local)
+        self._check_unchanged(when="before the server verified it")
+        policy = self.settings.retention
+        target = plan_retention(policy, local, self.settings.uploaded_dir)
+        # Journal "complete" (and where the bag will go) first: a crash before retention acts is finished on
+        # the next start, never mistaken for a bag that disappeared.
         self.enter(
             JobState.COMPLETE,
             bytes_sent=local.size,
             error=None,
+            blocked=None,
+            blocked_until=None,
             codec=status.get("codec"),
             stored_size=status.get("stored_size"),
-            retention=self.settings.retention.value,
-            final_path=None if where is None else str(where),
+            retention=policy.value,
+            final_path=None if target is None else str(target),
+            retention_pending=policy is not Retention.KEEP,
         )
-        return self.record
+        return finish_pending_retention(self.journal, self.record)
 
     # --- chunks ----------------------------------------------------------------------------
     def _send_chunks(self, missing: list[int]) -> None:
@@ -425,7 +519,9 @@ class UploadJob:
         data = os.pread(fd, length, offset)
         if len(data) != length:
             msg = f"{rec.path} shrank while uploading (chunk {index} short by {length - len(data)} bytes)"
-            raise PermanentUploadError(msg)
+            raise FileChangedError(msg)
+        # The bytes must come from the file that was hashed: a rewrite between hash and read is re-hashed.
+        self._check_unchanged(os.fstat(fd), when=f"before chunk {index} was read")
         return data
 
     def _send_chunk(self, fd: int, index: int) -> None:
@@ -462,7 +558,10 @@ class UploadJob:
             except StalledTransferError as err:
                 if self.stopping.is_set():
                     raise TransferAbortedError(str(err)) from err
-                raise
+                raise StalledTransferError(
+                    watchdog_message(err, watch, s, chunk_size=known(rec.chunk_size, "chunk_size")),
+                    blocked=BlockedReason.UNREACHABLE.value,
+                ) from err
             finally:
                 self.watchdog.unwatch(watch)
                 with self._lock:
@@ -470,5 +569,26 @@ class UploadJob:
 
         self._policy().call(attempt)
         with self._lock:
-            self._save(bytes_sent=self.record.bytes_sent + len(data), attempts=0, error=None)
+            self._moving(bytes_sent=self.record.bytes_sent + len(data))
         self._event(EventKind.PROGRESS)
+
+
+def local_copy(rec: JobRecord) -> LocalCopy:
+    """The hashed identity of a journaled bag, as retention checks it."""
+    return LocalCopy(
+        Path(rec.path),
+        known(rec.sha256, "sha256"),
+        known(rec.size, "size"),
+        known(rec.mtime_ns, "mtime_ns"),
+        rec.inode,
+    )
+
+
+def finish_pending_retention(journal: Journal, rec: JobRecord) -> JobRecord:
+    """Let the retention policy act on a complete job (again, after a crash); clears ``retention_pending``."""
+    if not rec.retention_pending:
+        return rec
+    policy = Retention(rec.retention or Retention.KEEP.value)
+    target = Path(rec.final_path) if rec.final_path else None
+    where = finish_retention(policy, local_copy(rec), target, rec.upload_id or "?")
+    return journal.update(rec.job_id, retention_pending=False, final_path=None if where is None else str(where))

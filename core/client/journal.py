@@ -29,11 +29,12 @@ class JobState(str, enum.Enum):
 
     QUEUED = "queued"
     HASHING = "hashing"
+    INITIALIZING = "initializing"  # asking the server for a new upload (or for the state of a journaled one)
     UPLOADING = "uploading"
     FINALIZING = "finalizing"
-    PARKED = "parked"  # retries spent for now; retried after ``next_attempt``
+    PARKED = "parked"  # retries spent for now; retried after ``next_attempt`` (``blocked`` says why)
     COMPLETE = "complete"  # the server confirmed a verified copy with our sha256
-    FAILED = "failed"  # cannot succeed without a human (the reason is in ``error``)
+    FAILED = "failed"  # can never succeed for these bytes (too large, name refused); ``error`` says why
 
 
 ENDED_STATES = frozenset({JobState.COMPLETE, JobState.FAILED})
@@ -69,6 +70,15 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_order ON jobs (state, priority, seq);
 """
 
+# Columns added after the first release: added to an existing journal when it is opened.
+_ADDED_COLUMNS = {
+    "inode": "INTEGER",
+    "blocked": "TEXT",
+    "blocked_until": "REAL",
+    # 1 from the moment the journal says complete until the retention policy has acted (crash-safe ordering).
+    "retention_pending": "INTEGER NOT NULL DEFAULT 0",
+}
+
 
 @dataclass
 class JobRecord:
@@ -97,6 +107,10 @@ class JobRecord:
     stored_size: int | None = None
     retention: str | None = None
     final_path: str | None = None
+    inode: int | None = None
+    blocked: str | None = None
+    blocked_until: float | None = None
+    retention_pending: bool = False
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> JobRecord:
@@ -105,6 +119,7 @@ class JobRecord:
         values["state"] = JobState(values["state"])
         if values["compression"] is not None:
             values["compression"] = bool(values["compression"])
+        values["retention_pending"] = bool(values["retention_pending"])
         return cls(**values)
 
     @property
@@ -130,6 +145,14 @@ class Journal:
         self._db = connect(self.path, timeout=30, synchronous="FULL", check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._transaction() as db:
+            present = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+            for name, kind in _ADDED_COLUMNS.items():
+                if name not in present:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -191,6 +214,40 @@ class Journal:
         with self._lock:
             rows = self._db.execute(query + " ORDER BY priority, seq", params).fetchall()
         return [JobRecord.from_row(row) for row in rows]
+
+    def recent_ended(self, limit: int) -> list[JobRecord]:
+        """The ``limit`` most recently ended jobs, newest first (the heartbeat's recent window)."""
+        ended = tuple(s.value for s in ENDED_STATES)
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE state IN (?, ?) ORDER BY updated DESC, seq DESC LIMIT ?", (*ended, limit)
+            ).fetchall()
+        return [JobRecord.from_row(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state, whatever the history length."""
+        with self._lock:
+            rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        return {str(state): int(count) for state, count in rows}
+
+    def in_state(self, state: JobState) -> list[JobRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs WHERE state = ? ORDER BY priority, seq", (state.value,))
+            return [JobRecord.from_row(row) for row in rows.fetchall()]
+
+    def delete(self, job_ids: list[str]) -> int:
+        """Forget these jobs (``purge`` of failed entries); returns how many rows went."""
+        with self._transaction() as db:
+            return sum(db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,)).rowcount for job_id in job_ids)
+
+    def prune_complete(self, older_than: float) -> int:
+        """Drop complete jobs last updated before ``older_than`` (epoch s) whose retention has acted."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "DELETE FROM jobs WHERE state = ? AND retention_pending = 0 AND updated < ?",
+                (JobState.COMPLETE.value, older_than),
+            )
+            return cursor.rowcount
 
     def runnable(self, now: float, exclude: set[str]) -> list[JobRecord]:
         """Unfinished jobs whose park time is over, in queue order."""

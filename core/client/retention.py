@@ -45,6 +45,16 @@ class LocalCopy:
     sha256: str
     size: int
     mtime_ns: int
+    inode: int | None = None
+
+    def unchanged(self) -> bool:
+        """Same size, mtime and (when known) inode as when it was hashed; False once it is gone."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return False
+        same_inode = self.inode is None or stat.st_ino == self.inode
+        return stat.st_size == self.size and stat.st_mtime_ns == self.mtime_ns and same_inode
 
 
 def confirm(confirmation: ServerConfirmation, local: LocalCopy) -> None:
@@ -60,14 +70,6 @@ def confirm(confirmation: ServerConfirmation, local: LocalCopy) -> None:
         raise VerificationError(msg)
 
 
-def _unchanged(local: LocalCopy) -> bool:
-    try:
-        stat = local.path.stat()
-    except FileNotFoundError:
-        return False
-    return stat.st_size == local.size and stat.st_mtime_ns == local.mtime_ns
-
-
 def _free_name(directory: Path, name: str) -> Path:
     target = directory / name
     counter = 1
@@ -77,23 +79,45 @@ def _free_name(directory: Path, name: str) -> Path:
     return target
 
 
+def plan_retention(policy: Retention, local: LocalCopy, uploaded_dir: Path | None = None) -> Path | None:
+    """Where the bag will be once ``policy`` acted (None: deleted); journaled *before* acting."""
+    if policy is Retention.KEEP:
+        return local.path
+    if policy is Retention.DELETE:
+        return None
+    directory = uploaded_dir or local.path.parent / UPLOADED_DIR_NAME
+    return _free_name(directory, local.path.name)
+
+
+def finish_retention(policy: Retention, local: LocalCopy, target: Path | None, upload_id: str) -> Path | None:
+    """Act on a verified bag; safe to repeat after a crash at any point (returns where the bag now is).
+
+    A bag already deleted (or already moved to ``target``) counts as done; a bag
+    that changed since it was hashed is kept where it is.
+    """
+    if policy is Retention.KEEP:
+        return local.path
+    if not local.path.exists():
+        log.info("retention: %s already gone (verified upload %s)", local.path, upload_id)
+        return target
+    if not local.unchanged():
+        log.warning("retention: %s changed since it was hashed; keeping it", local.path)
+        return local.path
+    if policy is Retention.DELETE or target is None:
+        local.path.unlink(missing_ok=True)
+        log.info("retention: deleted %s (verified upload %s)", local.path, upload_id)
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A rename on one filesystem; across filesystems a copy that a repeat simply overwrites.
+    shutil.move(os.fspath(local.path), os.fspath(target))
+    log.info("retention: moved %s to %s (verified upload %s)", local.path, target, upload_id)
+    return target
+
+
 def apply_retention(
     policy: Retention, confirmation: ServerConfirmation, local: LocalCopy, uploaded_dir: Path | None = None
 ) -> Path | None:
     """Apply ``policy`` after ``confirm``; returns where the bag now is (None once deleted)."""
     confirm(confirmation, local)
-    if policy is Retention.KEEP:
-        return local.path
-    if not _unchanged(local):
-        log.warning("retention: %s changed since it was hashed; keeping it", local.path)
-        return local.path
-    if policy is Retention.DELETE:
-        local.path.unlink()
-        log.info("retention: deleted %s (verified upload %s)", local.path, confirmation.upload_id)
-        return None
-    directory = uploaded_dir or local.path.parent / UPLOADED_DIR_NAME
-    directory.mkdir(parents=True, exist_ok=True)
-    target = _free_name(directory, local.path.name)
-    shutil.move(os.fspath(local.path), os.fspath(target))
-    log.info("retention: moved %s to %s (verified upload %s)", local.path, target, confirmation.upload_id)
-    return target
+    target = plan_retention(policy, local, uploaded_dir)
+    return finish_retention(policy, local, target, confirmation.upload_id)

@@ -24,12 +24,11 @@ from core.client.errors import (
     UploadError,
     UploadExpiredError,
 )
-from core.protocol import HEADER_RETRY_AFTER, ErrorCode
+from core.protocol import ERROR_FIELD, FILENAME_FIELD, HEADER_RETRY_AFTER, BlockedReason, ErrorCode
 
 T = TypeVar("T")
 
-# 408 and 425 ask the client to repeat the request; 429 asks it to slow down.
-RETRYABLE_4XX = frozenset({408, 425, 429})
+AUTH_STATUSES = frozenset({401, 403})
 
 
 def parse_retry_after(value: str | None, now: Callable[[], datetime] | None = None) -> float | None:
@@ -49,16 +48,40 @@ def parse_retry_after(value: str | None, now: Callable[[], datetime] | None = No
     return max(0.0, (when - current).total_seconds())
 
 
-def error_details(response: requests.Response) -> tuple[str | None, str]:
-    """``(code, message)`` from the server's JSON error body, or the start of whatever it sent."""
+def error_details(response: requests.Response) -> tuple[str | None, str, dict[str, Any]]:
+    """``(code, message, error object)`` from the server's JSON error body, or the start of whatever it sent."""
     try:
         body = response.json()
     except ValueError:
-        return None, (response.text or response.reason or "")[:200]
+        return None, (response.text or response.reason or "")[:200], {}
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
-        return error.get("code"), str(error.get("message", ""))
-    return None, str(body)[:200]
+        return error.get("code"), str(error.get("message", "")), error
+    return None, str(body)[:200], {}
+
+
+def is_permanent(code: str | None, error: dict[str, Any]) -> bool:
+    """Only what can never succeed for these bytes: the file is too large, or the server refuses its name.
+
+    Everything else (a revoked key, a rate limit, a server that failed an upload
+    after a short disk-full) may pass later, so it is retried with capped backoff.
+    """
+    if code == ErrorCode.FILE_TOO_LARGE.value:
+        return True
+    return code == ErrorCode.INVALID_FIELD.value and error.get(ERROR_FIELD) == FILENAME_FIELD
+
+
+def blocked_reason(status: int) -> BlockedReason:
+    """The named reason a failed request leaves the upload blocked with."""
+    if status in AUTH_STATUSES:
+        return BlockedReason.AUTH
+    if status == 429:
+        return BlockedReason.RATE_LIMITED
+    if status >= 500:
+        return BlockedReason.SERVER_ERROR
+    if status == 408:
+        return BlockedReason.UNREACHABLE
+    return BlockedReason.REJECTED
 
 
 def classify_response(
@@ -68,19 +91,20 @@ def classify_response(
     status = response.status_code
     if status < 400:
         return response
-    code, message = error_details(response)
+    code, message, error = error_details(response)
     text = f"{what}: HTTP {status} {code or ''} {message}".strip()
     if status in gone_statuses or code == ErrorCode.UPLOAD_EXPIRED.value:
         raise UploadExpiredError(text, status=status, code=code)
-    if status >= 500 or status in RETRYABLE_4XX:
-        retry_after = parse_retry_after(response.headers.get(HEADER_RETRY_AFTER))
-        raise TransientUploadError(text, status=status, code=code, retry_after=retry_after)
-    raise PermanentUploadError(text, status=status, code=code)
+    if is_permanent(code, error):
+        raise PermanentUploadError(text, status=status, code=code)
+    retry_after = parse_retry_after(response.headers.get(HEADER_RETRY_AFTER))
+    reason = blocked_reason(status)
+    raise TransientUploadError(text, status=status, code=code, retry_after=retry_after, blocked=reason.value)
 
 
 def transient_from_exception(err: requests.RequestException, what: str) -> TransientUploadError:
     """Connection errors and timeouts are always worth another attempt."""
-    return TransientUploadError(f"{what}: {type(err).__name__}: {err}")
+    return TransientUploadError(f"{what}: {type(err).__name__}: {err}", blocked=BlockedReason.UNREACHABLE.value)
 
 
 @dataclass

@@ -189,7 +189,8 @@ class ServerClient:
         self, method: str, url: str, what: str, timeout: tuple[float, float], *, gone: tuple[int, ...], **kw: Any
     ) -> dict[str, Any]:
         try:
-            response = self.session().request(method, url, timeout=timeout, **kw)
+            # verify= per request: requests lets REQUESTS_CA_BUNDLE override ``session.verify``, not this.
+            response = self.session().request(method, url, timeout=timeout, verify=self.verify, **kw)
         except requests.RequestException as err:
             raise transient_from_exception(err, what) from err
         classify_response(response, what, gone_statuses=gone)
@@ -234,7 +235,9 @@ class ServerClient:
         url = chunk_url(self.upload_url, upload_id, index)
         try:
             with tracked(slot):
-                response = self.session().put(url, data=body, headers=headers, timeout=(connect_timeout, read_timeout))
+                response = self.session().put(
+                    url, data=body, headers=headers, timeout=(connect_timeout, read_timeout), verify=self.verify
+                )
         except (requests.RequestException, OSError) as err:
             if slot.aborted:
                 msg = f"{what}: aborted by the watchdog ({type(err).__name__})"

@@ -36,16 +36,18 @@ def test_upload_exits_zero_once_the_server_verified_the_bag(server, make_file, t
     assert str(bag) in listing.stdout
 
 
-def test_upload_exits_non_zero_with_the_reason_when_the_server_refuses(tmp_path, make_file):
+def test_upload_with_a_refused_key_exits_unfinished_naming_the_auth_block(tmp_path, make_file):
     from tests.helpers.servers import GunicornServer
 
     bag = make_file(64 * 1024)
     with GunicornServer(tmp_path / "uploads", workers=1, auth=True) as protected:
         refused = run_cli("--state-dir", str(tmp_path / "state"), "upload", str(bag), "--url", protected.upload_url,
-                          env={"UPLOAD_API_KEY": "wrong-key"})  # fmt: skip
+                          "--max-retries", "1", env={"UPLOAD_API_KEY": "wrong-key"})  # fmt: skip
 
-    assert refused.returncode == 1
-    assert refused.stdout.startswith("failed")
+    # Not failed: a replaced key lets the next run (or the robot's uploader) continue; the journal keeps it.
+    assert refused.returncode == 3
+    assert refused.stdout.startswith("parked")
+    assert "blocked: auth" in refused.stdout
     assert "401" in refused.stdout
 
 

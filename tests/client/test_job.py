@@ -10,9 +10,9 @@ import responses
 
 from core.checksums import file_digests, sha256_hex
 from core.client.bandwidth import TokenBucket
-from core.client.errors import PermanentUploadError, VerificationError
+from core.client.errors import TransientUploadError
 from core.client.events import EventBus
-from core.client.job import JobSettings, UploadJob
+from core.client.job import MAX_REINITS, JobSettings, UploadJob
 from core.client.journal import JobState, Journal
 from core.client.retention import Retention
 from core.client.transfer import ServerClient
@@ -33,16 +33,20 @@ def run_job(tmp_path: Path, bag: Path):
     journal = Journal(tmp_path / "state")
     sleeps: list[float] = []
 
-    def run(retention: Retention = Retention.KEEP) -> UploadJob:
+    def run(retention: Retention = Retention.KEEP, listener=None, **settings) -> UploadJob:
         record, _ = journal.add(bag, 1, {"source": "robot1"})
+        events = EventBus()
+        if listener is not None:
+            events.add(listener)
+        options = {"chunk_size": CHUNK, "retention": retention, "max_retries": 2, **settings}
         job = UploadJob(
             record,
             journal=journal,
             client=ServerClient(URL),
-            settings=lambda: JobSettings(chunk_size=CHUNK, retention=retention, max_retries=2),
+            settings=lambda: JobSettings(**options),
             bucket=TokenBucket(0),
             watchdog=Watchdog(),
-            events=EventBus(),
+            events=events,
             stopping=threading.Event(),
             sleep=sleeps.append,
         )
@@ -94,16 +98,18 @@ def test_a_verified_upload_with_our_sha256_completes_and_applies_retention(run_j
 
 @responses.activate
 @pytest.mark.parametrize(("sha", "verified"), [("0" * 64, True), (None, False)], ids=["other-sha256", "unverified"])
-def test_a_copy_the_server_did_not_verify_as_ours_fails_and_the_bag_stays(run_job, bag, sha, verified):
+def test_a_copy_the_server_did_not_verify_as_ours_is_resent_and_the_bag_stays(run_job, bag, sha, verified):
     responses.post(init_url(URL), status=201, json=init_reply("u1"))
     serve_upload("u1", bag, final_sha256=sha, verified=verified)
     # The detail fetch after a brief "complete" says the same.
     responses.get(upload_status_url(URL, "u1"), json={"state": "complete", "verified": verified, "sha256": sha})
 
-    with pytest.raises(VerificationError):
+    with pytest.raises(TransientUploadError, match="start over"):
         run_job(Retention.DELETE)
 
     assert bag.exists()
+    inits = [c for c in responses.calls if c.request.url == init_url(URL)]
+    assert len(inits) == MAX_REINITS  # each round re-hashed the bag and asked for a new upload
 
 
 @responses.activate
@@ -149,14 +155,20 @@ def test_a_resumed_upload_sends_only_the_missing_chunks(tmp_path, run_job, bag):
 
 
 @responses.activate
-def test_a_server_side_failure_fails_the_upload_with_the_servers_reason(run_job, bag):
+@pytest.mark.parametrize("server_state", ["failed", "aborted"])
+def test_a_server_failed_or_expired_upload_is_rehashed_and_sent_as_a_new_upload(run_job, bag, server_state):
     responses.post(init_url(URL), status=201, json=init_reply("u1"))
     for index in range(3):
         responses.put(chunk_url(URL, "u1", index), json={"success": True})
     responses.post(finalize_url(URL, "u1"), status=202, json={"success": True})
-    responses.get(upload_status_url(URL, "u1"), json={"state": "failed", "error": "checksum mismatch at finalize"})
+    responses.get(upload_status_url(URL, "u1"), json={"state": server_state, "error": "disk full at finalize"})
+    responses.post(init_url(URL), status=201, json=init_reply("u2"))
+    serve_upload("u2", bag)
+    hashed: list[JobState] = []
 
-    with pytest.raises(PermanentUploadError, match="checksum mismatch at finalize"):
-        run_job(Retention.DELETE)
+    job = run_job(Retention.DELETE, listener=lambda e: hashed.append(e.state))
 
-    assert bag.exists()
+    assert job.record.state is JobState.COMPLETE
+    assert job.record.upload_id == "u2"
+    assert hashed.count(JobState.HASHING) == 2  # hashed again before the new init
+    assert not bag.exists()

@@ -9,7 +9,7 @@ import responses
 from core.client.errors import PermanentUploadError, TransientUploadError, UploadExpiredError
 from core.client.retry import RetryPolicy, parse_retry_after
 from core.client.transfer import ServerClient
-from core.protocol import HEADER_RETRY_AFTER, ErrorCode, init_url, upload_status_url
+from core.protocol import HEADER_RETRY_AFTER, BlockedReason, ErrorCode, init_url, upload_status_url
 
 URL = "http://robot-test.invalid:8080/upload"
 INIT = init_url(URL)
@@ -98,22 +98,22 @@ def test_retry_after_accepts_an_http_date():
     assert parse_retry_after(None) is None
 
 
+def error_with(code: ErrorCode, message: str = "the reason", **details: object) -> dict[str, object]:
+    return {"success": False, "error": {"code": code.value, "message": message, **details}}
+
+
 @responses.activate
 @pytest.mark.parametrize(
-    ("status", "code"),
+    ("status", "body"),
     [
-        (400, ErrorCode.INVALID_FIELD),
-        (401, ErrorCode.UNAUTHORIZED),
-        (403, ErrorCode.FORBIDDEN),
-        (413, ErrorCode.FILE_TOO_LARGE),
-        (415, ErrorCode.UNSUPPORTED_MEDIA_TYPE),
-        (422, ErrorCode.CHECKSUM_MISMATCH),
+        pytest.param(413, error_with(ErrorCode.FILE_TOO_LARGE), id="file-too-large"),
+        pytest.param(400, error_with(ErrorCode.INVALID_FIELD, field="filename"), id="filename-refused"),
     ],
 )
-def test_client_errors_fail_at_once_with_the_servers_reason(
-    policy: RetryPolicy, sleeps: list[float], status: int, code: ErrorCode
+def test_only_what_can_never_succeed_for_these_bytes_is_permanent(
+    policy: RetryPolicy, sleeps: list[float], status: int, body: dict[str, object]
 ):
-    responses.post(INIT, status=status, json=error(code, "the reason"))
+    responses.post(INIT, status=status, json=body)
 
     with pytest.raises(PermanentUploadError) as excinfo:
         init_with(policy)
@@ -121,8 +121,48 @@ def test_client_errors_fail_at_once_with_the_servers_reason(
     assert len(responses.calls) == 1
     assert sleeps == []
     assert excinfo.value.status == status
-    assert excinfo.value.code == code.value
     assert "the reason" in str(excinfo.value)
+
+
+@responses.activate
+@pytest.mark.parametrize(
+    ("status", "code", "blocked"),
+    [
+        pytest.param(401, ErrorCode.UNAUTHORIZED, BlockedReason.AUTH, id="401-revoked-key"),
+        pytest.param(403, ErrorCode.FORBIDDEN, BlockedReason.AUTH, id="403-not-allowed"),
+        pytest.param(429, ErrorCode.RATE_LIMITED, BlockedReason.RATE_LIMITED, id="429"),
+        pytest.param(507, ErrorCode.INSUFFICIENT_STORAGE, BlockedReason.SERVER_ERROR, id="507-disk-full"),
+        pytest.param(400, ErrorCode.INVALID_FIELD, BlockedReason.REJECTED, id="400-other-field"),
+        pytest.param(413, ErrorCode.PAYLOAD_TOO_LARGE, BlockedReason.REJECTED, id="413-chunk-body"),
+        pytest.param(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, BlockedReason.REJECTED, id="415"),
+        pytest.param(422, ErrorCode.CHECKSUM_MISMATCH, BlockedReason.REJECTED, id="422-checksum"),
+    ],
+)
+def test_every_other_refusal_is_retried_with_its_blocked_reason(
+    policy: RetryPolicy, sleeps: list[float], status: int, code: ErrorCode, blocked: BlockedReason
+):
+    responses.post(INIT, status=status, json=error_with(code, field="chunk_size"))
+    responses.post(INIT, status=201, json=OK)
+    seen: list[str | None] = []
+    policy.on_retry = lambda err, _attempt, _delay: seen.append(getattr(err, "blocked", None))
+
+    assert init_with(policy)["upload_id"] == "u1"
+
+    assert len(sleeps) == 1
+    assert seen == [blocked.value]
+
+
+@responses.activate
+def test_retries_are_capped_and_then_surface_the_blocked_reason(sleeps: list[float]):
+    responses.post(INIT, status=401, json=error_with(ErrorCode.UNAUTHORIZED))
+    capped = RetryPolicy(max_retries=6, initial=1.0, maximum=4.0, sleep=sleeps.append)
+
+    with pytest.raises(TransientUploadError) as excinfo:
+        init_with(capped)
+
+    assert excinfo.value.blocked == BlockedReason.AUTH.value
+    assert len(sleeps) == 6
+    assert max(sleeps) <= 4.0
 
 
 @responses.activate
