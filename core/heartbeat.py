@@ -22,6 +22,7 @@ from typing import Any
 
 import requests
 
+from core.config import ClientConfig
 from core.protocol import (
     AUTH_SCHEME,
     HEADER_AUTHORIZATION,
@@ -63,7 +64,7 @@ class HeartbeatReporter:
         max_backoff: float = 60.0,
         timeout: tuple[float, float] = (5.0, 10.0),
         session: requests.Session | None = None,
-        verify: bool | str = True,
+        verify: bool | str | None = None,
         wait: Callable[[float], bool] | None = None,
         jitter: Callable[[], float] = random.random,
     ) -> None:
@@ -75,7 +76,11 @@ class HeartbeatReporter:
         self.interval = interval
         self.max_backoff = max_backoff
         self.timeout = timeout
-        self.verify = verify
+        # Like the uploader: UPLOAD_CA_BUNDLE, passed per request so it beats REQUESTS_CA_BUNDLE.
+        if verify is None:
+            ca_bundle = ClientConfig.from_env().ca_bundle
+            verify = str(ca_bundle) if ca_bundle else True
+        self.verify: bool | str = verify
         self.session = session or requests.Session()
         self._stop = threading.Event()
         self._wait = wait or self._stop.wait

@@ -130,7 +130,8 @@ def status_sources(recorder: Recorder, manager: Any) -> dict[str, StatusSource]:
     """What a heartbeat reports: the recorder's snapshot, and the upload queue when this robot uploads."""
     sources: dict[str, StatusSource] = {"recorder": lambda: recorder.status().to_dict()}
     if manager is not None:
-        sources["uploads"] = manager.status
+        # Bounded: active uploads plus a recent window, whatever the journal's history (server cap 64 KiB).
+        sources["uploads"] = getattr(manager, "heartbeat_status", manager.status)
     return sources
 
 

@@ -69,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         while not stop.is_set():
             queued = watcher.scan()
+            handoff.maybe_requeue()  # files not verified yet go back to the uploader (every few minutes)
             if args.once and not queued and watcher.settled():
                 if not manager.wait(args.wait_uploads):
                     exit_code = EXIT_UPLOADS_UNFINISHED

@@ -11,18 +11,22 @@ with the same ``bag`` id, so the server can rebuild the directory.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from ros_nodes.core.ledger import FAILED, QUEUED, VERIFIED, Ledger
+from ros_nodes.core.ledger import FAILED, QUEUED, VERIFIED, Entry, Ledger
 
 log = logging.getLogger(__name__)
 
 METADATA_FILE = "metadata.yaml"
 PART_STORAGE = "storage"
 PART_METADATA = "metadata"
+# Seconds between sweeps that queue again every file the server has not verified (besides the one at start).
+REQUEUE_INTERVAL = 300.0
+_ENDED = ("complete", "failed")
 
 
 class Uploader(Protocol):
@@ -67,10 +71,21 @@ def bag_files(path: Path) -> list[Path]:
 class Handoff:
     """Queues every file of a bag exactly once and tracks which ones the server verified."""
 
-    def __init__(self, uploader: Uploader | None, ledger: Ledger, *, priority: int = 5) -> None:
+    def __init__(
+        self,
+        uploader: Uploader | None,
+        ledger: Ledger,
+        *,
+        priority: int = 5,
+        requeue_interval: float = REQUEUE_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.uploader = uploader
         self.ledger = ledger
         self.priority = priority
+        self.requeue_interval = requeue_interval
+        self._clock = clock
+        self._last_requeue = clock()
         self._on_verified: list[Callable[[str], None]] = []
 
     def submit(self, info: BagInfo) -> list[str]:
@@ -86,6 +101,7 @@ class Handoff:
             self.ledger.queued(file, job_id)
             jobs.append(job_id)
             log.info("queued %s for upload as job %s (%d bytes, bag %s)", file, job_id, file.stat().st_size, info.bag)
+        self.maybe_requeue()
         return jobs
 
     def on_verified(self, callback: Callable[[str], None]) -> None:
@@ -115,16 +131,60 @@ class Handoff:
         verdict = upload_verdict(event)
         if verdict is not None:
             self.job_finished(verdict[0], verified=verdict[1])
+        self.maybe_requeue()
 
     def reconcile(self, manager: object) -> None:
-        """Catch up on verdicts the uploader reached while no listener was attached (e.g. before a crash)."""
+        """Catch up on verdicts reached while no listener was attached, then queue again what is not verified."""
         status = getattr(manager, "status", None)
         if status is None:
             return
         queued = {e.job_id for e in self.ledger.entries(QUEUED)}
         for job in status():
-            if job.get("job_id") in queued and job.get("state") in ("complete", "failed"):
+            if job.get("job_id") in queued and job.get("state") in _ENDED:
                 self.job_finished(job["job_id"], verified=job["state"] == "complete")
+        self.requeue(manager)
+
+    def maybe_requeue(self) -> int:
+        """``requeue`` at most every ``requeue_interval`` seconds (called from busy paths: splits, scans)."""
+        if self.uploader is None or self._clock() - self._last_requeue < self.requeue_interval:
+            return 0
+        return self.requeue(self.uploader)
+
+    def requeue(self, manager: object) -> int:
+        """Queue again every file not verified whose upload is no longer pending; returns how many.
+
+        A bag must never be given up silently: a failed upload (file too large
+        today, a limit raised tomorrow), a job purged from or pruned out of the
+        uploader's journal, or a claim a crash interrupted all go back to the
+        uploader. A file that is gone is only logged.
+        """
+        self._last_requeue = self._clock()
+        jobs = {str(j.get("job_id")): j for j in getattr(manager, "status", list)()}
+        count = 0
+        for entry in self.ledger.entries():
+            if entry.state == VERIFIED:
+                continue
+            job = jobs.get(entry.job_id or "")
+            if job is not None and job.get("state") == "complete":
+                self.job_finished(str(entry.job_id), verified=True)
+            elif job is None or job.get("state") == "failed" or entry.state == FAILED:
+                count += self._queue_again(manager, entry, job)
+        return count
+
+    def _queue_again(self, manager: object, entry: Entry, job: dict[str, Any] | None) -> int:
+        file = Path(entry.file)
+        if not file.is_file():
+            log.warning("%s (bag %s) is not verified on the server and no longer on disk", file, entry.bag)
+            return 0
+        retry = getattr(manager, "retry", None)
+        if job is not None and job.get("state") == "failed" and retry is not None and retry([entry.job_id]):
+            job_id = str(entry.job_id)
+        else:
+            metadata = (job or {}).get("metadata") or {"bag": entry.bag}
+            job_id = manager.add_upload(str(file), priority=self.priority, metadata=metadata)  # type: ignore[attr-defined]
+        self.ledger.queued(file, job_id)
+        log.info("queued %s again for upload as job %s (not verified yet, bag %s)", file, job_id, entry.bag)
+        return 1
 
     def pending(self) -> Iterable[str]:
         return (e.file for e in self.ledger.entries() if e.state not in (VERIFIED, FAILED))

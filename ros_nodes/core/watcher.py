@@ -3,12 +3,15 @@
 A bag counts as finished when nothing about it changed for ``settle`` seconds
 and it looks closed: a folder has its ``metadata.yaml`` (rosbag2 writes it on
 close), every MCAP file ends with the MCAP magic (written after the summary),
-and no SQLite journal is left. The ledger makes "once" hold across restarts.
+no SQLite journal is left, and (on Linux) no process holds one of its files
+open for writing — a writer that pauses longer than ``settle`` is still a
+writer. The ledger makes "once" hold across restarts.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +28,8 @@ STORAGE_SUFFIXES = (".mcap", ".db3")
 _SQLITE_BUSY = ("-journal", "-wal")
 
 Signature = tuple[tuple[str, int, int], ...]
+PROC = Path("/proc")
+_WRITE_MODES = os.O_WRONLY | os.O_RDWR
 
 
 @dataclass
@@ -64,6 +69,38 @@ def looks_closed(path: Path) -> bool:
         if file.suffix == ".mcap" and not mcap_closed(file):
             return False
     return True
+
+
+def _writable_fd(fdinfo: Path) -> bool:
+    try:
+        for line in fdinfo.read_text().splitlines():
+            if line.startswith("flags:"):
+                return bool(int(line.split()[1], 8) & _WRITE_MODES)
+    except (OSError, ValueError, IndexError):
+        return False
+    return False
+
+
+def open_for_writing(files: list[Path], proc: Path = PROC) -> bool:
+    """True when some process (that we may inspect) has one of ``files`` open for writing; False without /proc."""
+    wanted = {os.path.realpath(f) for f in files}
+    if not proc.is_dir():
+        return False
+    for pid in proc.iterdir():
+        if not pid.name.isdigit():
+            continue
+        try:
+            fds = list((pid / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target in wanted and _writable_fd(pid / "fdinfo" / fd.name):
+                return True
+    return False
 
 
 class FolderWatcher:
@@ -120,7 +157,13 @@ class FolderWatcher:
         if seen is None or seen.signature != sig:
             self._seen[path] = _Seen(sig, now)
             return False
-        return now - seen.since >= self.settle and looks_closed(path)
+        if now - seen.since < self.settle or not looks_closed(path):
+            return False
+        files = [path] if path.is_file() else [p for p in path.iterdir() if p.is_file()]
+        if open_for_writing(files):
+            log.debug("%s looks finished but is still open for writing", path)
+            return False
+        return True
 
     def _queue(self, path: Path) -> bool:
         files = [path] if path.is_file() else [p for p in path.iterdir() if p.is_file()]

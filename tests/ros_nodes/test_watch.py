@@ -114,3 +114,35 @@ def test_each_completed_bag_is_queued_once_even_across_watcher_restarts(
 def test_watch_command_requires_an_upload_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert watch.main([str(tmp_path)]) == 2
     assert "--upload-url is required" in capsys.readouterr().err
+
+
+def test_a_closed_looking_file_still_open_for_writing_is_not_queued(
+    config: RecorderConfig, traffic: list[Sent], uploader: FakeUploader, clock: Clock, tmp_path: Path
+) -> None:
+    record_all(config, traffic)
+    (source,) = split_dirs(config.output_dir)
+    (mcap,) = source.glob("*.mcap")
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    target = watched / mcap.name
+    target.write_bytes(mcap.read_bytes())  # ends with the MCAP magic, as a finished file does
+    watcher = make_watcher(watched, uploader, clock)
+
+    with target.open("r+b"):  # a writer that paused longer than `settle`
+        watcher.scan()
+        clock.now += 60
+        assert watcher.scan() == []
+
+    assert watcher.scan() == [target]
+    assert uploader.files() == [str(target)]
+
+
+def test_a_file_open_only_for_reading_does_not_hold_the_bag_back(tmp_path: Path) -> None:
+    from ros_nodes.core.watcher import open_for_writing
+
+    file = tmp_path / "a.mcap"
+    file.write_bytes(b"x")
+    with file.open("rb"):
+        assert not open_for_writing([file])
+    with file.open("ab"):
+        assert open_for_writing([file])
