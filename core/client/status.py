@@ -15,24 +15,22 @@ from typing import Any
 
 from core.client.journal import JobRecord, JobState
 
-# Unfinished jobs listed one by one in a heartbeat; the rest are counted in ``queue_length``.
-MAX_HEARTBEAT_ACTIVE = 50
+# Unfinished jobs listed one by one in a heartbeat (queue order); the rest are counted in ``queue_length``.
+MAX_HEARTBEAT_ACTIVE = 30
 # Characters of an error message a heartbeat entry keeps.
-MAX_ERROR_CHARS = 300
+MAX_ERROR_CHARS = 200
+# Fields of one heartbeat entry (null ones are left out): what the dashboard shows, no paths or metadata.
 HEARTBEAT_FIELDS = (
     "job_id",
     "state",
-    "priority",
     "size",
     "bytes_sent",
     "upload_id",
     "attempts",
     "parks",
-    "next_attempt",
     "blocked",
     "blocked_until",
     "blocked_label",
-    "active",
     "rate",
     "eta",
     "created",
@@ -54,11 +52,11 @@ def blocked_label(record: JobRecord) -> str | None:
 
 
 def _trim(entry: Mapping[str, Any]) -> dict[str, Any]:
-    row = {name: entry.get(name) for name in HEARTBEAT_FIELDS}
+    row = {name: entry[name] for name in HEARTBEAT_FIELDS if entry.get(name) not in (None, 0, 0.0)}
+    row["state"] = entry.get("state")
     row["name"] = Path(str(entry.get("path", ""))).name
-    row["path"] = entry.get("path")
-    error = entry.get("error")
-    row["error"] = None if error is None else str(error)[:MAX_ERROR_CHARS]
+    if entry.get("error"):
+        row["error"] = str(entry["error"])[:MAX_ERROR_CHARS]
     return row
 
 
