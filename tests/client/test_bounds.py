@@ -27,8 +27,9 @@ def fill_journal(state: Path, bags: Path, count: int, state_of: JobState, *, upd
             bag = bags / f"robot1_2026-12-01_{n:05d}_{state_of.value}.mcap"
             bag.write_bytes(b"x")
             record, _ = journal.add(bag, 5, {"source": "robot1", "bag": bag.stem, "topics": {"/imu": 1000}})
+            error = "x" * 2000 if state_of is not JobState.COMPLETE else None
             journal.update(record.job_id, state=state_of, size=1, bytes_sent=1, sha256="0" * 64,
-                           upload_id=f"up-{n}", error="x" * 2000 if state_of is not JobState.COMPLETE else None)  # fmt: skip
+                           upload_id=f"up-{n}", error=error)  # fmt: skip
         if updated is not None:
             with journal._transaction() as db:
                 db.execute("UPDATE jobs SET updated = ?", (updated,))
