@@ -370,7 +370,7 @@ class NetworkManager:
         except UploadError as err:
             self._park(job, str(err), getattr(err, "blocked", None) or job.record.blocked)
         except OSError as err:
-            self._park(job, f"{type(err).__name__}: {err}", BlockedReason.FILE_CHANGING.value)
+            self._park(job, f"{type(err).__name__}: {err}", BlockedReason.IO_ERROR.value)
         except Exception as err:
             log.exception("upload %s: unexpected error; parking it", job.record.job_id)
             self._park(job, f"{type(err).__name__}: {err}", job.record.blocked)

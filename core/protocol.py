@@ -145,6 +145,7 @@ class BlockedReason(str, enum.Enum):
     UNREACHABLE = "unreachable"  # connection errors, timeouts, watchdog aborts
     REJECTED = "rejected"  # any other 4xx: retried, since a server change may accept it
     FILE_CHANGING = "file_changing"  # the bag changed while it was hashed or sent: re-hashed and re-sent
+    IO_ERROR = "io_error"  # the robot could not read the bag (permissions, a failing disk)
     FAILED = "failed"  # permanent (file too large, filename refused): needs a human; listed by ``failed``
 
 

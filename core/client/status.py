@@ -63,7 +63,7 @@ def _trim(entry: Mapping[str, Any]) -> dict[str, Any]:
 def heartbeat_uploads(
     active: Sequence[Mapping[str, Any]], recent: Sequence[Mapping[str, Any]], counts: Mapping[str, int]
 ) -> dict[str, Any]:
-    """The heartbeat's ``uploads`` object (documented in docs/api.md under "Robot heartbeat")."""
+    """The heartbeat's ``uploads`` object (docs/api.md, "Robot heartbeat: the uploads object")."""
     blocked: dict[str, int] = {}
     blocked_until: dict[str, float] = {}
     for entry in active:
