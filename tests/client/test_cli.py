@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -64,3 +65,35 @@ def test_status_of_an_empty_journal_says_so(tmp_path):
 
     assert listing.returncode == 0
     assert "no uploads" in listing.stdout
+
+
+def test_failed_uploads_are_listed_retried_and_purged_from_the_command_line(tmp_path, make_file):
+    from core.client.journal import JobState, Journal
+
+    state = tmp_path / "state"
+    journal = Journal(state)
+    bags = [make_file(1024) for _ in range(3)]
+    ids = []
+    for bag in bags:
+        record, _ = journal.add(bag, 5, {})
+        journal.update(record.job_id, state=JobState.FAILED, error="init: HTTP 413 file_too_large", blocked="failed")
+        ids.append(record.job_id)
+    journal.close()
+
+    listed = run_cli("--state-dir", str(state), "failed")
+    retried = run_cli("--state-dir", str(state), "retry", ids[0][:8])
+    ambiguous = run_cli("--state-dir", str(state), "retry", "")
+    purged = run_cli("--state-dir", str(state), "purge", "--all")
+    left = run_cli("--state-dir", str(state), "status", "--json")
+
+    assert listed.returncode == 0
+    assert all(job_id[:12] in listed.stdout for job_id in ids)
+    assert "file_too_large" in listed.stdout
+    assert retried.returncode == 0
+    assert "1 failed upload(s) queued again" in retried.stdout
+    assert ambiguous.returncode == 2
+    assert "matches 2 failed uploads" in ambiguous.stderr
+    assert "2 failed upload(s) purged" in purged.stdout
+    (job,) = json.loads(left.stdout)
+    assert (job["job_id"], job["state"]) == (ids[0], "queued")
+    assert all(bag.exists() for bag in bags)  # purging forgets the entry, never the bag
