@@ -423,6 +423,9 @@ class UploadJob:
             except UploadError as err:
                 if err.code in FINALIZE_REFUSALS:
                     raise _FinalizeRefused(str(err), status=err.status, code=err.code) from err
+                if err.code == ErrorCode.CHECKSUM_MISMATCH.value:
+                    # The assembled bytes are not the ones we hashed (the bag changed?): hash again, new upload.
+                    raise ServerFailedError(str(err), status=err.status, code=err.code) from err
                 raise
 
         try:

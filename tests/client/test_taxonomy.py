@@ -274,3 +274,19 @@ def test_only_a_too_large_file_or_a_refused_name_fails_and_it_can_be_retried_or_
         assert bag.exists()
     finally:
         manager.close()
+
+
+@responses.activate
+def test_a_checksum_mismatch_at_finalize_rehashes_and_sends_a_new_upload(harness, bag):
+    responses.post(init_url(URL), status=201, json=init_reply("u1"))
+    for index in range(3):
+        responses.put(chunk_url(URL, "u1", index), json={"success": True})
+    responses.post(finalize_url(URL, "u1"), status=422, json=error(ErrorCode.CHECKSUM_MISMATCH, "md5 differs"))
+    responses.post(init_url(URL), status=201, json=init_reply("u2"))
+    serve_rest("u2", bag)
+
+    record = harness.job().run()
+
+    assert record.state is JobState.COMPLETE
+    assert record.upload_id == "u2"
+    assert [e.state for e in harness.events if e.kind is EventKind.STATE].count(JobState.HASHING) == 2
