@@ -13,11 +13,11 @@ import time
 import pytest
 
 from core.client.events import EventKind
-from core.client.journal import JobState
+from core.client.journal import JOURNAL_NAME, JobState, Journal
 from core.protocol import MiB
 from tests.client.support import local_sha256, server_sha256
 from tests.helpers.fault_proxy import FaultProxy
-from tests.helpers.processes import PYTHON, REPO_ROOT, ManagedProcess
+from tests.helpers.processes import PYTHON, REPO_ROOT, ManagedProcess, wait_until
 from tests.helpers.servers import GunicornServer
 
 pytestmark = pytest.mark.gunicorn
@@ -33,6 +33,18 @@ def journal_status(state_dir) -> list[dict]:
     return json.loads(out)
 
 
+def journaled_bytes(state_dir) -> int:
+    """Acknowledged bytes of the only job, read straight from the journal (a reader never blocks the writer)."""
+    if not (state_dir / JOURNAL_NAME).exists():
+        return 0
+    journal = Journal(state_dir)
+    try:
+        jobs = journal.jobs()
+    finally:
+        journal.close()
+    return jobs[0].bytes_sent if jobs else 0
+
+
 @pytest.mark.slow
 def test_a_client_killed_with_sigkill_at_random_points_resumes_to_an_identical_copy(server, make_file, tmp_path):
     bag = make_file(12 * MiB)
@@ -44,10 +56,12 @@ def test_a_client_killed_with_sigkill_at_random_points_resumes_to_an_identical_c
     for round_ in range(4):
         client = ManagedProcess([*upload, "--bandwidth-limit", "6M"], log_path=tmp_path / f"client-{round_}.log")
         client.start()
-        time.sleep(rng.uniform(0.2, 1.4))
+        # A random point after this run got going (a loaded machine may need seconds just to start Python).
+        before = sent_before_kill[-1] if sent_before_kill else 0
+        wait_until(lambda: journaled_bytes(state_dir) > before, 60, 0.02, "this run to send a chunk")  # noqa: B023
+        time.sleep(rng.uniform(0.0, 0.6))
         client.kill()
-        jobs = journal_status(state_dir)
-        sent_before_kill.append(jobs[0]["bytes_sent"] if jobs else 0)
+        sent_before_kill.append(journaled_bytes(state_dir))
 
     final = subprocess.run(upload, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert final.returncode == 0, final.stdout + final.stderr
