@@ -248,8 +248,8 @@ class UploadJob:
                     return self._upload()
                 except UploadExpiredError as err:
                     last = err
-                    reason = BlockedReason.FILE_CHANGING if isinstance(err, FileChangedError) else None
-                    reason = reason or BlockedReason.SERVER_FAILED
+                    changed = isinstance(err, FileChangedError)
+                    reason = BlockedReason.FILE_CHANGING if changed else BlockedReason.SERVER_FAILED
                     log.warning("upload %s: %s; re-hashing and starting over with a new init", self.record.job_id, err)
                     self._save(upload_id=None, bytes_sent=0, error=str(err), blocked=reason.value)
             msg = f"upload had to start over {MAX_REINITS} times in a row; last: {last}"
@@ -523,8 +523,10 @@ class UploadJob:
         if len(data) != length:
             msg = f"{rec.path} shrank while uploading (chunk {index} short by {length - len(data)} bytes)"
             raise FileChangedError(msg)
-        # The bytes must come from the file that was hashed: a rewrite between hash and read is re-hashed.
+        # The bytes must come from the file that was hashed: a rewrite (same inode, so fstat sees it) or a
+        # replacement (a new inode at the path) between hash and read is re-hashed.
         self._check_unchanged(os.fstat(fd), when=f"before chunk {index} was read")
+        self._check_unchanged(when=f"before chunk {index} was read")
         return data
 
     def _send_chunk(self, fd: int, index: int) -> None:
