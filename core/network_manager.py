@@ -2,16 +2,21 @@
 
 Public API (the seed's, which robot integrators code against)::
 
-    manager = NetworkManager(upload_url="https://server:8080/upload")
+    manager = NetworkManager(upload_url="https://server:8080/upload", api_key=key)
     manager.upload_timeout = 600; manager.stalled_timeout = 120; manager.max_retries = 3
     manager.max_concurrent_uploads = 4; manager.bandwidth_limit = 1024 * 1024
+    manager.add_listener(print)
     manager.start()
     job_id = manager.add_upload(file_path="/data/bag_0001.mcap", priority=1, metadata={"source": "robot1"})
+    manager.wait(timeout=3600)
 
 Priority: a LOWER number is uploaded FIRST; equal priorities go in arrival order.
 Every accepted ``add_upload`` is in the SQLite journal (``state_dir``) before it
 returns, so a reboot or ``kill -9`` loses nothing: the next ``start()`` resumes
-each unfinished upload with only the chunks the server does not have.
+each unfinished upload with only the chunks the server does not have. Only a
+file the server calls too large, or a name it refuses, fails (``failed()``,
+``retry()``, ``purge()``); everything else is retried, with the reason it is
+blocked in ``status()``, events and ``heartbeat_status()``.
 """
 
 from __future__ import annotations
