@@ -76,7 +76,14 @@ def test_events_report_progress_and_end_with_a_verified_completion(server, make_
     states = [e.state for e in mine if e.kind is EventKind.STATE]
     progress = [e.bytes_sent for e in mine if e.kind is EventKind.PROGRESS]
 
-    assert states == [JobState.QUEUED, JobState.HASHING, JobState.UPLOADING, JobState.FINALIZING, JobState.COMPLETE]
+    assert states == [
+        JobState.QUEUED,
+        JobState.HASHING,
+        JobState.INITIALIZING,
+        JobState.UPLOADING,
+        JobState.FINALIZING,
+        JobState.COMPLETE,
+    ]
     assert progress == sorted(progress)
     assert progress[-1] == bag.stat().st_size
     assert mine[-1].verified
@@ -244,15 +251,26 @@ def test_the_api_key_comes_from_the_environment(protected, make_manager, make_fi
     assert finished(manager, job_id).state is JobState.COMPLETE
 
 
-def test_a_wrong_key_fails_at_once_with_the_reason_and_keeps_the_bag(protected, make_manager, make_file):
+def test_a_wrong_key_blocks_the_upload_as_auth_and_the_replaced_key_finishes_it(
+    protected, make_manager, make_file, events, tmp_path
+):
     bag = make_file(64 * 1024)
+    source = local_sha256(bag)
     manager = make_manager(protected.upload_url, api_key="not-a-key", retention="delete")
     job_id = manager.add_upload(bag)
     manager.start()
+    events.wait_for(lambda e: e.state is JobState.PARKED, timeout=60)
+    blocked = manager.job(job_id)
+    manager.close()
 
-    record = finished(manager, job_id)
+    # The robot restarts with the replaced key: the same journaled upload goes through.
+    replaced = make_manager(protected.upload_url, api_key=protected.robot_key, retention="delete")
+    replaced.start()
+    record = finished(replaced, job_id)
 
-    assert record.state is JobState.FAILED
-    assert "401" in record.error
-    assert record.attempts == 0
-    assert bag.exists()
+    assert blocked.state is JobState.PARKED
+    assert blocked.blocked == "auth"
+    assert "401" in (blocked.error or "")
+    assert record.state is JobState.COMPLETE
+    assert server_sha256(protected.upload_url, record.upload_id, protected.robot_key) == source
+    assert not bag.exists()  # deleted only after the verified copy
