@@ -26,7 +26,18 @@ from tests.helpers.processes import PYTHON, REPO_ROOT
 pytestmark = pytest.mark.gunicorn
 
 COMMANDS = ("ros2-bag-upload", "ros2-bag-simulate", "ros2-bag-watch", "ros2-bag-recorder")
-SKIP = shutil.ignore_patterns(".venv", ".git", "tests", "bench", "__pycache__", "build", "*.egg-info", "node_modules")
+SKIP = shutil.ignore_patterns(
+    ".*",
+    "tests",
+    "bench",
+    "__pycache__",
+    "build",
+    "*.egg-info",
+    "node_modules",
+    "uploads",
+    "demo-data",
+    "test-artifacts",
+)
 
 
 def _run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:

@@ -18,6 +18,7 @@ from core.client.errors import StalledTransferError
 from core.client.events import EventBus, EventKind, UploadEvent
 from core.client.job import JobSettings, UploadJob
 from core.client.journal import JobState, Journal
+from core.client.status import blocked_label, heartbeat_uploads
 from core.client.transfer import ServerClient
 from core.client.watchdog import Watchdog
 from core.network_manager import NO_KEY_HINT, NetworkManager
@@ -128,10 +129,13 @@ def test_while_a_429_is_waited_out_the_journal_says_rate_limited_until_when(harn
     waiting = next(r for r in seen if r.blocked)
     assert waiting.blocked == BlockedReason.RATE_LIMITED.value
     assert before + 119 <= waiting.blocked_until <= time.time() + 121
-    from core.client.status import blocked_label
-
     assert blocked_label(waiting).startswith("rate_limited until 20")
     assert 120.0 in harness.sleeps
+    beat = heartbeat_uploads([{**waiting.as_dict(), "blocked_label": blocked_label(waiting)}], [], {})
+    assert beat["blocked"] == {"rate_limited": 1}
+    assert beat["blocked_until"]["rate_limited"] == waiting.blocked_until
+    assert beat["blocked_labels"] == [blocked_label(waiting)]
+    assert beat["items"][0]["blocked_label"] == blocked_label(waiting)
 
 
 @responses.activate
