@@ -119,3 +119,22 @@ def test_a_verified_file_is_never_queued_again(tmp_path: Path, bag: BagInfo) -> 
 
     assert handoff.requeue(manager) == 0
     assert set(state_of(ledger).values()) == {VERIFIED}
+
+
+def test_the_recorder_queues_a_failed_split_again_when_it_starts(config, traffic) -> None:
+    from ros_nodes.core.recorder import Recorder
+    from tests.ros_nodes.support import record_all
+
+    manager = FakeManager()
+    recorder = record_all(config, traffic, uploader=manager)
+    storage_job = next(j for j, job in manager.jobs.items() if job["path"].endswith(".mcap"))
+    manager.jobs[storage_job]["state"] = "failed"
+    recorder.handoff.job_finished(storage_job, verified=False)
+    recorder.close()
+
+    restarted = Recorder(config, uploader=manager)
+    restarted.recover()
+    restarted.close()
+
+    assert manager.retried == [storage_job]
+    assert manager.jobs[storage_job]["state"] == "queued"
