@@ -52,7 +52,7 @@ def _metadata(items: Sequence[str]) -> dict[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m core.network_manager",
+        prog="ros2-bag-upload",
         description="Upload bags to the upload server (resumable, verified) and inspect the upload journal.",
     )
     parser.add_argument("--state-dir", type=Path, help="journal folder (env NETWORK_MANAGER_STATE_DIR)")
