@@ -390,11 +390,12 @@ class Recorder:
                 if timestamp < start:
                     start = timestamp
                     deadline = policy.deadline(start)
+            # Flush before settling: once the counters say a message is written, its closed chunks are on disk.
+            if split is not None:
+                split.flush_closed_chunks()
         finally:
             if split is not None:
                 written += self._settle(split, tally, count, start, end, room)
-        if split is not None:
-            split.flush_closed_chunks()
         return written
 
     def _load_tally(self, split: SplitWriter | None) -> tuple[int, int, int, int, int]:
