@@ -27,6 +27,7 @@ from core.protocol import (
     HEADER_RETRY_AFTER,
 )
 from core.server.errors import LengthRequired, PayloadTooLarge
+from core.server.validation import RequestJSONProvider
 
 log = logging.getLogger("upload_server.security")
 
@@ -134,8 +135,16 @@ def _add_cors_headers(response: Response) -> Response:
     return response
 
 
+def install_json_provider(app: Flask) -> None:
+    """Parse request bodies with a depth limit (``RequestJSONProvider``), keeping the app's JSON settings."""
+    provider = RequestJSONProvider(app)
+    provider.sort_keys = app.json.sort_keys  # type: ignore[attr-defined]
+    app.json = provider
+
+
 def init_app(app: Flask, config: ServerConfig) -> None:
     app.extensions[EXTENSION] = config
+    install_json_provider(app)
     app.before_request(_limit_body)
     app.after_request(_add_cors_headers)
     app.after_request(_add_security_headers)
