@@ -46,3 +46,11 @@ def test_nesting_a_real_client_sends_is_still_accepted(client: FlaskClient) -> N
     reply = client.post("/upload/init", json={"filename": "a.bag", "filesize": 10, "metadata": metadata})
 
     assert reply.status_code == 201, reply.json
+
+
+@pytest.mark.parametrize("sent_at", [{"t": 1}, "yesterday", [1], True])
+def test_a_heartbeat_whose_sent_at_is_not_a_number_is_refused(client: FlaskClient, sent_at: object) -> None:
+    reply = client.post("/robots/robot-1/heartbeat", json={"sent_at": sent_at})
+
+    assert reply.status_code == 400
+    assert reply.json["error"]["code"] == ErrorCode.INVALID_FIELD.value
