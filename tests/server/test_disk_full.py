@@ -142,6 +142,12 @@ WRITES: dict[str, Callable[[FullDisk], requests.Response]] = {
     "heartbeat": lambda disk: heartbeat(disk.server),
     "init": init,
     "chunk": lambda disk: chunk(disk, 1),
+    "dashboard command": lambda disk: requests.post(
+        disk.server.url + "/dashboard/api/robots/robot-1/commands",
+        json={"action": "pause"},
+        headers=disk.server.headers(disk.server.admin_key),
+        timeout=10,
+    ),
 }
 # Routes that may still answer from what is stored; a 507 is acceptable, a 500 or HTML never.
 READS: dict[str, Callable[[FullDisk], requests.Response]] = {
