@@ -17,6 +17,9 @@ from pathlib import Path
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 PG_DISK_FULL = "53100"
+# PostgreSQL's retryable refusals: too_many_connections, lock_not_available, serialization_failure,
+# deadlock_detected, cannot_connect_now (starting up or shutting down).
+PG_CONTENTION = frozenset({"53300", "55P03", "40001", "40P01", "57P03"})
 # "disk I/O error" is a full disk only when the storage root has less than this left; else a fault.
 IOERR_FREE_FLOOR = 1024 * 1024
 
@@ -66,8 +69,10 @@ def is_storage_full(err: BaseException, root: Path | None = None) -> bool:
 
 
 def is_contention(err: BaseException) -> bool:
-    """SQLite's "database is locked"/"busy" after its busy timeout: contention, worth a retry."""
-    return any(
-        isinstance(cause, sqlite3.OperationalError) and ("locked" in str(cause) or "busy" in str(cause))
-        for cause in causes(err)
-    )
+    """A busy database, worth a retry: SQLite locked past its busy timeout, PostgreSQL's PG_CONTENTION."""
+    for cause in causes(err):
+        if isinstance(cause, sqlite3.OperationalError) and ("locked" in str(cause) or "busy" in str(cause)):
+            return True
+        if getattr(cause, "sqlstate", None) in PG_CONTENTION:
+            return True
+    return False

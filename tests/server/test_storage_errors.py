@@ -29,6 +29,12 @@ class PsycopgDiskFull(Exception):
     sqlstate = "53100"
 
 
+class PsycopgDeadlock(Exception):
+    """Shaped like psycopg.errors.DeadlockDetected."""
+
+    sqlstate = "40P01"
+
+
 def wrapped(err: Exception) -> sqlalchemy.exc.OperationalError:
     return sqlalchemy.exc.OperationalError("INSERT INTO robots ...", {}, err)
 
@@ -82,7 +88,11 @@ def test_a_disk_io_error_is_a_full_disk_only_when_the_storage_root_is_nearly_ful
     assert failures.is_storage_full(err, tmp_path)
 
 
-@pytest.mark.parametrize("err", [LOCKED, wrapped(LOCKED)], ids=["sqlite", "sqlalchemy"])
+@pytest.mark.parametrize(
+    "err",
+    [LOCKED, wrapped(LOCKED), wrapped(PsycopgDeadlock("deadlock detected"))],
+    ids=["sqlite", "sqlalchemy", "postgresql deadlock"],
+)
 def test_a_locked_database_is_contention(err: Exception) -> None:
     assert failures.is_contention(err)
     assert not failures.is_storage_full(err)
