@@ -169,6 +169,7 @@ def test_bad_init_bodies_are_4xx_json(server: GunicornServer, body: bytes, conte
         pytest.param("PUT", "/upload/{id}/chunk/0", {"data": b"x", "headers": {"X-Chunk-SHA256": "zz"}}, id="bad-sha"),
         pytest.param("PUT", "/upload/{id}/chunk/0", {"data": b"x", "headers": {"Content-MD5": "%%%"}}, id="bad-md5"),
         pytest.param("PUT", "/upload/{id}/chunk/abc", {"data": b"x"}, id="non-int-index"),
+        pytest.param("PUT", "/upload/{id}/chunk/abc", {"data": b"x" * (100 * 1024)}, id="non-int-index-big-body"),
         pytest.param("PUT", "/upload/{id}/chunk/0", {"data": b"x" * (65 * 1024 * 1024)}, id="over-max-chunk"),
         pytest.param("GET", "/upload/..%2F..%2Fetc%2Fpasswd", {}, id="traversal-id"),
         pytest.param("GET", "/upload/%00", {}, id="nul-id"),
