@@ -33,6 +33,7 @@ from core.protocol import (
 )
 from core.server.metrics import METRICS_PATH
 from core.server.openapi import OPENAPI_PATH
+from tests.helpers.processes import wait_until
 from tests.helpers.servers import GunicornServer
 
 pytestmark = [
@@ -41,6 +42,9 @@ pytestmark = [
 ]
 
 TMPFS_SIZE = "24m"
+WORKERS = 2
+# core.server.limits logs this once per worker as it builds the app (rate limits are off in tests).
+WORKER_READY = "RATELIMIT_ENABLED=0: no rate limits are applied"
 CHUNK_SIZE = 64 * KiB
 FILE_SIZE = 4 * CHUNK_SIZE
 
@@ -85,7 +89,10 @@ def full_disk(tmpfs: Path, tmp_path: Path) -> Iterator[FullDisk]:
     upload_dir = tmpfs / "uploads"
     upload_dir.mkdir()
     env = {"DASHBOARD_SSE_MAX_SECONDS": "0.5"}
-    with GunicornServer(upload_dir, workers=2, auth=True, env=env, log_dir=tmp_path) as server:
+    with GunicornServer(upload_dir, workers=WORKERS, auth=True, env=env, log_dir=tmp_path) as server:
+        # Every worker must have built its app before the disk fills: a worker that boots on a full
+        # disk cannot open its SQLite stores, and gunicorn stops altogether when a worker fails to boot.
+        wait_until(lambda: server.log().count(WORKER_READY) >= WORKERS, 30, 0.05, "every worker to boot")
         init = requests.post(
             server.url + INIT_PATH,
             json={"filename": "a.mcap", "filesize": FILE_SIZE, "chunk_size": CHUNK_SIZE},
