@@ -15,7 +15,13 @@ threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 timeout = 120
 graceful_timeout = 60
 keepalive = 75
-# A robot's chunk PUT may be a few MiB; keep request-line/header limits at their defaults.
+# HTTP parser limits. gunicorn answers a request over them itself, with a short HTML
+# 400/414/431 page the app never sees (DEPLOYMENT.md, "Protocol limits"). nginx in front refuses
+# longer lines and headers first, in JSON (large_client_header_buffers 4 4k in nginx/): the
+# request line limit is gunicorn's maximum so nginx is always the stricter of the two.
+limit_request_line = 8190  # bytes of the request line (method, path, query, version)
+limit_request_fields = 100  # header fields per request
+limit_request_field_size = 8190  # bytes of one header line
 control_socket_disable = True
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 errorlog = "-"

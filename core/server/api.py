@@ -30,6 +30,7 @@ from core.server.errors import InvalidJson
 from core.server.identity import current_identity
 from core.server.service import InitResult, UploadService
 from core.server.validation import (
+    MAX_PAGE_OFFSET,
     MAX_PAGE_SIZE,
     chunk_sha256_header,
     content_md5_header,
@@ -155,7 +156,7 @@ def list_uploads() -> tuple[Response, int]:
         state=state_param(request.args.get(PARAM_STATE)),
         client=request.args.get(PARAM_CLIENT) or None,
         limit=page_param(request.args, PARAM_LIMIT, 50, MAX_PAGE_SIZE),
-        offset=page_param(request.args, PARAM_OFFSET, 0, 2**31),
+        offset=page_param(request.args, PARAM_OFFSET, 0, MAX_PAGE_OFFSET),
     )
     return _ok(**page)
 

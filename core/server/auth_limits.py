@@ -2,7 +2,8 @@
 
 Authentication answers 401 before flask-limiter counts anything, so without
 this a key-guessing or flooding client would be limited only by nginx. Each
-401 of the API's key check is counted against the client address (as
+401 (of the API's key check, and of the dashboard's, which is exempt from the
+API's limits and checks keys itself) is counted against the client address (as
 ``proxies`` resolved it, so only trusted proxies choose it) in the limiter's
 own storage: per process with ``memory://``, exact across workers and hosts
 with redis. Over the budget the reply is a JSON 429 with ``Retry-After`` and
@@ -30,8 +31,7 @@ from core.protocol import (
     HEADER_RETRY_AFTER,
     ErrorCode,
 )
-from core.server.auth import UnauthorizedError
-from core.server.errors import error_response
+from core.server.errors import Unauthorized, error_response
 
 log = logging.getLogger("upload_server.auth_limits")
 
@@ -48,14 +48,14 @@ def parse_limit(text: str) -> RateLimitItem:
 
 
 class FailedAuthLimit:
-    """Counts the API's 401s per client address and turns the ones over the budget into 429s."""
+    """Counts every 401 per client address and turns the ones over the budget into 429s."""
 
     def __init__(self, limiter: Any, item: RateLimitItem, prefix: str) -> None:
         self.limiter = limiter
         self.item = item
         self.prefix = prefix
 
-    def __call__(self, err: UnauthorizedError) -> Response:
+    def __call__(self, err: Unauthorized) -> Response:
         address = request.remote_addr or "unknown"
         try:
             strategy = self.limiter.limiter  # the in-memory fallback while redis is down
@@ -74,7 +74,7 @@ class FailedAuthLimit:
         return response
 
     @staticmethod
-    def _unauthorized(err: UnauthorizedError) -> Response:
+    def _unauthorized(err: Unauthorized) -> Response:
         response = error_response(401, err.error_code, err.description or "", **err.details)
         for name, value in err.get_headers():
             if name.lower() != "content-type":
@@ -98,7 +98,11 @@ class FailedAuthLimit:
 
 
 def init_app(app: Flask, limiter: Any, config: ServerConfig, prefix: str) -> None:
-    """Count the key check's 401s in ``limiter``'s storage under ``prefix`` (only when rate limits are on)."""
+    """Count every 401 in ``limiter``'s storage under ``prefix`` (only when rate limits are on).
+
+    Registered for the base ``Unauthorized``: the API's ``UnauthorizedError`` and the dashboard's
+    refusals alike, so a wrong key costs the same wherever it is tried.
+    """
     item = parse_limit(config.ratelimit_unauthenticated)
-    app.register_error_handler(UnauthorizedError, FailedAuthLimit(limiter, item, prefix))
+    app.register_error_handler(Unauthorized, FailedAuthLimit(limiter, item, prefix))
     log.info("unauthenticated requests limited to %s per client address", item)

@@ -8,16 +8,19 @@ unexpected exception as the same JSON document.
 
 from __future__ import annotations
 
+import json
 import logging
-import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, current_app, jsonify
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, InternalServerError
 
 from core.protocol import HEADER_RETRY_AFTER, ErrorCode
+from core.server.failures import is_contention, is_storage_full
 
 log = logging.getLogger("upload_server")
 
@@ -136,6 +139,10 @@ def error_response(status: int, code: ErrorCode | str, message: str, **details: 
 
 
 def _render_http_error(err: HTTPException) -> Response:
+    if isinstance(err, InternalServerError) and isinstance(err.original_exception, Exception):
+        # An exception outside the view (an after_request hook, a streamed body) reaches Flask's
+        # handle_exception wrapped in a 500: classify what it wraps like any other.
+        return _render_unexpected(err.original_exception)
     status = err.code or 500
     if isinstance(err, ApiError):
         response = error_response(status, err.error_code, err.description or "", **err.details)
@@ -161,21 +168,58 @@ def _render_backend_unavailable(err: Exception) -> Response:
     return response
 
 
-def _render_sqlite_error(err: sqlite3.OperationalError) -> Response:
-    # "database is locked" after the busy timeout is contention, retryable; anything else is a bug.
-    if "locked" in str(err) or "busy" in str(err):
-        return _render_backend_unavailable(err)
-    return _render_unexpected(err)
+STORAGE_FULL_MESSAGE = "the server's storage is full; retry later"
+EVENT_STREAM = "text/event-stream"
+
+
+def _storage_root() -> Path | None:
+    config = current_app.extensions.get("server_config")
+    return getattr(config, "upload_dir", None)
+
+
+def _render_insufficient_storage(err: BaseException) -> Response:
+    log.error("Storage full, request refused with 507: %s: %s", type(err).__name__, err)
+    return _render_http_error(InsufficientStorage(STORAGE_FULL_MESSAGE))
 
 
 def _render_unexpected(err: Exception) -> Response:
+    """The last resort: a full disk (507) and a busy database (503) are told apart from bugs (500)."""
+    if is_storage_full(err, _storage_root()):
+        return _render_insufficient_storage(err)
+    if is_contention(err):
+        return _render_backend_unavailable(err)
     log.exception("Unhandled error: %s", type(err).__name__)
     return error_response(500, ErrorCode.INTERNAL_ERROR, "internal server error")
+
+
+def _guarded_events(body: Iterable[Any], root: Path | None) -> Iterator[Any]:
+    """An event stream that ends with an ``error`` event carrying the JSON error when storage fails.
+
+    Its status line is long gone by then, so the failure travels as the stream's last event
+    (EventSource hands it to ``onerror``: the page backs off and polls). A bug still raises.
+    """
+    try:
+        yield from body
+    except Exception as err:
+        if is_storage_full(err, root):
+            status, code, message = 507, ErrorCode.INSUFFICIENT_STORAGE, STORAGE_FULL_MESSAGE
+        elif is_contention(err):
+            status, code, message = 503, ErrorCode.SERVICE_UNAVAILABLE, "state backend unavailable; retry later"
+        else:
+            raise
+        log.error("Event stream ended with %d: %s: %s", status, type(err).__name__, err)
+        yield f"event: error\ndata: {json.dumps(error_body(code, message, status=status))}\n\n"
+
+
+def _guard_event_streams(response: Response) -> Response:
+    if response.is_streamed and response.mimetype == EVENT_STREAM:
+        response.response = _guarded_events(response.response, _storage_root())
+    return response
 
 
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, _render_http_error)
     app.register_error_handler(RedisConnectionError, _render_backend_unavailable)
     app.register_error_handler(RedisTimeoutError, _render_backend_unavailable)
-    app.register_error_handler(sqlite3.OperationalError, _render_sqlite_error)
     app.register_error_handler(Exception, _render_unexpected)
+    app.after_request(_guard_event_streams)

@@ -15,6 +15,7 @@ from typing import Any
 from flask import Flask, Response, current_app, jsonify
 
 import core
+from core.config import ServerConfig
 from core.protocol import (
     CHUNK_PATH,
     DOWNLOAD_PATH,
@@ -38,9 +39,12 @@ from core.protocol import (
     UPLOADS_PATH,
     Codec,
     ErrorCode,
+    RobotAction,
     UploadState,
 )
 from core.server.auth import public
+from core.server.robots import MAX_ROBOT_ID_LENGTH
+from core.server.validation import MAX_JSON_DEPTH, MAX_PAGE_OFFSET, MAX_PAGE_SIZE
 
 OPENAPI_PATH = "/openapi.json"
 
@@ -59,7 +63,52 @@ STRING, INTEGER, NUMBER, BOOLEAN = ({"type": t} for t in ("string", "integer", "
 OBJECT: Schema = {"type": "object", "additionalProperties": True}
 HEX_MD5 = {"type": "string", "pattern": "^[0-9a-fA-F]{32}$"}
 HEX_SHA256 = {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}
+# Omitted, null and "" all mean "no digest" to the server (validation._digest_field).
+OPTIONAL_MD5 = {"type": "string", "pattern": "^([0-9a-fA-F]{32})?$", "nullable": True}
+OPTIONAL_SHA256 = {"type": "string", "pattern": "^([0-9a-fA-F]{64})?$", "nullable": True}
+# A status report's free-form parts: objects or lists (validation in robots._parse_heartbeat).
+REPORT: Schema = {"anyOf": [OBJECT, {"type": "array"}], "nullable": True}
+ROBOT_ID = {
+    "type": "string",
+    "pattern": f"^[^\\x00-\\x1f\\x7f]{{1,{MAX_ROBOT_ID_LENGTH}}}$",
+    "description": f"1-{MAX_ROBOT_ID_LENGTH} characters, no control characters",
+}
 BASE64_MD5 = {"type": "string", "pattern": "^[A-Za-z0-9+/]{22}==$"}
+
+
+def init_request(config: ServerConfig) -> Schema:
+    """The init body, with this server's size limits (a larger file is a 413, a larger chunk a 400)."""
+    return {
+        "type": "object",
+        "required": ["filename", "filesize"],
+        "properties": {
+            "filename": {"type": "string", "minLength": 1, "description": "Display name only; never used as a path"},
+            "filesize": {"type": "integer", "minimum": 0, "maximum": config.max_file_size},
+            "chunks": {"type": "integer", "minimum": 1, "nullable": True},
+            "chunk_size": {"type": "integer", "minimum": 1, "maximum": config.max_chunk_size, "nullable": True},
+            "checksum": {**OPTIONAL_MD5, "description": "Whole-file md5 (the seed's contract)"},
+            "sha256": OPTIONAL_SHA256,
+            "compression": {
+                "oneOf": [BOOLEAN, {"type": "string", "enum": [c.value for c in Codec]}],
+                "nullable": True,
+            },
+            "metadata": {
+                **nullable(OBJECT),
+                "description": f"At most METADATA_MAX_BYTES ({config.metadata_max_bytes}) as compact JSON, "
+                f"nested at most {MAX_JSON_DEPTH} levels with the body",
+            },
+        },
+    }
+
+
+COMMAND_REQUEST: Schema = {
+    "type": "object",
+    "required": ["action"],
+    "properties": {
+        "action": {"type": "string", "enum": [a.value for a in RobotAction]},
+        "args": nullable(OBJECT),
+    },
+}
 
 SCHEMAS: dict[str, Schema] = {
     "Error": {
@@ -78,20 +127,6 @@ SCHEMAS: dict[str, Schema] = {
         "type": "object",
         "required": ["status", "timestamp", "version", "features"],
         "properties": {"status": STRING, "timestamp": STRING, "version": STRING, "features": {"type": "array"}},
-    },
-    "InitRequest": {
-        "type": "object",
-        "required": ["filename", "filesize"],
-        "properties": {
-            "filename": {"type": "string", "minLength": 1, "description": "Display name only; never used as a path"},
-            "filesize": {"type": "integer", "minimum": 0},
-            "chunks": {"type": "integer", "minimum": 1},
-            "chunk_size": {"type": "integer", "minimum": 1},
-            "checksum": {**HEX_MD5, "description": "Whole-file md5 (the seed's contract)"},
-            "sha256": HEX_SHA256,
-            "compression": {"oneOf": [BOOLEAN, {"type": "string", "enum": [c.value for c in Codec]}]},
-            "metadata": OBJECT,
-        },
     },
     "Upload": {
         "type": "object",
@@ -168,9 +203,9 @@ SCHEMAS: dict[str, Schema] = {
         "type": "object",
         "properties": {
             "sent_at": NUMBER,
-            "recorder": nullable(OBJECT),
-            "uploads": nullable(OBJECT),
-            "host": OBJECT,
+            "recorder": REPORT,
+            "uploads": REPORT,
+            "host": REPORT,
             "acks": {
                 "type": "array",
                 "items": {
@@ -414,8 +449,8 @@ PATHS: dict[str, dict[str, Schema]] = {
             {200: json_reply("One page of uploads", ref("UploadList"))},
             errors=(400,),
             parameters=(
-                query_param(PARAM_LIMIT, {"type": "integer", "minimum": 0, "maximum": 500}, "Page size"),
-                query_param(PARAM_OFFSET, {"type": "integer", "minimum": 0}, "Page start"),
+                query_param(PARAM_LIMIT, {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_SIZE}, "Page size"),
+                query_param(PARAM_OFFSET, {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_OFFSET}, "Page start"),
                 query_param(PARAM_STATE, {"type": "string", "enum": [s.value for s in UploadState]}, "Filter"),
                 query_param(PARAM_CLIENT, STRING, "Owner filter (admins)"),
             ),
@@ -440,7 +475,7 @@ PATHS: dict[str, dict[str, Schema]] = {
             "A robot's status report; the reply carries operator commands",
             {200: json_reply("Status stored", ref("HeartbeatReply"))},
             errors=(400, 403, 413),
-            parameters=(path_param("robot_id"),),
+            parameters=(path_param("robot_id", ROBOT_ID),),
             body={"required": True, "content": {"application/json": {"schema": ref("HeartbeatRequest")}}},
             tag="robots",
         )
@@ -498,8 +533,8 @@ PATHS: dict[str, dict[str, Schema]] = {
             "Queue an operator command for a robot (admins)",
             {202: json_reply("Command queued", OBJECT)},
             errors=(400, 403),
-            parameters=(path_param("robot_id"),),
-            body={"required": True, "content": {"application/json": {"schema": OBJECT}}},
+            parameters=(path_param("robot_id", ROBOT_ID),),
+            body={"required": True, "content": {"application/json": {"schema": ref("CommandRequest")}}},
             limited=False,
             tag="dashboard",
         )
@@ -512,7 +547,10 @@ def openapi_path(rule: str) -> str:
     return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
 
 
-def document(server_url: str | None = None) -> dict[str, Any]:
+def document(server_url: str | None = None, config: ServerConfig | None = None) -> dict[str, Any]:
+    """The document for ``config``'s limits (the defaults without one)."""
+    limits = config or ServerConfig()
+    schemas = {**SCHEMAS, "InitRequest": init_request(limits), "CommandRequest": COMMAND_REQUEST}
     doc: dict[str, Any] = {
         "openapi": "3.0.3",
         "info": {
@@ -523,7 +561,7 @@ def document(server_url: str | None = None) -> dict[str, Any]:
         },
         "paths": {openapi_path(path): ops for path, ops in PATHS.items()},
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": schemas,
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": HEADER_API_KEY},
@@ -542,5 +580,5 @@ def serve_document() -> Response:
 
 
 def init_app(app: Flask) -> None:
-    app.extensions["openapi_document"] = document()
+    app.extensions["openapi_document"] = document(config=app.extensions.get("server_config"))
     app.add_url_rule(OPENAPI_PATH, "openapi", serve_document, methods=["GET"])

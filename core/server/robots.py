@@ -423,6 +423,9 @@ def _parse_heartbeat() -> dict[str, Any]:
     for name in ("recorder", "uploads", "host"):
         if body.get(name) is not None and not isinstance(body[name], (dict, list)):
             raise InvalidField(f"{name} must be an object, a list or null")
+    sent_at = body.get("sent_at")
+    if sent_at is not None and (not isinstance(sent_at, (int, float)) or isinstance(sent_at, bool)):
+        raise InvalidField("sent_at must be a number (seconds since the epoch)")
     acks = body.get("acks", [])
     if not isinstance(acks, list) or not all(isinstance(a, dict) and isinstance(a.get("id"), str) for a in acks):
         raise InvalidField("acks must be a list of objects with a string id")

@@ -27,6 +27,7 @@ from core.protocol import (
     HEADER_RETRY_AFTER,
 )
 from core.server.errors import LengthRequired, PayloadTooLarge
+from core.server.validation import RequestJSONProvider
 
 log = logging.getLogger("upload_server.security")
 
@@ -86,6 +87,9 @@ def _limit_body() -> None:
     rule = request.url_rule.rule if request.url_rule is not None else None
     limit = BODY_LIMITS[rule](config) if rule in BODY_LIMITS else config.max_json_size
     request.max_content_length = limit
+    if request.routing_exception is not None:
+        # No route, no body to read: the 404/405 the router found is the answer, whatever the size.
+        return
     if request.content_length is not None:
         if request.content_length > limit:
             msg = f"request body of {request.content_length} bytes exceeds this route's limit of {limit} bytes"
@@ -101,6 +105,24 @@ def _limit_body() -> None:
     if len(request.get_data(cache=True, parse_form_data=False)) > limit:
         msg = f"chunked request body exceeds this route's limit of {limit} bytes"
         raise PayloadTooLarge(msg)
+
+
+def _answer_options() -> Response | None:
+    """OPTIONS: 204 with ``Allow`` naming the methods of the route the path resolves to.
+
+    Flask's automatic reply unions the methods of every rule the path matches, so
+    ``/upload/init`` also advertised ``/upload/<upload_id>``'s GET and DELETE (the id
+    ``init`` is never issued), and sent an empty ``text/html`` body. A CORS preflight gets
+    the same reply, with the CORS headers added by ``_add_cors_headers``.
+    """
+    if request.method != "OPTIONS" or request.url_rule is None:
+        return None
+    # One path template may be several rules (GET and DELETE of /upload/<upload_id>): all of them.
+    template = request.url_rule.rule
+    methods = {"OPTIONS"}.union(*(r.methods or () for r in current_app.url_map.iter_rules() if r.rule == template))
+    response = current_app.response_class(status=204)
+    response.headers["Allow"] = ", ".join(sorted(methods))
+    return response
 
 
 def _add_security_headers(response: Response) -> Response:
@@ -134,8 +156,17 @@ def _add_cors_headers(response: Response) -> Response:
     return response
 
 
+def install_json_provider(app: Flask) -> None:
+    """Parse request bodies with a depth limit (``RequestJSONProvider``), keeping the app's JSON settings."""
+    provider = RequestJSONProvider(app)
+    provider.sort_keys = app.json.sort_keys  # type: ignore[attr-defined]
+    app.json = provider
+
+
 def init_app(app: Flask, config: ServerConfig) -> None:
     app.extensions[EXTENSION] = config
+    install_json_provider(app)
+    app.before_request(_answer_options)
     app.before_request(_limit_body)
     app.after_request(_add_cors_headers)
     app.after_request(_add_security_headers)

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from flask.json.provider import DefaultJSONProvider
+
 from core.checksums import is_hex_digest
 from core.config import ServerConfig
 from core.protocol import HEADER_CHUNK_SHA256, HEADER_CONTENT_MD5, Codec, UploadState, chunk_count
@@ -17,6 +19,49 @@ from core.server.errors import FileTooLarge, InvalidField
 
 MAX_FILENAME_LENGTH = 255
 MAX_PAGE_SIZE = 500
+MAX_PAGE_OFFSET = 2**31
+# Deeper than any document the protocol defines (metadata included): a body nested beyond this
+# is refused at parse time, so no later recursive step (dumps, storage, the dashboard) meets it.
+MAX_JSON_DEPTH = 64
+
+
+def json_depth(value: object) -> int:
+    """How deeply arrays and objects nest in ``value`` (a scalar is 0), without recursion."""
+    deepest = 0
+    pending: list[tuple[object, int]] = [(value, 0)]
+    while pending:
+        current, depth = pending.pop()
+        if isinstance(current, dict):
+            children: Any = current.values()
+        elif isinstance(current, list):
+            children = current
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        if deepest > MAX_JSON_DEPTH:
+            break
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+class RequestJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, with a document nested too deeply refused as invalid JSON (a ``ValueError``).
+
+    ``request.get_json`` parses through ``app.json``: every route's body goes through here,
+    and werkzeug turns the ``ValueError`` into ``None`` (``silent=True``) or a 400. Without it
+    10 KB of ``[`` is a ``RecursionError``, which no handler may map to a 4xx.
+    """
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        try:
+            value = super().loads(s, **kwargs)
+        except RecursionError as err:
+            msg = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+            raise ValueError(msg) from err
+        if json_depth(value) > MAX_JSON_DEPTH:
+            msg = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+            raise ValueError(msg)
+        return value
 
 
 @dataclass(frozen=True)

@@ -136,4 +136,4 @@ def test_auth_off_is_anonymous_admin_and_warns(
 def test_preflight_needs_no_key(make_app: Callable[..., Flask]) -> None:
     reply = make_app().test_client().options("/upload/init")
 
-    assert reply.status_code == 200
+    assert reply.status_code == 204

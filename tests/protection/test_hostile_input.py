@@ -142,6 +142,7 @@ BAD_BODIES = [
     pytest.param(b'{"filename": "a", "filesize": 10, "metadata": [1]}', "application/json", id="bad-metadata"),
     pytest.param(b'{"filename": "a", "filesize": 10, "compression": "lzma"}', "application/json", id="bad-codec"),
     pytest.param(b"[" * 100000 + b"]" * 100000, "application/json", id="deep-nesting"),
+    pytest.param(b"[" * 10_000, "application/json", id="deep-nesting-under-the-size-limit"),
     pytest.param(b"x" * (128 * 1024), "application/json", id="over-json-limit"),
     pytest.param(b"filename=a&filesize=1", "application/x-www-form-urlencoded", id="form"),
 ]
@@ -168,6 +169,7 @@ def test_bad_init_bodies_are_4xx_json(server: GunicornServer, body: bytes, conte
         pytest.param("PUT", "/upload/{id}/chunk/0", {"data": b"x", "headers": {"X-Chunk-SHA256": "zz"}}, id="bad-sha"),
         pytest.param("PUT", "/upload/{id}/chunk/0", {"data": b"x", "headers": {"Content-MD5": "%%%"}}, id="bad-md5"),
         pytest.param("PUT", "/upload/{id}/chunk/abc", {"data": b"x"}, id="non-int-index"),
+        pytest.param("PUT", "/upload/{id}/chunk/abc", {"data": b"x" * (100 * 1024)}, id="non-int-index-big-body"),
         pytest.param("PUT", "/upload/{id}/chunk/0", {"data": b"x" * (65 * 1024 * 1024)}, id="over-max-chunk"),
         pytest.param("GET", "/upload/..%2F..%2Fetc%2Fpasswd", {}, id="traversal-id"),
         pytest.param("GET", "/upload/%00", {}, id="nul-id"),
@@ -178,6 +180,7 @@ def test_bad_init_bodies_are_4xx_json(server: GunicornServer, body: bytes, conte
         pytest.param("GET", "/uploads?state=bogus", {}, id="bad-state"),
         pytest.param("POST", "/upload/{id}/finalize", {"data": b"x" * (128 * 1024)}, id="finalize-body-too-big"),
         pytest.param("POST", "/robots/robot-1/heartbeat", {"data": b"{"}, id="heartbeat-bad-json"),
+        pytest.param("POST", "/robots/robot-1/heartbeat", {"data": b"[" * 10_000}, id="heartbeat-deep-json"),
         pytest.param("POST", "/robots/..%2f/heartbeat", {"json": {}}, id="heartbeat-bad-robot"),
         pytest.param("PATCH", "/upload/{id}", {}, id="method-not-allowed"),
     ],

@@ -17,6 +17,7 @@ from core.server.openapi import OPENAPI_PATH, document, openapi_path
 from tests.helpers.processes import PYTHON, REPO_ROOT
 from tests.helpers.servers import GunicornServer
 from tests.protection import schemathesis_hooks
+from tests.server.conftest import settings_for
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +77,12 @@ def test_flask_rules_become_openapi_paths(rule: str, path: str) -> None:
     assert openapi_path(rule) == path
 
 
-CHECKS = (
-    "not_a_server_error",
-    "status_code_conformance",
-    "content_type_conformance",
-    "response_headers_conformance",
-    "response_schema_conformance",
-)
+# Every check schemathesis has; what the document cannot express is listed per operation, with
+# the reason, in this configuration file. But one: use_after_free reads any DELETE as removal,
+# and DELETE /upload/{upload_id} aborts, keeping the record readable with state "aborted" on
+# purpose (a robot resuming from its journal learns its upload was aborted, core/client/job.py).
+# Per-operation settings cannot switch a check off, and this is the API's only DELETE.
+CONFIG_FILE = Path(__file__).with_name("schemathesis.toml")
 
 
 # Replies only a real, complete upload gives: the run must get this deep, not stop at 404s.
@@ -117,7 +117,7 @@ def test_upload_operations_link_the_upload_id_from_init_onwards() -> None:
 @pytest.mark.gunicorn
 @pytest.mark.slow
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path) -> None:
-    """Thousands of generated requests (positive and negative) against every documented route, ~50 s.
+    """Thousands of generated requests (positive and negative), every check, against every documented route, ~65 s.
 
     The stateful phase follows the document's links from init through chunks, finalize and download;
     ``schemathesis_hooks`` gives positive chunk PUTs the exact bytes the upload expects.
@@ -127,10 +127,10 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path) -> No
         assert requests.get(server.url + OPENAPI_PATH, timeout=10).status_code == 200
         statuses = tmp_path / "statuses.log"
         argv = [
-            str(Path(PYTHON).parent / "st"), "run", server.url + OPENAPI_PATH,
+            str(Path(PYTHON).parent / "st"), "--config-file", str(CONFIG_FILE), "run", server.url + OPENAPI_PATH,
             "-H", f"Authorization: Bearer {server.admin_key}",
-            "--checks", ",".join(CHECKS),
-            "--max-examples", "30", "--max-time", "45", "--workers", "2",
+            "--checks", "all", "--exclude-checks", "use_after_free",
+            "--max-examples", "30", "--max-time", "60", "--workers", "2",
             "--seed", "20251125", "--generation-database", "none", "--no-color",
         ]  # fmt: skip
         hooks = {
@@ -148,9 +148,44 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path) -> No
     assert run.returncode == 0, run.stdout[-8000:]
     summary = run.stdout[run.stdout.rfind("Test cases:") :]
     generated = int(summary.split()[2])
-    assert generated >= 2000, summary
+    # ~1,000-2,000 in 60 s here, depending on the machine's load (every check adds requests of its
+    # own): the floor only proves the run generated cases at all; DEEP_REPLIES checks its depth.
+    assert generated >= 300, summary
     assert "Traceback" not in server_log
     replies = Counter(tuple(line.rsplit(" ", 2)) for line in statuses.read_text().splitlines())
     seen = {(method, path, int(status)) for method, path, status in replies}
     assert not {s for s in seen if s[2] >= 500}
     assert seen >= DEEP_REPLIES, sorted(DEEP_REPLIES - seen)
+
+
+def test_documented_limits_are_the_servers_own(tmp_path: Path) -> None:
+    """The schema's maxima come from the configuration the server enforces, not from a copy."""
+    app = create_app({"upload_dir": tmp_path / "uploads", "background_jobs": False, "max_file_size": 12345})
+    doc = app.test_client().get(OPENAPI_PATH).json
+    init = doc["components"]["schemas"]["InitRequest"]["properties"]
+    offset = next(p for p in doc["paths"]["/uploads"]["get"]["parameters"] if p["name"] == "offset")
+
+    assert init["filesize"]["maximum"] == 12345
+    assert offset["schema"]["maximum"] == 2**31
+    assert init["metadata"]["nullable"] is True
+
+
+@pytest.fixture
+def open_app(tmp_path: Path) -> Flask:
+    return create_app(settings_for(tmp_path / "uploads"))
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [("offset=2147483648", 200), ("offset=2147483649", 400), ("limit=500", 200), ("limit=501", 400)],
+)
+def test_page_parameters_are_accepted_exactly_up_to_the_documented_maximum(
+    open_app: Flask, query: str, status: int
+) -> None:
+    assert open_app.test_client().get(f"/uploads?{query}").status_code == status
+
+
+def test_a_null_metadata_is_accepted_as_documented(open_app: Flask) -> None:
+    reply = open_app.test_client().post("/upload/init", json={"filename": "a.bag", "filesize": 1, "metadata": None})
+
+    assert reply.status_code == 201, reply.json
