@@ -126,6 +126,10 @@ def settings_table(cls: type[Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+# STATE_STORE_URI schemes: SQLite (one host) or PostgreSQL through psycopg 3 (several hosts).
+STATE_STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg://")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Settings of the upload server (``upload_server.py``)."""
@@ -278,7 +282,10 @@ class ServerConfig:
         "",
         "STATE_STORE_URI",
         "str",
-        "Uploads, robots, API keys, counters: empty = SQLite in UPLOAD_DIR; redis://host:6379/1 for several hosts",
+        "State of uploads, jobs, robots, keys, counters: empty = SQLite in UPLOAD_DIR; postgresql://user@host/db",
+    )
+    state_pool_size: int = setting(
+        5, "STATE_POOL_SIZE", "int", "PostgreSQL connections each server process keeps open (gthread threads + 1)"
     )
 
     @classmethod
@@ -300,8 +307,11 @@ class ServerConfig:
         if self.log_format not in ("text", "json"):
             msg = f"LOG_FORMAT={self.log_format!r} is not one of ['text', 'json']"
             raise ConfigError(msg)
-        if self.state_store_uri and not self.state_store_uri.startswith(("redis://", "rediss://", "unix://")):
-            msg = f"STATE_STORE_URI={self.state_store_uri!r} must be empty (SQLite) or a redis:// URL"
+        if self.state_store_uri and not self.state_store_uri.startswith(STATE_STORE_SCHEMES):
+            msg = f"STATE_STORE_URI={self.state_store_uri!r} must be empty, sqlite:///<path> or postgresql://…"
+            raise ConfigError(msg)
+        if self.state_pool_size < 1:
+            msg = f"STATE_POOL_SIZE must be at least 1, got {self.state_pool_size}"
             raise ConfigError(msg)
 
 

@@ -6,7 +6,7 @@ filenames. Layout under the storage root::
 
     parts/<upload_id>.part          chunks land at their offsets, fsynced before ack
     locks/<upload_id>/<index>.lock  flock per chunk; the kernel drops it when a process dies
-    staging/<blob_id>.tmp           compressed output being written
+    staging/<blob_id>.<attempt>.tmp compressed output being written, one file per finalize attempt
     store/<id[:2]>/<blob_id>[.zst|.gz] and <blob_id>.json (sidecar)
 """
 
@@ -119,6 +119,13 @@ class BlobStore:
     def blob_path(self, blob_id: str, codec: Codec) -> Path:
         return self.store / _checked(blob_id)[:2] / f"{blob_id}{_SUFFIX[codec]}"
 
+    def has_blob(self, blob_id: str, codec: Codec, size: int) -> bool:
+        """The stored file is there with exactly ``size`` bytes (what a deduplicated upload may point at)."""
+        try:
+            return self.blob_path(blob_id, codec).stat().st_size == size
+        except FileNotFoundError:
+            return False
+
     def sidecar_path(self, blob_id: str) -> Path:
         return self.store / _checked(blob_id)[:2] / f"{blob_id}.json"
 
@@ -132,9 +139,12 @@ class BlobStore:
         return target
 
     @contextlib.contextmanager
-    def staging(self, blob_id: str, codec: Codec) -> Iterator[IO[bytes]]:
-        """A file to write a stored blob into; renamed into the store atomically only if the block succeeds."""
-        temp = self.staging_dir / f"{_checked(blob_id)}.tmp"
+    def staging(self, blob_id: str, codec: Codec, *, attempt: int = 0) -> Iterator[IO[bytes]]:
+        """A file to write a stored blob into; renamed into the store atomically only if the block succeeds.
+
+        One file per finalize ``attempt``: two attempts never write into (or truncate) the same file.
+        """
+        temp = self.staging_path(blob_id, attempt)
         target = self.blob_path(blob_id, codec)
         try:
             with temp.open("wb") as fh:
@@ -146,6 +156,9 @@ class BlobStore:
             fsync_dir(target.parent)
         finally:
             temp.unlink(missing_ok=True)
+
+    def staging_path(self, blob_id: str, attempt: int) -> Path:
+        return self.staging_dir / f"{_checked(blob_id)}.{int(attempt)}.tmp"
 
     def write_sidecar(self, blob_id: str, document: dict[str, Any]) -> None:
         path = self.sidecar_path(blob_id)

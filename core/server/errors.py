@@ -12,9 +12,9 @@ import logging
 import sqlite3
 from typing import Any
 
+import psycopg
 from flask import Flask, Response, jsonify
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
 from core.protocol import HEADER_RETRY_AFTER, ErrorCode
@@ -168,6 +168,16 @@ def _render_sqlite_error(err: sqlite3.OperationalError) -> Response:
     return _render_unexpected(err)
 
 
+def _render_database_error(err: sa_exc.DBAPIError) -> Response:
+    """SQLite contention or a PostgreSQL that is down or restarting: 503; anything else is a bug (500)."""
+    orig = err.orig
+    if isinstance(orig, sqlite3.OperationalError):
+        return _render_sqlite_error(orig)
+    if isinstance(orig, psycopg.OperationalError) or err.connection_invalidated:
+        return _render_backend_unavailable(err)
+    return _render_unexpected(err)
+
+
 def _render_unexpected(err: Exception) -> Response:
     log.exception("Unhandled error: %s", type(err).__name__)
     return error_response(500, ErrorCode.INTERNAL_ERROR, "internal server error")
@@ -175,7 +185,8 @@ def _render_unexpected(err: Exception) -> Response:
 
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, _render_http_error)
-    app.register_error_handler(RedisConnectionError, _render_backend_unavailable)
-    app.register_error_handler(RedisTimeoutError, _render_backend_unavailable)
+    app.register_error_handler(sa_exc.OperationalError, _render_database_error)
+    app.register_error_handler(sa_exc.InterfaceError, _render_database_error)
+    app.register_error_handler(sa_exc.TimeoutError, _render_backend_unavailable)  # every pooled connection busy
     app.register_error_handler(sqlite3.OperationalError, _render_sqlite_error)
     app.register_error_handler(Exception, _render_unexpected)

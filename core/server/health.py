@@ -145,7 +145,7 @@ def detailed_health() -> Response:
 
 
 def database_check(app: Flask) -> Check:
-    """A read from the state store (SQLite or Redis) that every upload request depends on."""
+    """A read from the state store (SQLite or PostgreSQL) that every upload request depends on."""
 
     def check() -> CheckResult:
         state: StateStore = app.extensions["state_store"]

@@ -2,8 +2,11 @@
 
 A finalize job is a row, not a thread's memory: a worker claims it with a lease
 and renews the lease while it works. If the worker is killed, the lease runs
-out and any worker (after a restart, too) claims the job again. The sweep runs
-in whichever process holds the ``sweep`` lease, so one sweep at a time.
+out and any worker (after a restart, too) claims the job again. Each claim is a
+new attempt number, the fencing token every state change of that attempt names:
+a worker that stalled past its lease (a slow disk, a paused VM) and wakes up after
+another attempt took over changes and deletes nothing. Lease times are the
+database's clock. The sweep runs in whichever process holds the ``sweep`` lease.
 """
 
 from __future__ import annotations
@@ -20,17 +23,13 @@ from flask import Flask
 
 from core.protocol import ErrorCode, UploadState
 from core.server import events
-from core.server.finalize import Finalizer
+from core.server.finalize import Finalizer, StaleAttempt
 from core.server.service import UploadService
 
 log = logging.getLogger("upload_server")
 
 POLL_INTERVAL = 1.0
 SWEEP_LEASE = "sweep"
-
-
-class LeaseLost(Exception):
-    """Another worker took the job over (our lease ran out); stop without touching it."""
 
 
 class JobRunner:
@@ -55,28 +54,30 @@ class JobRunner:
     # --- one step ------------------------------------------------------------------
     def run_once(self) -> bool:
         """Claim and run one due finalize job; True if there was one."""
-        lease = self.config.job_lease
-        claimed = self.state.claim_job(self.holder, self.clock(), lease)
+        claimed = self.state.claim_job(self.holder, self.config.job_lease)
         if claimed is None:
             return False
         upload_id, attempt = claimed
         if attempt > self.config.job_max_attempts:
-            self._give_up(upload_id, attempt - 1)
+            self._give_up(upload_id, attempt)
             return True
         try:
-            self.finalizer.run(upload_id, self._progress(upload_id))
-        except LeaseLost:
-            log.warning("Finalize of %s taken over by another worker", upload_id)
+            self.finalizer.run(upload_id, self._progress(upload_id, attempt), attempt=attempt)
+        except StaleAttempt:
+            log.warning(
+                "Finalize attempt %d of %s was taken over by another attempt; it changed nothing", attempt, upload_id
+            )
             return True
         except Exception:
             delay = min(60.0, 2.0**attempt)
             log.exception("Finalize attempt %d of %s failed; retrying in %.0fs", attempt, upload_id, delay)
-            self.state.release_job(upload_id, self.holder, self.clock() + delay)
+            self.state.release_job(upload_id, attempt, delay)
             return True
-        self.state.finish_job(upload_id)
+        # The finalizer finished the job with its final transition; this covers the early returns.
+        self.state.finish_job(upload_id, attempt)
         return True
 
-    def _progress(self, upload_id: str) -> Callable[[int], None]:
+    def _progress(self, upload_id: str, attempt: int) -> Callable[[int], None]:
         """Record progress and renew the lease every few seconds while the job reads the file."""
         every = max(0.2, self.config.job_lease / 3)
         last = time.monotonic()
@@ -86,24 +87,25 @@ class JobRunner:
             if time.monotonic() - last < every:
                 return
             last = time.monotonic()
-            now = self.clock()
-            if not self.state.renew_job(upload_id, self.holder, now + self.config.job_lease):
-                raise LeaseLost(upload_id)
-            self.state.transition(upload_id, (UploadState.FINALIZING,), now, progress=done)
+            if not self.state.renew_job(upload_id, attempt, self.config.job_lease):
+                raise StaleAttempt(upload_id)
+            self.state.transition(upload_id, (UploadState.FINALIZING,), self.clock(), fence=attempt, progress=done)
 
         return report
 
-    def _give_up(self, upload_id: str, attempts: int) -> None:
-        message = f"finalize failed {attempts} times; see the server log"
-        failed = self.state.transition(
+    def _give_up(self, upload_id: str, attempt: int) -> None:
+        message = f"finalize failed {attempt - 1} times; see the server log"
+        failed = self.state.finish_attempt(
             upload_id,
-            (UploadState.FINALIZING,),
+            attempt,
             self.clock(),
+            (UploadState.FINALIZING,),
             state=UploadState.FAILED,
             error_code=ErrorCode.INTERNAL_ERROR.value,
             error_message=message,
         )
-        self.state.finish_job(upload_id)
+        if failed is None:  # aborted meanwhile: nothing to mark, only the job to drop
+            self.state.finish_job(upload_id, attempt)
         if failed is not None:
             log.error("Giving up on upload %s: %s", upload_id, message)
             events.upload_failed.send(
@@ -117,7 +119,7 @@ class JobRunner:
         if interval <= 0 or now < self._next_sweep:
             return None
         self._next_sweep = now + interval
-        if not self.state.acquire_lease(SWEEP_LEASE, self.holder, now, now + interval):
+        if not self.state.acquire_lease(SWEEP_LEASE, self.holder, interval):
             return None
         return self.service.sweep()
 

@@ -184,10 +184,8 @@ class UploadService:
             metadata=spec.metadata,
         )
         # Owner-scoped (admins excepted): knowing a hash must not grant a copy of another robot's file.
-        duplicate = self.state.find_duplicate(
-            filesize=spec.filesize, md5=spec.md5, sha256=spec.sha256, owner=None if identity.admin else identity.name
-        )
-        if duplicate is not None and duplicate.filesize == spec.filesize:
+        duplicate = self._intact_duplicate(spec, owner=None if identity.admin else identity.name)
+        if duplicate is not None:
             return self._init_deduplicated(record, duplicate)
         with storage_errors():
             self.blobs.create_part(record.upload_id, record.filesize)
@@ -207,6 +205,24 @@ class UploadService:
         )
         self._emit_initialized(record, resumed=False)
         return InitResult(record, resumed=False)
+
+    def _intact_duplicate(self, spec: InitSpec, owner: str | None) -> UploadRecord | None:
+        """A verified copy of the same content whose stored file is there with the size its record says.
+
+        Answering ``complete`` from a record alone would spread the loss of one stored file to
+        every later upload of the same content: the robots would delete their bags.
+        """
+        candidates = self.state.find_duplicates(filesize=spec.filesize, md5=spec.md5, sha256=spec.sha256, owner=owner)
+        for candidate in candidates:
+            if candidate.filesize != spec.filesize or candidate.blob_id is None or candidate.stored_size is None:
+                continue
+            if self.blobs.has_blob(candidate.blob_id, candidate.codec or Codec.NONE, candidate.stored_size):
+                return candidate
+            log.warning(
+                "Not deduplicating onto upload %s: its stored file is missing or has the wrong size",
+                candidate.upload_id,
+            )
+        return None
 
     def _init_deduplicated(self, record: UploadRecord, duplicate: UploadRecord) -> InitResult:
         record = UploadRecord(
@@ -456,10 +472,12 @@ class UploadService:
         while stale := self.state.stale_uploads(now - self.config.upload_ttl):
             for record in stale:
                 received = self.state.received_chunks(record.upload_id)
+                # idle_before in the same statement: a chunk acknowledged since the listing keeps it alive.
                 changed = self.state.transition(
                     record.upload_id,
                     (UploadState.UPLOADING,),
                     now,
+                    idle_before=now - self.config.upload_ttl,
                     state=UploadState.ABORTED,
                     error_code=ErrorCode.UPLOAD_EXPIRED.value,
                     error_message=f"no activity for {self.config.upload_ttl:.0f}s",

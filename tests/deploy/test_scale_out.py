@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 import requests
+from core.server.redis_store import connect
 
 from core.heartbeat import HeartbeatReporter
 from core.protocol import INIT_PATH, UPLOADS_PATH, ErrorCode, MiB, RobotAction, chunk_count
-from core.server.redis_store import connect
 from core.server.robots import RedisRobotStore
 from tests.deploy.client import UploadClient, write_source
 from tests.helpers.nginx import NginxServer

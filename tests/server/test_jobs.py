@@ -9,6 +9,7 @@ import pytest
 
 from core.server.finalize import Finalizer
 from tests.helpers.processes import wait_until
+from tests.helpers.state import pass_database_time
 from tests.server.conftest import CHUNK, FakeClock
 from tests.server.uploads import Upload
 
@@ -28,11 +29,11 @@ def queued(new_upload: Any) -> Upload:
 def test_job_of_a_killed_worker_is_reclaimed_after_restart(
     queued: Upload, app: Any, make_app: Any, clock: FakeClock
 ) -> None:
-    app.extensions["state_store"].claim_job("worker-that-was-killed", clock(), LEASE)
+    app.extensions["state_store"].claim_job("worker-that-was-killed", LEASE)
     restarted = make_app().extensions["job_runner"]
 
     assert restarted.run_once() is False  # the dead worker's lease still runs
-    clock.advance(LEASE + 1)
+    pass_database_time(app.extensions["state_store"], LEASE + 1)
     assert restarted.run_once() is True
 
     status = queued.status()
@@ -56,18 +57,18 @@ def test_failed_attempt_is_retried_later(
     real_run = Finalizer.run
     calls = []
 
-    def flaky(self: Finalizer, upload_id: str, progress: Any) -> None:
+    def flaky(self: Finalizer, upload_id: str, progress: Any, *, attempt: int) -> None:
         calls.append(upload_id)
         if len(calls) == 1:
             raise OSError("transient I/O error")
-        real_run(self, upload_id, progress)
+        real_run(self, upload_id, progress, attempt=attempt)
 
     monkeypatch.setattr(Finalizer, "run", flaky)
 
     assert jobs.run_once() is True
     assert queued.status()["state"] == "finalizing"
     assert jobs.run_once() is False  # backing off
-    clock.advance(120)
+    pass_database_time(jobs.state, 120)
     assert jobs.run_once() is True
     assert queued.status()["state"] == "complete"
 
@@ -81,7 +82,7 @@ def test_job_failing_every_attempt_marks_the_upload_failed(
     monkeypatch.setattr(Finalizer, "run", broken)
 
     for _ in range(jobs.config.job_max_attempts + 1):
-        clock.advance(120)
+        pass_database_time(jobs.state, 120)
         jobs.run_once()
 
     status = queued.status()
