@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, exists, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
 
 from core.protocol import Codec, UploadState
 from core.server import db
@@ -287,10 +287,6 @@ class SQLStateStore(StateStore):
             )
         return [_from_row(row) for row in rows], int(total)
 
-    @staticmethod
-    def _fenced(attempt: int) -> Any:
-        return exists().where(jobs.c.upload_id == uploads.c.upload_id, jobs.c.attempts == attempt)
-
     def _transition(
         self,
         conn: Connection,
@@ -305,7 +301,15 @@ class SQLStateStore(StateStore):
         c = uploads.c
         conditions = [c.upload_id == upload_id, c.state.in_([s.value for s in from_states])]
         if fence is not None:
-            conditions.append(self._fenced(fence))
+            # Lock the job row first: on PostgreSQL a concurrent claim either committed before (then the
+            # fence fails here) or waits for this transaction; a plain EXISTS would read a stale snapshot.
+            held = conn.execute(
+                select(jobs.c.upload_id)
+                .where(jobs.c.upload_id == upload_id, jobs.c.attempts == fence)
+                .with_for_update()
+            ).first()
+            if held is None:
+                return None
         if idle_before is not None:
             conditions.append(c.updated_at < idle_before)
         values = {name: _to_column(name, value) for name, value in changes.items()}

@@ -39,6 +39,7 @@ def make_app(upload_dir: Path) -> Iterator[Callable[..., Flask]]:
     yield make
     for app in apps:  # every store shares the app's engine: this closes their database connections
         app.extensions["job_runner"].stop()
+        app.extensions["dashboard_metrics"].close()
         app.extensions["state_store"].close()
 
 
