@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -102,6 +103,26 @@ class BlobStore:
     def remove_part(self, upload_id: str) -> None:
         self.part_path(upload_id).unlink(missing_ok=True)
         shutil.rmtree(self.locks / _checked(upload_id), ignore_errors=True)
+
+    def part_ages(self) -> dict[str, float]:
+        """upload_id → seconds since each part file was last written (for the orphan sweep)."""
+        now = time.time()
+        ages = {}
+        for path in self.parts.glob("*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if is_valid_id(path.stem):
+                    ages[path.stem] = now - path.stat().st_mtime
+        return ages
+
+    def remove_stale_staging(self, older_than: float) -> int:
+        """Delete staging files untouched for ``older_than`` seconds: left by attempts that crashed or were fenced."""
+        cutoff, removed = time.time() - older_than, 0
+        for path in self.staging_dir.glob("*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
 
     @contextlib.contextmanager
     def chunk_lock(self, upload_id: str, index: int) -> Iterator[None]:

@@ -495,8 +495,36 @@ class UploadService:
                     record.chunks,
                 )
                 events.upload_expired.send(self, upload_id=record.upload_id, owner=record.owner, bytes_received=nbytes)
-        log.log(logging.INFO if expired else logging.DEBUG, "Sweep finished: %d expired upload(s)", expired)
+        orphans = self._sweep_orphans()
+        log.log(
+            logging.INFO if expired or orphans else logging.DEBUG,
+            "Sweep finished: %d expired upload(s), %d orphaned file(s) removed",
+            expired,
+            orphans,
+        )
         return expired
+
+    def _sweep_orphans(self) -> int:
+        """Remove files a crash left between two steps: nothing else would ever delete them.
+
+        A part file whose upload is finished (the crash came between the final transition and
+        removing the part) or that has no record at all (init crashed between the part and the
+        record; only once it is older than UPLOAD_TTL, so an init in progress keeps its part), and
+        staging files of finalize attempts that died (older than two leases: a live attempt writes on).
+        """
+        ages = self.blobs.part_ages()
+        states = self.state.states_of(list(ages))
+        removed = 0
+        for upload_id, age in ages.items():
+            state = states.get(upload_id)
+            finished = state in (UploadState.COMPLETE, UploadState.ABORTED, UploadState.FAILED)
+            if finished or (state is None and age > self.config.upload_ttl):
+                self.blobs.remove_part(upload_id)
+                log.info(
+                    "Removed orphaned part file of upload %s (%s)", upload_id, state.value if state else "no record"
+                )
+                removed += 1
+        return removed + self.blobs.remove_stale_staging(max(60.0, 2 * self.config.job_lease))
 
 
 def _check_chunk(index: int, sha_hex: str, md5_hex: str | None, *, sha256: str | None, md5: str | None) -> None:
