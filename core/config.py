@@ -152,6 +152,12 @@ class ServerConfig:
     sweep_interval: float = setting(
         300.0, "SWEEP_INTERVAL", "float", "Seconds between in-server sweeps (0 disables the in-server sweep)"
     )
+    state_retention: float = setting(
+        7 * 86400.0,
+        "STATE_RETENTION",
+        "float",
+        "Seconds the sweep keeps answered commands and robots without heartbeats (chunk receipts: until finished)",
+    )
     compression_codec: Codec = setting(
         Codec.ZSTD, "COMPRESSION_CODEC", "codec", "Codec used when a client asks for compression: zstd or gzip"
     )

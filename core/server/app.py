@@ -11,7 +11,7 @@ from flask import Flask
 
 import dashboard
 from core.config import ServerConfig
-from core.server import auth, backup, cli, db, health, jobs, limits, logs, metrics, openapi, proxies, security
+from core.server import auth, backup, cli, db, health, jobs, limits, logs, metrics, openapi, proxies, robots, security
 from core.server.api import api
 from core.server.blob_store import BlobStore
 from core.server.errors import register_error_handlers
@@ -63,6 +63,7 @@ def create_app(config: ServerConfig | Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(api)
     dashboard.init_app(app, settings, state)  # heartbeats, robot commands and /dashboard/
+    service.pruners.append(robots.robot_store(app).prune)  # old commands and silent robots go with each sweep
     cli.init_app(app)  # sweep, db upgrade
     metrics.init_app(app, settings)  # GET /metrics, fed by events and request hooks
     health.init_app(app, settings)  # GET /health/detailed

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify, request
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, delete, insert, select, update
 
 from core.config import ServerConfig
 from core.protocol import HEARTBEAT_PATH, CommandAck, CommandDoc, CommandState, RobotAction
@@ -110,6 +110,10 @@ class RobotStore(abc.ABC):
     def recent_commands(self, limit: int = 50) -> list[Command]:
         """Newest commands first, for the dashboard."""
 
+    @abc.abstractmethod
+    def prune(self, before: float) -> int:
+        """Delete answered or expired commands last changed before ``before``, and robots last seen before it."""
+
     def close(self) -> None:  # noqa: B027 - optional hook, most stores have nothing to release
         """Release connections."""
 
@@ -185,6 +189,15 @@ class SQLRobotStore(RobotStore):
                     .where(c.id == ack["id"], c.robot_id == robot_id, c.state.in_(_OPEN_STATES))
                     .values(state=_ack_state(ack).value, message=_ack_message(ack), updated_at=now)
                 )
+
+    def prune(self, before: float) -> int:
+        c = commands.c
+        with db.write(self.engine) as conn:
+            answered = conn.execute(
+                delete(commands).where(c.state.not_in(_OPEN_STATES), c.updated_at < before)
+            ).rowcount
+            silent = conn.execute(delete(robots_table).where(robots_table.c.last_seen < before)).rowcount
+        return int(answered) + int(silent)
 
     def recent_commands(self, limit: int = 50) -> list[Command]:
         with db.read(self.engine) as conn:

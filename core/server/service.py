@@ -135,6 +135,8 @@ class UploadService:
         self.clock = clock
         # Set by the job runner so a finalize request wakes the local worker thread at once.
         self.on_job_queued: Callable[[], None] = lambda: None
+        # Other stores' pruning, run by each sweep: each deletes rows older than its argument, returns how many.
+        self.pruners: list[Callable[[float], int]] = []
 
     # --- lookups ---------------------------------------------------------------
     def get(self, identity: Identity, upload_id: str) -> UploadRecord:
@@ -496,11 +498,16 @@ class UploadService:
                 )
                 events.upload_expired.send(self, upload_id=record.upload_id, owner=record.owner, bytes_received=nbytes)
         orphans = self._sweep_orphans()
+        receipts = self.state.prune_chunk_receipts()
+        pruned = sum(prune(now - self.config.state_retention) for prune in self.pruners)
         log.log(
-            logging.INFO if expired or orphans else logging.DEBUG,
-            "Sweep finished: %d expired upload(s), %d orphaned file(s) removed",
+            logging.INFO if expired or orphans or receipts or pruned else logging.DEBUG,
+            "Sweep finished: %d expired upload(s), %d orphaned file(s) removed, %d chunk receipt(s) and"
+            " %d old command/robot row(s) pruned",
             expired,
             orphans,
+            receipts,
+            pruned,
         )
         return expired
 

@@ -149,6 +149,10 @@ class StateStore(abc.ABC):
         """The state of each known upload among ``upload_ids`` (unknown ids are left out)."""
 
     @abc.abstractmethod
+    def prune_chunk_receipts(self) -> int:
+        """Forget the chunk receipts of complete and aborted uploads (never read again); how many rows went."""
+
+    @abc.abstractmethod
     def start_finalize(self, upload_id: str, now: float) -> UploadRecord | None:
         """Atomically move an upload from uploading to finalizing and queue its finalize job."""
 
@@ -382,6 +386,13 @@ class SQLStateStore(StateStore):
         with db.read(self.engine) as conn:
             rows = conn.execute(select(uploads.c.upload_id, uploads.c.state).where(uploads.c.upload_id.in_(upload_ids)))
             return {str(uid): UploadState(state) for uid, state in rows}
+
+    def prune_chunk_receipts(self) -> int:
+        finished = select(uploads.c.upload_id).where(
+            uploads.c.state.in_([UploadState.COMPLETE.value, UploadState.ABORTED.value])
+        )
+        with db.write(self.engine) as conn:
+            return int(conn.execute(delete(chunks).where(chunks.c.upload_id.in_(finished))).rowcount)
 
     def start_finalize(self, upload_id: str, now: float) -> UploadRecord | None:
         with db.write(self.engine) as conn:
