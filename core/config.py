@@ -184,7 +184,7 @@ class ServerConfig:
         "Seconds a finalize job stays claimed without renewal before another worker retries it",
     )
     job_max_attempts: int = setting(
-        5, "JOB_MAX_ATTEMPTS", "int", "Finalize attempts (crashes included) before an upload is marked failed"
+        5, "JOB_MAX_ATTEMPTS", "int", "Failed finalize attempts before an upload fails (crashes, full disk: retried)"
     )
     # --- serving ---
     host: str = setting("0.0.0.0", "HOST", "str", "Bind address of `python3 upload_server.py`")

@@ -112,6 +112,8 @@ jobs = Table(
     Column("holder", Text),
     Column("due_at", _TIME, nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
+    # Failed attempts that count against JOB_MAX_ATTEMPTS: not crashes, takeovers or a full disk.
+    Column("failures", Integer, nullable=False, default=0, server_default="0"),
 )
 
 leases = Table(

@@ -21,10 +21,10 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from core.protocol import ErrorCode, UploadState
+from core.protocol import Codec, ErrorCode, UploadState
 from core.server import events
 from core.server.finalize import Finalizer, StaleAttempt
-from core.server.service import UploadService
+from core.server.service import DISK_FULL, UploadService
 
 log = logging.getLogger("upload_server")
 
@@ -58,9 +58,8 @@ class JobRunner:
         if claimed is None:
             return False
         upload_id, attempt = claimed
-        if attempt > self.config.job_max_attempts:
-            self._give_up(upload_id, attempt)
-            return True
+        if attempt > 1:
+            log.info("Finalize of %s: attempt %d (an earlier one failed, crashed or stalled)", upload_id, attempt)
         try:
             self.finalizer.run(upload_id, self._progress(upload_id, attempt), attempt=attempt)
         except StaleAttempt:
@@ -68,10 +67,8 @@ class JobRunner:
                 "Finalize attempt %d of %s was taken over by another attempt; it changed nothing", attempt, upload_id
             )
             return True
-        except Exception:
-            delay = min(60.0, 2.0**attempt)
-            log.exception("Finalize attempt %d of %s failed; retrying in %.0fs", attempt, upload_id, delay)
-            self.state.release_job(upload_id, attempt, delay)
+        except Exception as err:
+            self._retry_or_give_up(upload_id, attempt, err)
             return True
         # The finalizer finished the job with its final transition; this covers the early returns.
         self.state.finish_job(upload_id, attempt)
@@ -93,8 +90,29 @@ class JobRunner:
 
         return report
 
-    def _give_up(self, upload_id: str, attempt: int) -> None:
-        message = f"finalize failed {attempt - 1} times; see the server log"
+    def _retry_or_give_up(self, upload_id: str, attempt: int, err: Exception) -> None:
+        """Back off and retry; only real failures (not a full disk) count toward JOB_MAX_ATTEMPTS.
+
+        A worker that crashed or stalled never gets here: its job is simply claimed again when
+        its lease runs out, without touching the budget either.
+        """
+        transient = isinstance(err, OSError) and err.errno in DISK_FULL
+        delay = min(60.0, 2.0 ** min(attempt, 6))
+        failures = self.state.release_job(upload_id, attempt, delay, failed=not transient)
+        if failures is None:
+            return  # taken over meanwhile: the new attempt decides
+        reason = "disk_full" if transient else "error"
+        events.finalize_retried.send(self, upload_id=upload_id, attempt=attempt, reason=reason)
+        if transient:
+            log.warning("Finalize attempt %d of %s: storage full; retrying in %.0fs", attempt, upload_id, delay)
+        elif failures >= self.config.job_max_attempts:
+            log.error("Finalize attempt %d of %s failed", attempt, upload_id, exc_info=err)
+            self._give_up(upload_id, attempt, failures)
+        else:
+            log.error("Finalize attempt %d of %s failed; retrying in %.0fs", attempt, upload_id, delay, exc_info=err)
+
+    def _give_up(self, upload_id: str, attempt: int, failures: int) -> None:
+        message = f"finalize failed {failures} times; see the server log"
         failed = self.state.finish_attempt(
             upload_id,
             attempt,
@@ -107,6 +125,9 @@ class JobRunner:
         if failed is None:  # aborted meanwhile: nothing to mark, only the job to drop
             self.state.finish_job(upload_id, attempt)
         if failed is not None:
+            # Release the disk: the client re-initialises the upload (a failed upload is never resumed).
+            self.service.blobs.remove_part(upload_id)
+            self.service.blobs.blob_path(upload_id, Codec.NONE).unlink(missing_ok=True)  # moved by an attempt
             log.error("Giving up on upload %s: %s", upload_id, message)
             events.upload_failed.send(
                 self, upload_id=upload_id, owner=failed.owner, code=ErrorCode.INTERNAL_ERROR.value, message=message

@@ -50,7 +50,7 @@ from core.server.validation import InitSpec
 
 log = logging.getLogger("upload_server")
 
-_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 # Request bodies are read in 256 KiB pieces: under gunicorn's gthread body reader this measured
 # ~1.5x the throughput of 64 KiB pieces at ~40% less CPU per GiB (bench/server_throughput.py).
 BODY_READ_SIZE = 256 * KiB
@@ -62,7 +62,7 @@ def storage_errors() -> Iterator[None]:
     try:
         yield
     except OSError as err:
-        if err.errno in _DISK_FULL:
+        if err.errno in DISK_FULL:
             msg = "the server's storage is full; retry later"
             raise InsufficientStorage(msg) from err
         raise

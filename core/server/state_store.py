@@ -168,8 +168,16 @@ class StateStore(abc.ABC):
         """Extend the lease of ``attempt`` by ``lease`` seconds; False if another attempt has claimed the job."""
 
     @abc.abstractmethod
-    def release_job(self, upload_id: str, attempt: int, retry_in: float) -> bool:
-        """Give the job back after a failed attempt; due again in ``retry_in`` seconds. False if stale."""
+    def release_job(self, upload_id: str, attempt: int, retry_in: float, *, failed: bool = True) -> int | None:
+        """Give the job back after an attempt; due again in ``retry_in`` seconds.
+
+        ``failed`` counts the attempt against the failure budget (a full disk does not). Returns the
+        job's failure count, or None if the attempt is stale (nothing changed).
+        """
+
+    @abc.abstractmethod
+    def job_counts(self) -> dict[str, int]:
+        """Queued finalize jobs: ``running`` (held), ``retrying`` (released after an attempt), ``waiting``."""
 
     @abc.abstractmethod
     def finish_job(self, upload_id: str, attempt: int) -> bool:
@@ -450,8 +458,28 @@ class SQLStateStore(StateStore):
     def renew_job(self, upload_id: str, attempt: int, lease: float) -> bool:
         return self._reschedule(upload_id, attempt, lease)
 
-    def release_job(self, upload_id: str, attempt: int, retry_in: float) -> bool:
-        return self._reschedule(upload_id, attempt, retry_in, holder=None)
+    def release_job(self, upload_id: str, attempt: int, retry_in: float, *, failed: bool = True) -> int | None:
+        with db.write(self.engine) as conn:
+            failures = conn.execute(
+                update(jobs)
+                .where(jobs.c.upload_id == upload_id, jobs.c.attempts == attempt)
+                .values(due_at=db.db_now(conn) + retry_in, holder=None, failures=jobs.c.failures + int(failed))
+                .returning(jobs.c.failures)
+            ).scalar()
+        return None if failures is None else int(failures)
+
+    def job_counts(self) -> dict[str, int]:
+        c = jobs.c
+        with db.read(self.engine) as conn:
+            rows = conn.execute(
+                select(c.holder.is_not(None), c.attempts > 0, func.count()).group_by(
+                    c.holder.is_not(None), c.attempts > 0
+                )
+            ).all()
+        counts = {"running": 0, "retrying": 0, "waiting": 0}
+        for held, tried, count in rows:
+            counts["running" if held else "retrying" if tried else "waiting"] += int(count)
+        return counts
 
     @staticmethod
     def _delete_job(conn: Connection, upload_id: str, attempt: int) -> bool:
