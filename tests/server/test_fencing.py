@@ -10,6 +10,7 @@ the test lets database time pass instead of waiting.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,13 @@ def runner(app: Flask) -> JobRunner:
     return app.extensions["job_runner"]  # type: ignore[no-any-return]
 
 
-def queued_upload(app: Flask, data: bytes, **init: Any) -> Upload:
-    upload = Upload(app.test_client(), data, CHUNK)
+def dna(size: int) -> bytes:
+    """Random bytes over four letters: compresses to about a quarter, and in many zstd blocks."""
+    return bytes(b"acgt"[byte & 3] for byte in os.urandom(size))
+
+
+def queued_upload(app: Flask, data: bytes, *, chunk_size: int = CHUNK, **init: Any) -> Upload:
+    upload = Upload(app.test_client(), data, chunk_size)
     assert upload.init(**init).status_code == 201
     upload.send_all()
     assert upload.finalize().status_code == 202
@@ -83,29 +89,41 @@ def test_takeover_during_store_never_deletes_the_completed_file(
 def test_takeover_during_compression_keeps_the_stored_copy_intact(
     instances: tuple[Flask, Flask], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first, second = instances
-    upload = queued_upload(first, b"compressible robot telemetry " * 2000, compression="zstd")
-    real_iter_file = finalize.iter_file
-    armed = [True]
+    """A stalls while compressing; B takes over and stalls too; A wakes first and finishes, then B.
 
-    def read_then_stall(path: Path) -> Iterator[bytes]:
+    gzip writes its output as it goes, so a truncation by the other attempt leaves a hole.
+    """
+    first, second = instances
+    upload = queued_upload(first, dna(4 * 1024 * 1024), compression="gzip", chunk_size=256 * 1024)
+    real_iter_file = finalize.iter_file
+    b_is_midway, a_is_done = threading.Event(), threading.Event()
+    taken_over: list[threading.Thread] = []
+
+    def read_with_stalls(path: Path) -> Iterator[bytes]:
         for n, piece in enumerate(real_iter_file(path)):
-            if n == 1 and armed[0]:  # A has staged its first piece when it stalls
-                armed[0] = False
-                take_over(first, second)
+            if n == 20 and not taken_over:  # A has written compressed blocks when it stalls
+                pass_database_time(first.extensions["state_store"], LEASE + 1)
+                taken_over.append(threading.Thread(target=runner(second).run_once))
+                taken_over[0].start()
+                assert b_is_midway.wait(30)
+            elif n == 2 and threading.current_thread() is not threading.main_thread():
+                b_is_midway.set()  # B has staged two pieces when it stalls in turn
+                assert a_is_done.wait(30)
             yield piece
 
-    monkeypatch.setattr(finalize, "iter_file", read_then_stall)
-    monkeypatch.setattr("core.checksums.READ_SIZE", 4096)
+    monkeypatch.setattr(finalize, "iter_file", read_with_stalls)
 
-    assert runner(first).run_once() is True
+    assert runner(first).run_once() is True  # A wakes up and finishes its (stale) attempt
+    # B holds the job: A must not have completed the upload (before, it stored a file B had truncated).
+    assert upload.status()["state"] == "finalizing"
+    a_is_done.set()
+    taken_over[0].join(30)
 
     status = upload.status()
-    assert (status["state"], status["codec"], status["verified"]) == ("complete", "zstd", True)
-    assert upload.download().data == upload.data  # decompresses: nobody truncated the file B renamed
+    assert (status["state"], status["codec"], status["verified"]) == ("complete", "gzip", True)
+    assert upload.download().data == upload.data  # decompresses: nobody truncated the other's file
     root = first.extensions["server_config"].upload_dir
     assert list((root / "staging").iterdir()) == []  # A's staging file went with its attempt
-    assert not armed[0]
 
 
 def test_a_chunk_acknowledged_while_the_sweep_runs_keeps_the_upload_alive(
