@@ -181,10 +181,11 @@ class BlobStore:
     def staging_path(self, blob_id: str, attempt: int) -> Path:
         return self.staging_dir / f"{_checked(blob_id)}.{int(attempt)}.tmp"
 
-    def write_sidecar(self, blob_id: str, document: dict[str, Any]) -> None:
+    def write_sidecar(self, blob_id: str, document: dict[str, Any], *, attempt: int = 0) -> None:
+        """Write the JSON sidecar atomically, through a temporary file of the finalize ``attempt``'s own."""
         path = self.sidecar_path(blob_id)
         path.parent.mkdir(exist_ok=True)
-        temp = self.staging_dir / f"{blob_id}.json.tmp"
+        temp = self.staging_dir / f"{blob_id}.{int(attempt)}.json.tmp"
         with temp.open("w", encoding="utf-8") as fh:
             json.dump(document, fh, indent=2, sort_keys=True)
             fh.flush()

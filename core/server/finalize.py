@@ -100,7 +100,7 @@ class Finalizer:
         stored_size = stored.stat().st_size
         verified = bool(record.md5 or record.sha256)
         self._check_current(upload_id, attempt)
-        self.blobs.write_sidecar(blob_id, self._sidecar(record, digests, codec, stored_size, verified))
+        self.blobs.write_sidecar(blob_id, self._sidecar(record, digests, codec, stored_size, verified), attempt=attempt)
         done = self.state.finish_attempt(
             upload_id,
             attempt,
