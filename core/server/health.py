@@ -150,7 +150,9 @@ def database_check(app: Flask) -> Check:
     def check() -> CheckResult:
         state: StateStore = app.extensions["state_store"]
         total = state.list_uploads(UploadQuery(limit=1))[1]
-        return CheckResult(True, details={"backend": type(state).__name__, "uploads": total})
+        engine = getattr(state, "engine", None)
+        backend = engine.dialect.name if engine is not None else type(state).__name__
+        return CheckResult(True, details={"backend": backend, "uploads": total})
 
     return check
 

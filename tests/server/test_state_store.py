@@ -202,3 +202,14 @@ def test_a_full_sqlite_database_is_reported_as_disk_full(tmp_path: Path) -> None
     assert caught.value.errno == errno.ENOSPC
     assert store.get_upload("a" * 32) == record()
     store.close()
+
+
+def test_an_explicit_sqlite_uri_puts_the_database_where_it_says(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere" / "state.db"
+    store = SQLStateStore(open_engine(tmp_path / "uploads", f"sqlite:///{target}"))
+    store.create_upload(record())
+
+    assert target.is_file()
+    assert not (tmp_path / "uploads").exists()
+    assert store.get_upload("a" * 32) == record()
+    store.close()
