@@ -126,6 +126,10 @@ def settings_table(cls: type[Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
+# STATE_STORE_URI schemes: SQLite (one host) or PostgreSQL through psycopg 3 (several hosts).
+STATE_STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg://")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Settings of the upload server (``upload_server.py``)."""
@@ -147,6 +151,12 @@ class ServerConfig:
     )
     sweep_interval: float = setting(
         300.0, "SWEEP_INTERVAL", "float", "Seconds between in-server sweeps (0 disables the in-server sweep)"
+    )
+    state_retention: float = setting(
+        7 * 86400.0,
+        "STATE_RETENTION",
+        "float",
+        "Seconds the sweep keeps answered commands and robots without heartbeats (chunk receipts: until finished)",
     )
     compression_codec: Codec = setting(
         Codec.ZSTD, "COMPRESSION_CODEC", "codec", "Codec used when a client asks for compression: zstd or gzip"
@@ -174,7 +184,7 @@ class ServerConfig:
         "Seconds a finalize job stays claimed without renewal before another worker retries it",
     )
     job_max_attempts: int = setting(
-        5, "JOB_MAX_ATTEMPTS", "int", "Finalize attempts (crashes included) before an upload is marked failed"
+        5, "JOB_MAX_ATTEMPTS", "int", "Failed finalize attempts before an upload fails (crashes, full disk: retried)"
     )
     # --- serving ---
     host: str = setting("0.0.0.0", "HOST", "str", "Bind address of `python3 upload_server.py`")
@@ -278,7 +288,10 @@ class ServerConfig:
         "",
         "STATE_STORE_URI",
         "str",
-        "Uploads, robots, API keys, counters: empty = SQLite in UPLOAD_DIR; redis://host:6379/1 for several hosts",
+        "State of uploads, jobs, robots, keys, counters: empty = SQLite in UPLOAD_DIR; postgresql://user@host/db",
+    )
+    state_pool_size: int = setting(
+        5, "STATE_POOL_SIZE", "int", "PostgreSQL connections each server process keeps open (gthread threads + 1)"
     )
 
     @classmethod
@@ -300,8 +313,11 @@ class ServerConfig:
         if self.log_format not in ("text", "json"):
             msg = f"LOG_FORMAT={self.log_format!r} is not one of ['text', 'json']"
             raise ConfigError(msg)
-        if self.state_store_uri and not self.state_store_uri.startswith(("redis://", "rediss://", "unix://")):
-            msg = f"STATE_STORE_URI={self.state_store_uri!r} must be empty (SQLite) or a redis:// URL"
+        if self.state_store_uri and not self.state_store_uri.startswith(STATE_STORE_SCHEMES):
+            msg = f"STATE_STORE_URI={self.state_store_uri!r} must be empty, sqlite:///<path> or postgresql://…"
+            raise ConfigError(msg)
+        if self.state_pool_size < 1:
+            msg = f"STATE_POOL_SIZE must be at least 1, got {self.state_pool_size}"
             raise ConfigError(msg)
 
 

@@ -24,12 +24,12 @@ def connect(
     for rows that were acknowledged to someone and must survive power loss.
     """
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=check_same_thread)
-    _enable_wal(conn, timeout)
+    enable_wal(conn, timeout)
     conn.execute(f"PRAGMA synchronous={synchronous}")
     return conn
 
 
-def _enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
+def enable_wal(conn: sqlite3.Connection, timeout: float) -> None:
     """Switch the database file to WAL, retrying within ``timeout`` while another process holds it.
 
     Switching takes an exclusive lock, and SQLite reports ``database is locked`` for it at once

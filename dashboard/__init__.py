@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask, Response, request
 
 from core.config import ServerConfig
-from core.server import robots
+from core.server import db, robots
 from core.server.state_store import StateStore
 from dashboard import access, views
 from dashboard.metrics import open_request_metrics
@@ -17,7 +17,7 @@ def init_app(app: Flask, config: ServerConfig, state_store: StateStore | None = 
     """Mount the heartbeat route and the dashboard; ``state_store`` supplies the server's upload records."""
     robots.init_app(app, config)
     access.init_app(app, config)
-    metrics = open_request_metrics(config)  # Redis with STATE_STORE_URI, else SQLite in UPLOAD_DIR
+    metrics = open_request_metrics(config, app.extensions.get(db.EXTENSION))  # the state database
     app.extensions[views.CONFIG_EXTENSION] = config
     app.extensions[views.METRICS_EXTENSION] = metrics
     app.extensions[views.STATE_STORE_EXTENSION] = state_store

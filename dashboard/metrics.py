@@ -3,33 +3,30 @@
 Each worker counts in memory (one lock, no I/O on the request path) and adds its
 deltas to a shared store every few seconds from a daemon thread, so the dashboard
 sees the whole server, not the one worker that served the page. The store is a
-small SQLite table in UPLOAD_DIR (one host) or, with ``STATE_STORE_URI=redis://…``,
-one Redis hash per bucket that expires by itself (several hosts).
+table of the state database (SQLite in UPLOAD_DIR for one host, PostgreSQL for
+several); buckets older than an hour are deleted with each flush.
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
 import logging
 import os
-import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import astuple, dataclass, fields
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
-import redis
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.exc import SQLAlchemyError
 
-from core import sqlite
 from core.config import ServerConfig
-from core.server.redis_store import PREFIX, connect
+from core.server import db
+from core.server.db import dashboard_buckets, upsert
 
 BUCKET_SECONDS = 10
 KEEP_SECONDS = 3600
-METRICS_FILE = "dashboard-metrics.sqlite3"
 
 log = logging.getLogger("upload_server.dashboard")
 
@@ -62,78 +59,37 @@ class CounterStore(abc.ABC):
         """The summed counts of those buckets that have any."""
 
 
-class SQLiteCounters(CounterStore):
-    """A table in an SQLite file (WAL) beside the upload state: every worker of one host."""
+class SQLCounters(CounterStore):
+    """The ``dashboard_buckets`` table of the state database: every worker of every host."""
 
-    errors = (sqlite3.Error, OSError)
+    errors = (SQLAlchemyError, OSError)
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS buckets (t INTEGER PRIMARY KEY, requests INTEGER NOT NULL, "
-                "rate_limited INTEGER NOT NULL, errors INTEGER NOT NULL, bytes_in INTEGER NOT NULL)"
-            )
-
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite.connect(self.path, timeout=10, synchronous="NORMAL")
-        try:
-            with sqlite.transaction(db):
-                yield db
-        finally:
-            db.close()
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
 
     def add(self, deltas: Mapping[int, Counts], now: float) -> None:
-        with self._connect() as db:
-            db.executemany(
-                "INSERT INTO buckets VALUES (?, ?, ?, ?, ?) ON CONFLICT (t) DO UPDATE SET "
-                "requests = requests + excluded.requests, rate_limited = rate_limited + excluded.rate_limited, "
-                "errors = errors + excluded.errors, bytes_in = bytes_in + excluded.bytes_in",
-                [(t, *astuple(c)) for t, c in deltas.items()],
-            )
-            db.execute("DELETE FROM buckets WHERE t < ?", (int(now) - KEEP_SECONDS,))
+        c = dashboard_buckets.c
+        with db.write(self.engine) as conn:
+            for t, counts in sorted(deltas.items()):
+                stmt = upsert(conn, dashboard_buckets).values(t=t, **vars(counts))
+                conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=["t"],
+                        set_={name: getattr(c, name) + getattr(stmt.excluded, name) for name in _COUNTERS},
+                    )
+                )
+            conn.execute(delete(dashboard_buckets).where(c.t < int(now) - KEEP_SECONDS))
 
     def read(self, buckets: Iterable[int]) -> dict[int, Counts]:
         wanted = set(buckets)
         if not wanted:
             return {}
-        with self._connect() as db:
-            rows = db.execute("SELECT * FROM buckets WHERE t BETWEEN ? AND ?", (min(wanted), max(wanted)))
-            return {row[0]: Counts(*row[1:]) for row in rows if row[0] in wanted}
-
-
-class RedisCounters(CounterStore):
-    """One hash per bucket (HINCRBY per counter) in the Redis every app server shares; Redis expires old buckets."""
-
-    errors = (redis.RedisError, OSError)
-
-    def __init__(self, client: redis.Redis, prefix: str = PREFIX) -> None:
-        self.redis = client
-        self._bucket = f"{prefix}dashboard:requests:"
-
-    def add(self, deltas: Mapping[int, Counts], now: float) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for t, counts in deltas.items():
-            key = f"{self._bucket}{t}"
-            for name, value in zip(_COUNTERS, astuple(counts), strict=True):
-                if value:
-                    pipe.hincrby(key, name, value)
-            # Counted from the bucket's start, so a late delta never keeps an old bucket alive.
-            pipe.expireat(key, t + KEEP_SECONDS)
-        pipe.execute()
-
-    def read(self, buckets: Iterable[int]) -> dict[int, Counts]:
-        wanted = list(buckets)
-        pipe = self.redis.pipeline(transaction=False)
-        for t in wanted:
-            pipe.hmget(f"{self._bucket}{t}", *_COUNTERS)
-        return {
-            t: Counts(*(int(v or 0) for v in values))
-            for t, values in zip(wanted, pipe.execute(), strict=True)
-            if any(v is not None for v in values)
-        }
+        c = dashboard_buckets.c
+        with db.read(self.engine) as conn:
+            rows = conn.execute(
+                select(c.t, *(getattr(c, name) for name in _COUNTERS)).where(c.t.between(min(wanted), max(wanted)))
+            ).all()
+        return {row[0]: Counts(*row[1:]) for row in rows if row[0] in wanted}
 
 
 class RequestMetrics:
@@ -203,8 +159,6 @@ class RequestMetrics:
         }
 
 
-def open_request_metrics(config: ServerConfig) -> RequestMetrics:
-    """Counters in Redis when STATE_STORE_URI is set (like the upload state), else SQLite in UPLOAD_DIR."""
-    if config.state_store_uri:
-        return RequestMetrics(RedisCounters(connect(config.state_store_uri)))
-    return RequestMetrics(SQLiteCounters(config.upload_dir / METRICS_FILE))
+def open_request_metrics(config: ServerConfig, engine: Engine | None = None) -> RequestMetrics:
+    """Counters in the state database of STATE_STORE_URI (``engine`` when the app has opened it already)."""
+    return RequestMetrics(SQLCounters(engine or db.checked_engine(config)))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian programs the test suite runs for real (nginx, redis-server, chromium,
-# openssl, curl, zstd). Idempotent: does nothing when they are all present.
+# openssl, curl, zstd, postgresql). Idempotent: does nothing when they are all present.
 set -euo pipefail
 
 declare -A package_of=(
@@ -18,6 +18,8 @@ missing=()
 for program in "${!package_of[@]}"; do
   command -v "$program" >/dev/null 2>&1 || [ -x "/usr/sbin/$program" ] || missing+=("${package_of[$program]}")
 done
+# PostgreSQL's server programs are not on PATH: Debian puts them under /usr/lib/postgresql/<major>/bin.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 echo "install-system-deps: installing ${missing[*]}"

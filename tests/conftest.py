@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.postgres import PostgresServer
 from tests.helpers.servers import GunicornServer
 
 
@@ -28,3 +29,22 @@ def gunicorn_server(tmp_path: Path) -> Iterator[Callable[..., GunicornServer]]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the whole session (initdb as nobody, 127.0.0.1, stopped at the end)."""
+    with PostgresServer() as server:
+        yield server
+
+
+ENGINES = ("sqlite", pytest.param("postgresql", marks=pytest.mark.postgres))
+
+
+@pytest.fixture(params=ENGINES)
+def state_store_uri(request: pytest.FixtureRequest) -> str:
+    """STATE_STORE_URI for one engine: empty (SQLite in UPLOAD_DIR) or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return ""
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database()

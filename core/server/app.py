@@ -11,15 +11,15 @@ from flask import Flask
 
 import dashboard
 from core.config import ServerConfig
-from core.server import auth, backup, cli, health, jobs, limits, logs, metrics, openapi, proxies, redis_store, security
+from core.server import auth, backup, cli, db, health, jobs, limits, logs, metrics, openapi, proxies, robots, security
 from core.server.api import api
 from core.server.blob_store import BlobStore
 from core.server.errors import register_error_handlers
 from core.server.finalize import Finalizer
 from core.server.service import UploadService
+from core.server.state_store import open_state_store
 
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
-STATE_FILE = "state.sqlite3"
 
 
 def resolve_config(config: ServerConfig | Mapping[str, Any] | None) -> ServerConfig:
@@ -51,9 +51,11 @@ def create_app(config: ServerConfig | Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["server_config"] = settings
 
-    state = redis_store.open_state_store(settings, settings.upload_dir / STATE_FILE)  # STATE_STORE_URI
+    engine = db.checked_engine(settings)  # STATE_STORE_URI; refuses an outdated schema
+    state = open_state_store(engine)
     blobs = BlobStore(settings.upload_dir)
     service = UploadService(settings, state, blobs)
+    app.extensions[db.EXTENSION] = engine
     app.extensions["state_store"] = state
     app.extensions["blob_store"] = blobs
     app.extensions["upload_service"] = service
@@ -61,7 +63,8 @@ def create_app(config: ServerConfig | Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(api)
     dashboard.init_app(app, settings, state)  # heartbeats, robot commands and /dashboard/
-    cli.init_app(app)
+    service.pruners.append(robots.robot_store(app).prune)  # old commands and silent robots go with each sweep
+    cli.init_app(app)  # sweep, db upgrade
     metrics.init_app(app, settings)  # GET /metrics, fed by events and request hooks
     health.init_app(app, settings)  # GET /health/detailed
     backup.init_app(app, settings)  # flask --app upload_server backup create|restore|verify

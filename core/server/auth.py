@@ -17,6 +17,7 @@ from flask import Blueprint, Flask, current_app, g, request
 
 from core.config import ServerConfig
 from core.protocol import AUTH_SCHEME, HEADER_API_KEY, HEADER_AUTHORIZATION, HEALTH_PATH
+from core.server import db
 from core.server.errors import Unauthorized
 from core.server.identity import ANONYMOUS, Identity
 from core.server.keys import EXTENSION as KEYS_EXTENSION
@@ -123,7 +124,7 @@ def authenticated_name() -> str | None:
 
 def init_app(app: Flask, config: ServerConfig) -> None:
     """Open the key store, add the ``keys`` CLI group and check every request (register before limits)."""
-    app.extensions[KEYS_EXTENSION] = open_key_store(config)  # STATE_STORE_URI selects Redis
+    app.extensions[KEYS_EXTENSION] = open_key_store(config, app.extensions.get(db.EXTENSION))
     app.extensions[ENABLED_EXTENSION] = config.auth_enabled
     app.cli.add_command(keys_cli)
     # First of all hooks: rate limits and every view key on the identity it sets.

@@ -16,6 +16,11 @@ leaves something that looks like a finished backup.
 
 ``backup restore SRC`` fills an empty UPLOAD_DIR, checking every byte against the
 manifest; any mismatch stops the restore with the file's name.
+
+With ``STATE_STORE_URI=postgresql://…`` the state is not in UPLOAD_DIR: step 1 is then
+``pg_dump --format=custom`` of that database into ``state.pgdump`` (one consistent
+snapshot, taken before the files for the same reason), and ``restore`` loads it with
+``pg_restore`` into the (empty) database STATE_STORE_URI names.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import os
 import re
 import shutil
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -35,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import psycopg
 from flask import Flask
 from flask.cli import AppGroup
 
@@ -52,6 +59,8 @@ SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
 IMMUTABLE_DIR = "store"
 SNAPSHOT_NAME = re.compile(r"^ros2-upload-\d{8}T\d{6}Z$")
 BLOCK = 1024 * 1024
+PG_DUMP = "state.pgdump"
+PG_DUMP_KIND = "pg_dump"
 
 
 class BackupError(Exception):
@@ -65,7 +74,7 @@ class Entry:
     path: str
     size: int
     sha256: str
-    kind: str  # "database" | "file"
+    kind: str  # "database" (SQLite snapshot) | "pg_dump" (PostgreSQL state) | "file"
 
 
 @dataclass
@@ -218,8 +227,50 @@ def _plain_files(root: Path, databases: list[Path]) -> Iterator[Path]:
 
 
 # --- create ------------------------------------------------------------------------------------
-def create_backup(upload_dir: Path, dest: Path, *, previous: Path | None = None) -> Manifest:
-    """Snapshot ``upload_dir`` into the new directory ``dest`` (see the module docstring for the guarantees)."""
+def _libpq_url(state_store_uri: str) -> str:
+    """The URL as pg_dump and pg_restore spell it (no SQLAlchemy driver suffix)."""
+    return "postgresql://" + state_store_uri.split("://", 1)[1]
+
+
+def _run_pg(argv: list[str], what: str) -> None:
+    try:
+        # The operator's own STATE_STORE_URI and paths, as an argument list: no shell involved.
+        subprocess.run(argv, check=True, capture_output=True, text=True, timeout=24 * 3600)  # noqa: S603
+    except FileNotFoundError as err:
+        msg = f"{argv[0]} is not installed (Debian: apt-get install postgresql-client)"
+        raise BackupError(msg) from err
+    except subprocess.CalledProcessError as err:
+        msg = f"{what} failed: {err.stderr.strip()}"
+        raise BackupError(msg) from err
+
+
+def _dump_postgres(state_store_uri: str, target: Path) -> str:
+    """``pg_dump`` in its custom format: one consistent snapshot however busy the servers are."""
+    _run_pg(["pg_dump", "--format=custom", "--no-owner", f"--file={target}", _libpq_url(state_store_uri)], "pg_dump")
+    with target.open("rb+") as f:
+        os.fsync(f.fileno())
+    return _sha256(target)
+
+
+def _require_empty_database(state_store_uri: str) -> None:
+    """Restore only into a database without uploads, keys or robots: never over live state."""
+    with psycopg.connect(_libpq_url(state_store_uri)) as conn:
+        tables = {row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        for table in sorted(tables & {"uploads", "api_keys", "robots"}):
+            if conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table})").fetchone() != (False,):  # noqa: S608
+                msg = f"restore target database has rows in {table}; restore only into an empty database"
+                raise BackupError(msg)
+
+
+def is_postgres(state_store_uri: str) -> bool:
+    return state_store_uri.startswith(("postgresql://", "postgresql+psycopg://"))
+
+
+def create_backup(upload_dir: Path, dest: Path, *, previous: Path | None = None, state_store_uri: str = "") -> Manifest:
+    """Snapshot ``upload_dir`` (and a PostgreSQL state database) into the new directory ``dest``.
+
+    See the module docstring for the guarantees.
+    """
     root = upload_dir.resolve()
     if not root.is_dir():
         msg = f"UPLOAD_DIR {root} does not exist"
@@ -231,6 +282,9 @@ def create_backup(upload_dir: Path, dest: Path, *, previous: Path | None = None)
     old = _previous_entries(previous)
     manifest = Manifest(created_at=datetime.now(timezone.utc).isoformat(), source=str(root))
     started, linked = time.monotonic(), 0
+    if is_postgres(state_store_uri):
+        sha = _dump_postgres(state_store_uri, partial / PG_DUMP)
+        manifest.entries.append(Entry(PG_DUMP, (partial / PG_DUMP).stat().st_size, sha, PG_DUMP_KIND))
     databases = _databases(root)
     for db in databases:
         target = partial / db.name
@@ -324,15 +378,24 @@ def _check_entry(entry: Entry, path: Path, sha: str | None) -> None:
         raise BackupError(msg)
 
 
-def restore_backup(src: Path, upload_dir: Path) -> Manifest:
-    """Fill an empty (or missing) ``upload_dir`` from ``src``; every file is checked against the manifest."""
+def restore_backup(src: Path, upload_dir: Path, *, state_store_uri: str = "") -> Manifest:
+    """Fill an empty (or missing) ``upload_dir`` from ``src``; every file is checked against the manifest.
+
+    A backup of a PostgreSQL state database is loaded into the empty database ``state_store_uri``.
+    """
     manifest = Manifest.load(src / MANIFEST)
     if upload_dir.exists() and any(upload_dir.iterdir()):
         msg = f"restore target {upload_dir} is not empty; restore only into an empty UPLOAD_DIR (server stopped)"
         raise BackupError(msg)
+    dump = next((e for e in manifest.entries if e.kind == PG_DUMP_KIND), None)
+    if dump is not None and not is_postgres(state_store_uri):
+        msg = f"{src} holds a PostgreSQL state dump: set STATE_STORE_URI to the (empty) database to restore it into"
+        raise BackupError(msg)
     staging = _fresh_staging(upload_dir, ".restoring")
     started = time.monotonic()
     for entry in manifest.entries:
+        if entry.kind == PG_DUMP_KIND:
+            continue  # restored into the database above, not a file of UPLOAD_DIR
         source = src / entry.path
         if not source.is_file():
             _check_entry(entry, source, None)
@@ -341,6 +404,13 @@ def restore_backup(src: Path, upload_dir: Path) -> Manifest:
         _check_entry(entry, source, _copy_hashing(source, target))
         if entry.kind == "database":
             _check_database(target)
+    if dump is not None:  # last: every file has been verified by now
+        _check_entry(dump, src / dump.path, _sha256(src / dump.path) if (src / dump.path).is_file() else None)
+        _require_empty_database(state_store_uri)
+        # --clean: a server (or `flask` itself) may have created the empty schema already; its rows are checked above.
+        restore = ["pg_restore", "--no-owner", "--exit-on-error", "--clean", "--if-exists"]
+        restore.append(f"--dbname={_libpq_url(state_store_uri)}")
+        _run_pg([*restore, str(src / dump.path)], "pg_restore")
     _publish(staging, upload_dir)
     log.info(
         "Backup restored: %s -> %s (%d files, %d bytes, all sha256 verified) in %.1fs",
@@ -380,7 +450,9 @@ def backup_cli(config: ServerConfig) -> AppGroup:
             existing = snapshots(dest)
             previous = existing[-1] if existing else None
             dest = timestamped(dest)
-        manifest = _run(lambda: create_backup(config.upload_dir, dest, previous=previous))
+        manifest = _run(
+            lambda: create_backup(config.upload_dir, dest, previous=previous, state_store_uri=config.state_store_uri)
+        )
         if in_parent and keep:
             prune(dest.parent, keep)
         click.echo(f"backup {dest}: {len(manifest.entries)} files, {manifest.total_bytes} bytes")
@@ -391,7 +463,7 @@ def backup_cli(config: ServerConfig) -> AppGroup:
     @click.option("--upload-dir", type=click.Path(path_type=Path), default=None, help="Default: UPLOAD_DIR.")
     def restore(src: Path, upload_dir: Path | None) -> None:
         target = upload_dir or config.upload_dir
-        manifest = _run(lambda: restore_backup(src, target))
+        manifest = _run(lambda: restore_backup(src, target, state_store_uri=config.state_store_uri))
         click.echo(f"restored {len(manifest.entries)} files ({manifest.total_bytes} bytes) into {target}; all verified")
 
     @group.command("verify")

@@ -6,7 +6,7 @@ filenames. Layout under the storage root::
 
     parts/<upload_id>.part          chunks land at their offsets, fsynced before ack
     locks/<upload_id>/<index>.lock  flock per chunk; the kernel drops it when a process dies
-    staging/<blob_id>.tmp           compressed output being written
+    staging/<blob_id>.<attempt>.tmp compressed output being written, one file per finalize attempt
     store/<id[:2]>/<blob_id>[.zst|.gz] and <blob_id>.json (sidecar)
 """
 
@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -103,6 +104,26 @@ class BlobStore:
         self.part_path(upload_id).unlink(missing_ok=True)
         shutil.rmtree(self.locks / _checked(upload_id), ignore_errors=True)
 
+    def part_ages(self) -> dict[str, float]:
+        """upload_id → seconds since each part file was last written (for the orphan sweep)."""
+        now = time.time()
+        ages = {}
+        for path in self.parts.glob("*.part"):
+            with contextlib.suppress(FileNotFoundError):
+                if is_valid_id(path.stem):
+                    ages[path.stem] = now - path.stat().st_mtime
+        return ages
+
+    def remove_stale_staging(self, older_than: float) -> int:
+        """Delete staging files untouched for ``older_than`` seconds: left by attempts that crashed or were fenced."""
+        cutoff, removed = time.time() - older_than, 0
+        for path in self.staging_dir.glob("*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
+
     @contextlib.contextmanager
     def chunk_lock(self, upload_id: str, index: int) -> Iterator[None]:
         """Exclusive per-chunk lock across threads and processes (flock is per open file, released on death)."""
@@ -119,6 +140,13 @@ class BlobStore:
     def blob_path(self, blob_id: str, codec: Codec) -> Path:
         return self.store / _checked(blob_id)[:2] / f"{blob_id}{_SUFFIX[codec]}"
 
+    def has_blob(self, blob_id: str, codec: Codec, size: int) -> bool:
+        """The stored file is there with exactly ``size`` bytes (what a deduplicated upload may point at)."""
+        try:
+            return self.blob_path(blob_id, codec).stat().st_size == size
+        except FileNotFoundError:
+            return False
+
     def sidecar_path(self, blob_id: str) -> Path:
         return self.store / _checked(blob_id)[:2] / f"{blob_id}.json"
 
@@ -132,9 +160,12 @@ class BlobStore:
         return target
 
     @contextlib.contextmanager
-    def staging(self, blob_id: str, codec: Codec) -> Iterator[IO[bytes]]:
-        """A file to write a stored blob into; renamed into the store atomically only if the block succeeds."""
-        temp = self.staging_dir / f"{_checked(blob_id)}.tmp"
+    def staging(self, blob_id: str, codec: Codec, *, attempt: int = 0) -> Iterator[IO[bytes]]:
+        """A file to write a stored blob into; renamed into the store atomically only if the block succeeds.
+
+        One file per finalize ``attempt``: two attempts never write into (or truncate) the same file.
+        """
+        temp = self.staging_path(blob_id, attempt)
         target = self.blob_path(blob_id, codec)
         try:
             with temp.open("wb") as fh:
@@ -147,10 +178,14 @@ class BlobStore:
         finally:
             temp.unlink(missing_ok=True)
 
-    def write_sidecar(self, blob_id: str, document: dict[str, Any]) -> None:
+    def staging_path(self, blob_id: str, attempt: int) -> Path:
+        return self.staging_dir / f"{_checked(blob_id)}.{int(attempt)}.tmp"
+
+    def write_sidecar(self, blob_id: str, document: dict[str, Any], *, attempt: int = 0) -> None:
+        """Write the JSON sidecar atomically, through a temporary file of the finalize ``attempt``'s own."""
         path = self.sidecar_path(blob_id)
         path.parent.mkdir(exist_ok=True)
-        temp = self.staging_dir / f"{blob_id}.json.tmp"
+        temp = self.staging_dir / f"{blob_id}.{int(attempt)}.json.tmp"
         with temp.open("w", encoding="utf-8") as fh:
             json.dump(document, fh, indent=2, sort_keys=True)
             fh.flush()

@@ -14,9 +14,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from flask import Flask, Response, current_app, jsonify
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from core.protocol import HEADER_RETRY_AFTER, ErrorCode
@@ -182,6 +184,14 @@ def _render_insufficient_storage(err: BaseException) -> Response:
     return _render_http_error(InsufficientStorage(STORAGE_FULL_MESSAGE))
 
 
+def _render_database_error(err: sa_exc.DBAPIError) -> Response:
+    """A PostgreSQL that is down or restarting is a 503; a full disk, contention and bugs are told apart as usual."""
+    down = isinstance(err.orig, psycopg.OperationalError) or err.connection_invalidated
+    if down and not is_storage_full(err, _storage_root()):
+        return _render_backend_unavailable(err)
+    return _render_unexpected(err)
+
+
 def _render_unexpected(err: Exception) -> Response:
     """The last resort: a full disk (507) and a busy database (503) are told apart from bugs (500)."""
     if is_storage_full(err, _storage_root()):
@@ -219,7 +229,11 @@ def _guard_event_streams(response: Response) -> Response:
 
 def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(HTTPException, _render_http_error)
+    # Redis holds only rate-limit counters now; an unreachable one is still a retryable 503.
     app.register_error_handler(RedisConnectionError, _render_backend_unavailable)
     app.register_error_handler(RedisTimeoutError, _render_backend_unavailable)
+    app.register_error_handler(sa_exc.OperationalError, _render_database_error)
+    app.register_error_handler(sa_exc.InterfaceError, _render_database_error)
+    app.register_error_handler(sa_exc.TimeoutError, _render_backend_unavailable)  # every pooled connection busy
     app.register_error_handler(Exception, _render_unexpected)
     app.after_request(_guard_event_streams)

@@ -9,6 +9,8 @@ The sender is the component that saw the event (the ``UploadService``, or the fi
 - ``upload_failed``: ``upload_id, owner, code, message``
 - ``upload_aborted``: ``upload_id, owner``
 - ``upload_expired``: ``upload_id, owner, bytes_received``
+- ``finalize_retried``: ``upload_id, attempt, reason`` (``disk_full``: not counted against JOB_MAX_ATTEMPTS;
+  ``error``: counted)
 """
 
 from __future__ import annotations
@@ -23,3 +25,4 @@ upload_completed = _signals.signal("upload-completed")
 upload_failed = _signals.signal("upload-failed")
 upload_aborted = _signals.signal("upload-aborted")
 upload_expired = _signals.signal("upload-expired")
+finalize_retried = _signals.signal("finalize-retried")

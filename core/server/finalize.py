@@ -3,6 +3,10 @@
 The part file is read exactly once: hashing and compressing share the pass.
 Running it again after a crash is safe: nothing is committed until the
 verified result is renamed into the store and the state moves to complete.
+Every attempt is fenced by its attempt number: it stages into a file of its own,
+checks it still holds the job before it moves anything into the store, and its
+final transition names the attempt, so an attempt that another has taken over
+(after its lease ran out) changes and deletes nothing.
 """
 
 from __future__ import annotations
@@ -57,6 +61,10 @@ class VerificationFailed(Exception):
     """The assembled bytes do not match a checksum the client declared."""
 
 
+class StaleAttempt(Exception):
+    """Another attempt has claimed this job (our lease ran out): stop without touching anything."""
+
+
 class Finalizer:
     def __init__(
         self, config: ServerConfig, state: StateStore, blobs: BlobStore, clock: Callable[[], float] = time.time
@@ -66,7 +74,8 @@ class Finalizer:
         self.blobs = blobs
         self.clock = clock
 
-    def run(self, upload_id: str, progress: Progress) -> None:
+    def run(self, upload_id: str, progress: Progress, *, attempt: int) -> None:
+        """Finalize ``upload_id`` as the job's ``attempt``; raises ``StaleAttempt`` once another attempt holds it."""
         record = self.state.get_upload(upload_id)
         if record is None or record.state is not UploadState.FINALIZING:
             return  # aborted meanwhile, or finished by an earlier attempt
@@ -76,9 +85,9 @@ class Finalizer:
         codec = self._choose_codec(record, source) if source == self.blobs.part_path(upload_id) else Codec.NONE
         blob_id = record.upload_id
         try:
-            digests = self._store(record, source, blob_id, codec, progress)
+            digests = self._store(record, source, blob_id, codec, progress, attempt)
         except VerificationFailed as err:
-            self._fail(record, str(err))
+            self._fail(record, str(err), attempt)
             return
         except FileNotFoundError:
             current = self.state.get_upload(upload_id)
@@ -90,11 +99,13 @@ class Finalizer:
         stored = self.blobs.blob_path(blob_id, codec)
         stored_size = stored.stat().st_size
         verified = bool(record.md5 or record.sha256)
-        self.blobs.write_sidecar(blob_id, self._sidecar(record, digests, codec, stored_size, verified))
-        done = self.state.transition(
+        self._check_current(upload_id, attempt)
+        self.blobs.write_sidecar(blob_id, self._sidecar(record, digests, codec, stored_size, verified), attempt=attempt)
+        done = self.state.finish_attempt(
             upload_id,
-            (UploadState.FINALIZING,),
+            attempt,
             self.clock(),
+            (UploadState.FINALIZING,),
             state=UploadState.COMPLETE,
             blob_id=blob_id,
             codec=codec,
@@ -104,7 +115,10 @@ class Finalizer:
             sha256=digests.sha256,
             progress=record.filesize,
         )
-        if done is None:  # aborted while we worked: drop what we stored
+        if done is None:
+            # Taken over: the other attempt owns the stored file now (it may be complete already).
+            self._check_current(upload_id, attempt)
+            # Still ours, so the upload was aborted while we worked: nothing refers to what we stored.
             stored.unlink(missing_ok=True)
             self.blobs.sidecar_path(blob_id).unlink(missing_ok=True)
             return
@@ -128,7 +142,14 @@ class Finalizer:
         log.info("Not compressing %s: a %s sample did not shrink enough", record.filename, record.compression.value)
         return Codec.NONE
 
-    def _store(self, record: UploadRecord, source: Path, blob_id: str, codec: Codec, progress: Progress) -> Digests:
+    def _check_current(self, upload_id: str, attempt: int) -> None:
+        """Raise ``StaleAttempt`` unless ``attempt`` still holds the job (checked before each move into the store)."""
+        if self.state.job_attempt(upload_id) != attempt:
+            raise StaleAttempt(upload_id)
+
+    def _store(
+        self, record: UploadRecord, source: Path, blob_id: str, codec: Codec, progress: Progress, attempt: int
+    ) -> Digests:
         digests = _Hasher(md5=record.md5 is not None)
         if codec is Codec.NONE:
             for piece in iter_file(source):
@@ -136,9 +157,11 @@ class Finalizer:
                 progress(digests.size)
             self._verify(record, digests.result())
             if source == self.blobs.part_path(record.upload_id):
+                self._check_current(record.upload_id, attempt)
                 self.blobs.store_part(record.upload_id, blob_id)
             return digests.result()
-        with self.blobs.staging(blob_id, codec) as fh:
+        # A staging file per attempt: a second attempt never truncates the file the first is writing.
+        with self.blobs.staging(blob_id, codec, attempt=attempt) as fh:
             writer = open_writer(codec, fh, level=self.config.compression_level, size=record.filesize)
             for piece in iter_file(source):
                 digests.update(piece)
@@ -146,6 +169,7 @@ class Finalizer:
                 progress(digests.size)
             writer.close()
             self._verify(record, digests.result())  # raising here discards the staged file
+            self._check_current(record.upload_id, attempt)  # so does a takeover
         return digests.result()
 
     @staticmethod
@@ -158,16 +182,18 @@ class Finalizer:
                 msg = f"{name} of the assembled file is {computed}, the client declared {declared}"
                 raise VerificationFailed(msg)
 
-    def _fail(self, record: UploadRecord, message: str) -> None:
-        failed = self.state.transition(
+    def _fail(self, record: UploadRecord, message: str, attempt: int) -> None:
+        failed = self.state.finish_attempt(
             record.upload_id,
-            (UploadState.FINALIZING,),
+            attempt,
             self.clock(),
+            (UploadState.FINALIZING,),
             state=UploadState.FAILED,
             error_code=ErrorCode.CHECKSUM_MISMATCH.value,
             error_message=message,
         )
         if failed is None:
+            self._check_current(record.upload_id, attempt)
             return
         self.blobs.remove_part(record.upload_id)
         self.blobs.blob_path(record.upload_id, Codec.NONE).unlink(missing_ok=True)  # left by a crashed attempt

@@ -145,12 +145,14 @@ def detailed_health() -> Response:
 
 
 def database_check(app: Flask) -> Check:
-    """A read from the state store (SQLite or Redis) that every upload request depends on."""
+    """A read from the state store (SQLite or PostgreSQL) that every upload request depends on."""
 
     def check() -> CheckResult:
         state: StateStore = app.extensions["state_store"]
         total = state.list_uploads(UploadQuery(limit=1))[1]
-        return CheckResult(True, details={"backend": type(state).__name__, "uploads": total})
+        engine = getattr(state, "engine", None)
+        backend = engine.dialect.name if engine is not None else type(state).__name__
+        return CheckResult(True, details={"backend": backend, "uploads": total})
 
     return check
 
@@ -159,15 +161,16 @@ def jobs_check(app: Flask, config: ServerConfig, clock: Callable[[], float] = ti
     """The background runner of this process is alive and no finalize job is stuck far past its lease."""
 
     def check() -> CheckResult:
+        state: StateStore = app.extensions["state_store"]
+        counts = state.job_counts()  # retrying: jobs given back after a failure or a full disk
         if not config.background_jobs:
-            return CheckResult(True, details={"enabled": False})
+            return CheckResult(True, details={"enabled": False, **counts})
         runner: JobRunner | None = app.extensions.get("job_runner")
         alive = runner is not None and runner.is_running()
-        state: StateStore = app.extensions["state_store"]
         finalizing, pending = state.list_uploads(UploadQuery(state=UploadState.FINALIZING, limit=100))
         stuck_before = clock() - max(STUCK_AFTER, 10 * config.job_lease)
         stuck = [r.upload_id for r in finalizing if r.updated_at < stuck_before]
-        details = {"enabled": True, "runner_alive": alive, "finalizing": pending, "stuck": stuck}
+        details = {"enabled": True, "runner_alive": alive, "finalizing": pending, "stuck": stuck, **counts}
         if not alive:
             return CheckResult(False, "background job thread is not running in this process", details)
         if stuck:

@@ -2,8 +2,11 @@
 
 A finalize job is a row, not a thread's memory: a worker claims it with a lease
 and renews the lease while it works. If the worker is killed, the lease runs
-out and any worker (after a restart, too) claims the job again. The sweep runs
-in whichever process holds the ``sweep`` lease, so one sweep at a time.
+out and any worker (after a restart, too) claims the job again. Each claim is a
+new attempt number, the fencing token every state change of that attempt names:
+a worker that stalled past its lease (a slow disk, a paused VM) and wakes up after
+another attempt took over changes and deletes nothing. Lease times are the
+database's clock. The sweep runs in whichever process holds the ``sweep`` lease.
 """
 
 from __future__ import annotations
@@ -18,19 +21,15 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from core.protocol import ErrorCode, UploadState
+from core.protocol import Codec, ErrorCode, UploadState
 from core.server import events
-from core.server.finalize import Finalizer
-from core.server.service import UploadService
+from core.server.finalize import Finalizer, StaleAttempt
+from core.server.service import DISK_FULL, UploadService
 
 log = logging.getLogger("upload_server")
 
 POLL_INTERVAL = 1.0
 SWEEP_LEASE = "sweep"
-
-
-class LeaseLost(Exception):
-    """Another worker took the job over (our lease ran out); stop without touching it."""
 
 
 class JobRunner:
@@ -55,28 +54,27 @@ class JobRunner:
     # --- one step ------------------------------------------------------------------
     def run_once(self) -> bool:
         """Claim and run one due finalize job; True if there was one."""
-        lease = self.config.job_lease
-        claimed = self.state.claim_job(self.holder, self.clock(), lease)
+        claimed = self.state.claim_job(self.holder, self.config.job_lease)
         if claimed is None:
             return False
         upload_id, attempt = claimed
-        if attempt > self.config.job_max_attempts:
-            self._give_up(upload_id, attempt - 1)
-            return True
+        if attempt > 1:
+            log.info("Finalize of %s: attempt %d (an earlier one failed, crashed or stalled)", upload_id, attempt)
         try:
-            self.finalizer.run(upload_id, self._progress(upload_id))
-        except LeaseLost:
-            log.warning("Finalize of %s taken over by another worker", upload_id)
+            self.finalizer.run(upload_id, self._progress(upload_id, attempt), attempt=attempt)
+        except StaleAttempt:
+            log.warning(
+                "Finalize attempt %d of %s was taken over by another attempt; it changed nothing", attempt, upload_id
+            )
             return True
-        except Exception:
-            delay = min(60.0, 2.0**attempt)
-            log.exception("Finalize attempt %d of %s failed; retrying in %.0fs", attempt, upload_id, delay)
-            self.state.release_job(upload_id, self.holder, self.clock() + delay)
+        except Exception as err:
+            self._retry_or_give_up(upload_id, attempt, err)
             return True
-        self.state.finish_job(upload_id)
+        # The finalizer finished the job with its final transition; this covers the early returns.
+        self.state.finish_job(upload_id, attempt)
         return True
 
-    def _progress(self, upload_id: str) -> Callable[[int], None]:
+    def _progress(self, upload_id: str, attempt: int) -> Callable[[int], None]:
         """Record progress and renew the lease every few seconds while the job reads the file."""
         every = max(0.2, self.config.job_lease / 3)
         last = time.monotonic()
@@ -86,25 +84,50 @@ class JobRunner:
             if time.monotonic() - last < every:
                 return
             last = time.monotonic()
-            now = self.clock()
-            if not self.state.renew_job(upload_id, self.holder, now + self.config.job_lease):
-                raise LeaseLost(upload_id)
-            self.state.transition(upload_id, (UploadState.FINALIZING,), now, progress=done)
+            if not self.state.renew_job(upload_id, attempt, self.config.job_lease):
+                raise StaleAttempt(upload_id)
+            self.state.transition(upload_id, (UploadState.FINALIZING,), self.clock(), fence=attempt, progress=done)
 
         return report
 
-    def _give_up(self, upload_id: str, attempts: int) -> None:
-        message = f"finalize failed {attempts} times; see the server log"
-        failed = self.state.transition(
+    def _retry_or_give_up(self, upload_id: str, attempt: int, err: Exception) -> None:
+        """Back off and retry; only real failures (not a full disk) count toward JOB_MAX_ATTEMPTS.
+
+        A worker that crashed or stalled never gets here: its job is simply claimed again when
+        its lease runs out, without touching the budget either.
+        """
+        transient = isinstance(err, OSError) and err.errno in DISK_FULL
+        delay = min(60.0, 2.0 ** min(attempt, 6))
+        failures = self.state.release_job(upload_id, attempt, delay, failed=not transient)
+        if failures is None:
+            return  # taken over meanwhile: the new attempt decides
+        reason = "disk_full" if transient else "error"
+        events.finalize_retried.send(self, upload_id=upload_id, attempt=attempt, reason=reason)
+        if transient:
+            log.warning("Finalize attempt %d of %s: storage full; retrying in %.0fs", attempt, upload_id, delay)
+        elif failures >= self.config.job_max_attempts:
+            log.error("Finalize attempt %d of %s failed", attempt, upload_id, exc_info=err)
+            self._give_up(upload_id, attempt, failures)
+        else:
+            log.error("Finalize attempt %d of %s failed; retrying in %.0fs", attempt, upload_id, delay, exc_info=err)
+
+    def _give_up(self, upload_id: str, attempt: int, failures: int) -> None:
+        message = f"finalize failed {failures} times; see the server log"
+        failed = self.state.finish_attempt(
             upload_id,
-            (UploadState.FINALIZING,),
+            attempt,
             self.clock(),
+            (UploadState.FINALIZING,),
             state=UploadState.FAILED,
             error_code=ErrorCode.INTERNAL_ERROR.value,
             error_message=message,
         )
-        self.state.finish_job(upload_id)
+        if failed is None:  # aborted meanwhile: nothing to mark, only the job to drop
+            self.state.finish_job(upload_id, attempt)
         if failed is not None:
+            # Release the disk: the client re-initialises the upload (a failed upload is never resumed).
+            self.service.blobs.remove_part(upload_id)
+            self.service.blobs.blob_path(upload_id, Codec.NONE).unlink(missing_ok=True)  # moved by an attempt
             log.error("Giving up on upload %s: %s", upload_id, message)
             events.upload_failed.send(
                 self, upload_id=upload_id, owner=failed.owner, code=ErrorCode.INTERNAL_ERROR.value, message=message
@@ -117,7 +140,7 @@ class JobRunner:
         if interval <= 0 or now < self._next_sweep:
             return None
         self._next_sweep = now + interval
-        if not self.state.acquire_lease(SWEEP_LEASE, self.holder, now, now + interval):
+        if not self.state.acquire_lease(SWEEP_LEASE, self.holder, interval):
             return None
         return self.service.sweep()
 

@@ -5,8 +5,8 @@ sha256 of the secret is stored, and it is compared with ``hmac.compare_digest``.
 The secret carries 256 bits of entropy, so a plain (unsalted, fast) hash is
 enough: nothing can be brute-forced from a leaked table. Every lookup reads the
 store, so ``keys revoke`` in one process takes effect in every gunicorn worker,
-on every host, at the next request. The store is SQLite in UPLOAD_DIR (one host)
-or, with ``STATE_STORE_URI=redis://…``, the Redis every app server shares.
+on every host, at the next request. The keys live in the state database
+(SQLite in UPLOAD_DIR, or the PostgreSQL of ``STATE_STORE_URI`` every host shares).
 """
 
 from __future__ import annotations
@@ -22,17 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import redis
 from flask import Flask, current_app
 from flask.cli import AppGroup
+from sqlalchemy import Engine, select, update
 
 from core.config import ServerConfig
+from core.server import db
+from core.server.db import api_keys, upsert
 from core.server.identity import ANONYMOUS, Identity
-from core.server.redis_store import PREFIX, connect
-from core.sqlite import ThreadConnections, transaction
 
 KEY_PREFIX = "rbk"
-KEYS_FILENAME = "keys.sqlite3"
 EXTENSION = "api_keys"
 # A robot name appears in logs, URLs (/robots/<name>/heartbeat) and file metadata.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -145,150 +144,62 @@ class KeyStore(abc.ABC):
         """Release connections."""
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_keys (
-    key_id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    admin INTEGER NOT NULL,
-    secret_sha256 TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    revoked_at REAL
-);
-CREATE INDEX IF NOT EXISTS api_keys_name ON api_keys (name);
-"""
+class SQLKeyStore(KeyStore):
+    """Keys in the ``api_keys`` table of the state database, shared by every worker and host."""
 
-
-class SQLiteKeyStore(KeyStore):
-    """Keys in an SQLite file (WAL) shared by every worker process on one host."""
-
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, engine: Engine, *, clock: Callable[[], float] = time.time) -> None:
         super().__init__(clock=clock)
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # gthread workers serve requests on several threads: one connection each.
-        self._connections = ThreadConnections(path, timeout=10.0, synchronous="FULL")
-        self._connections.get().executescript(_SCHEMA)
+        self.engine = engine
 
     def _insert(self, record: KeyRecord, secret_sha256: str) -> bool:
-        with transaction(self._connections.get()) as db:
-            inserted = db.execute(
-                "INSERT INTO api_keys (key_id, name, admin, secret_sha256, created_at) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (key_id) DO NOTHING",
-                (record.key_id, record.name, int(record.admin), secret_sha256, record.created_at),
-            ).rowcount
-        return inserted == 1
+        with db.write(self.engine) as conn:
+            stmt = upsert(conn, api_keys).values(
+                key_id=record.key_id,
+                name=record.name,
+                admin=record.admin,
+                secret_sha256=secret_sha256,
+                created_at=record.created_at,
+            )
+            inserted = stmt.on_conflict_do_nothing(index_elements=["key_id"]).returning(api_keys.c.key_id)
+            return conn.execute(inserted).first() is not None
 
     def list(self, *, include_revoked: bool = False) -> list[KeyRecord]:
-        query = "SELECT key_id, name, admin, created_at, revoked_at FROM api_keys"
+        c = api_keys.c
+        query = select(c.key_id, c.name, c.admin, c.created_at, c.revoked_at).order_by(c.name, c.created_at)
         if not include_revoked:
-            query += " WHERE revoked_at IS NULL"
-        rows = self._connections.get().execute(query + " ORDER BY name, created_at").fetchall()
+            query = query.where(c.revoked_at.is_(None))
+        with db.read(self.engine) as conn:
+            rows = conn.execute(query).all()
         return [KeyRecord(row[0], row[1], bool(row[2]), row[3], row[4]) for row in rows]
 
     def _revoke(self, name: str, key_id: str | None, now: float) -> int:
-        query = "UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL"
-        params: tuple[object, ...] = (now, name)
+        c = api_keys.c
+        query = update(api_keys).where(c.name == name, c.revoked_at.is_(None)).values(revoked_at=now)
         if key_id is not None:
-            query += " AND key_id = ?"
-            params = (*params, key_id)
-        with transaction(self._connections.get()) as db:
-            return db.execute(query, params).rowcount
+            query = query.where(c.key_id == key_id)
+        with db.write(self.engine) as conn:
+            return int(conn.execute(query).rowcount)
 
     def _find_active(self, key_id: str) -> _ActiveKey | None:
-        row = (
-            self._connections.get()
-            .execute(
-                "SELECT name, admin, secret_sha256 FROM api_keys WHERE key_id = ? AND revoked_at IS NULL", (key_id,)
-            )
-            .fetchone()
-        )
+        c = api_keys.c
+        with db.read(self.engine) as conn:
+            row = conn.execute(
+                select(c.name, c.admin, c.secret_sha256).where(c.key_id == key_id, c.revoked_at.is_(None))
+            ).first()
         return None if row is None else _ActiveKey(row[0], bool(row[1]), row[2])
 
     def close(self) -> None:
-        self._connections.close()
+        self.engine.dispose()
 
 
-# KEYS: key, all, by_name; ARGV: key_id, name, admin, secret_sha256, created_at
-_CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'name', ARGV[2], 'admin', ARGV[3], 'secret_sha256', ARGV[4], 'created_at', ARGV[5])
-redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[1])
-return 1
-"""
-
-# KEYS: by_name, key_prefix; ARGV: now, key_id ('' for all of the name's keys)
-_REVOKE = """
-local ids = redis.call('SMEMBERS', KEYS[1])
-local revoked = 0
-for _, id in ipairs(ids) do
-  if (ARGV[2] == '' or ARGV[2] == id) and redis.call('HEXISTS', KEYS[2] .. id, 'revoked_at') == 0 then
-    redis.call('HSET', KEYS[2] .. id, 'revoked_at', ARGV[1])
-    revoked = revoked + 1
-  end
-end
-return revoked
-"""
+def key_store_for(upload_dir: Path) -> SQLKeyStore:
+    """The key store of one storage root's embedded SQLite state (tools and tests on one host)."""
+    return open_key_store(ServerConfig(upload_dir=upload_dir))
 
 
-class RedisKeyStore(KeyStore):
-    """Keys in the Redis every app server shares: one hash per key, indexed by creation and by name.
-
-    Revocation is one Lua script, so it is atomic and visible to every host at
-    the next lookup; keys never expire (a revoked key stays listed, like in SQLite).
-    """
-
-    def __init__(self, client: redis.Redis, prefix: str = PREFIX, *, clock: Callable[[], float] = time.time) -> None:
-        super().__init__(clock=clock)
-        self.redis = client
-        self._key = f"{prefix}apikey:"
-        self._all = f"{prefix}apikeys"
-        self._by_name = f"{prefix}apikeys:name:"
-        self._create = client.register_script(_CREATE)
-        self._revoke_script = client.register_script(_REVOKE)
-
-    def _insert(self, record: KeyRecord, secret_sha256: str) -> bool:
-        keys = [self._key + record.key_id, self._all, self._by_name + record.name]
-        args = [record.key_id, record.name, int(record.admin), secret_sha256, repr(record.created_at)]
-        return bool(self._create(keys=keys, args=args))
-
-    def list(self, *, include_revoked: bool = False) -> list[KeyRecord]:
-        ids = [raw.decode() for raw in self.redis.zrange(self._all, 0, -1)]
-        pipe = self.redis.pipeline(transaction=False)
-        for key_id in ids:
-            pipe.hmget(self._key + key_id, "name", "admin", "created_at", "revoked_at")
-        records = [
-            KeyRecord(key_id, name.decode(), admin == b"1", float(created), float(revoked) if revoked else None)
-            for key_id, (name, admin, created, revoked) in zip(ids, pipe.execute(), strict=True)
-            if name is not None
-        ]
-        return sorted((r for r in records if include_revoked or r.active), key=lambda r: (r.name, r.created_at))
-
-    def _revoke(self, name: str, key_id: str | None, now: float) -> int:
-        return int(self._revoke_script(keys=[self._by_name + name, self._key], args=[repr(now), key_id or ""]))
-
-    def _find_active(self, key_id: str) -> _ActiveKey | None:
-        name, admin, digest, revoked = self.redis.hmget(
-            self._key + key_id, "name", "admin", "secret_sha256", "revoked_at"
-        )
-        if name is None or digest is None or revoked is not None:
-            return None
-        return _ActiveKey(name.decode(), admin == b"1", digest.decode())
-
-    def close(self) -> None:
-        self.redis.close()
-
-
-def key_store_for(upload_dir: Path) -> SQLiteKeyStore:
-    """The embedded key store of one storage root, shared by every server process of one host."""
-    return SQLiteKeyStore(upload_dir / KEYS_FILENAME)
-
-
-def open_key_store(config: ServerConfig) -> KeyStore:
-    """Redis when STATE_STORE_URI is set (like the upload state and robot status), else SQLite in UPLOAD_DIR."""
-    if config.state_store_uri:
-        return RedisKeyStore(connect(config.state_store_uri))
-    return key_store_for(config.upload_dir)
+def open_key_store(config: ServerConfig, engine: Engine | None = None) -> KeyStore:
+    """Keys in the state database of STATE_STORE_URI (``engine`` when the app has opened it already)."""
+    return SQLKeyStore(engine or db.checked_engine(config))
 
 
 def key_store(app: Flask | None = None) -> KeyStore:

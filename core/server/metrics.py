@@ -45,6 +45,11 @@ UPLOADS_COMPLETED = Counter(f"{PREFIX}_uploads_completed_total", "Uploads verifi
 UPLOADS_FAILED = Counter(f"{PREFIX}_uploads_failed_total", "Uploads that failed verification or storage", ["code"])
 UPLOADS_ABORTED = Counter(f"{PREFIX}_uploads_aborted_total", "Uploads aborted by their client")
 UPLOADS_EXPIRED = Counter(f"{PREFIX}_uploads_expired_total", "Incomplete uploads removed by the TTL sweep")
+FINALIZE_RETRIES = Counter(
+    f"{PREFIX}_finalize_retries_total",
+    "Finalize attempts given back for a retry, by reason (disk_full does not count toward JOB_MAX_ATTEMPTS)",
+    ["reason"],
+)
 BYTES_RECEIVED = Counter(f"{PREFIX}_bytes_received_total", "Chunk bytes stored (fsynced and acknowledged)")
 CHUNK_SECONDS = Histogram(
     f"{PREFIX}_chunk_seconds",
@@ -108,6 +113,7 @@ _HANDLERS: tuple[tuple[Any, Callable[..., None]], ...] = (
     (events.upload_failed, _on_failed),
     (events.upload_aborted, lambda _s, **_kw: UPLOADS_ABORTED.inc()),
     (events.upload_expired, lambda _s, **_kw: UPLOADS_EXPIRED.inc()),
+    (events.finalize_retried, lambda _s, **kw: FINALIZE_RETRIES.labels(kw["reason"]).inc()),
 )
 for _signal, _handler in _HANDLERS:
     # Process-wide, like the counters themselves: several apps in one process (tests) share them.

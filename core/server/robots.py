@@ -4,9 +4,9 @@ Robots POST their recorder and upload-queue snapshots to ``HEARTBEAT_PATH``; the
 reply carries operator commands (start/stop/pause/resume/split) that the robot
 acknowledges in its next heartbeat. Delivery is at-least-once: a command stays
 in every reply until acknowledged or expired, and the robot de-duplicates by id.
-The store interface is deliberately small: the embedded SQLite store serves one
-host; the Redis store (``STATE_STORE_URI=redis://…``, like the upload state) lets
-several app servers behind one nginx share every robot's status and commands.
+The store interface is deliberately small; it lives in the state database, so
+with ``STATE_STORE_URI=postgresql://…`` several app servers behind one nginx share
+every robot's status and commands.
 """
 
 from __future__ import annotations
@@ -15,29 +15,26 @@ import abc
 import json
 import logging
 import re
-import sqlite3
 import time
 import uuid
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import redis
 from flask import Blueprint, Flask, current_app, jsonify, request
+from sqlalchemy import Engine, delete, insert, select, update
 
 from core.config import ServerConfig
 from core.protocol import HEARTBEAT_PATH, CommandAck, CommandDoc, CommandState, RobotAction
+from core.server import db
+from core.server.db import commands, upsert
+from core.server.db import robots as robots_table
 from core.server.errors import Forbidden, InvalidField, InvalidJson, PayloadTooLarge
 from core.server.identity import current_identity
-from core.server.redis_store import PREFIX, connect
-from core.sqlite import ThreadConnections, transaction
 
 log = logging.getLogger(__name__)
 
 EXTENSION = "robot_store"
-ROBOTS_FILE = "robots.sqlite3"
 CONFIG_EXTENSION = "robots_config"
 MAX_HEARTBEAT_BYTES = 512 * 1024
 MAX_ROBOT_ID_LENGTH = 128
@@ -113,113 +110,102 @@ class RobotStore(abc.ABC):
     def recent_commands(self, limit: int = 50) -> list[Command]:
         """Newest commands first, for the dashboard."""
 
+    @abc.abstractmethod
+    def prune(self, before: float) -> int:
+        """Delete answered or expired commands last changed before ``before``, and robots last seen before it."""
+
     def close(self) -> None:  # noqa: B027 - optional hook, most stores have nothing to release
         """Release connections."""
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS robots (
-    robot_id TEXT PRIMARY KEY,
-    status TEXT NOT NULL,
-    last_seen REAL NOT NULL,
-    first_seen REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS commands (
-    id TEXT PRIMARY KEY,
-    robot_id TEXT NOT NULL,
-    action TEXT NOT NULL,
-    args TEXT NOT NULL,
-    issued_by TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    state TEXT NOT NULL,
-    message TEXT NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS commands_open ON commands (robot_id, state);
-CREATE INDEX IF NOT EXISTS commands_created ON commands (created_at);
-"""
+class SQLRobotStore(RobotStore):
+    """Robots and commands in the state database, shared by every worker and host."""
 
-
-class SQLiteRobotStore(RobotStore):
-    """One WAL database file beside the upload state; a connection per thread and process."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._connections = ThreadConnections(path, timeout=10, synchronous="NORMAL", check_same_thread=False)
-        self._connection().executescript(_SCHEMA)
-
-    def _connection(self) -> sqlite3.Connection:
-        return self._connections.get()
-
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        return transaction(self._connection())
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
 
     def put_status(self, robot_id: str, status: dict[str, Any], now: float) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO robots (robot_id, status, last_seen, first_seen) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (robot_id) DO UPDATE SET status = excluded.status, last_seen = excluded.last_seen",
-                (robot_id, json.dumps(status), now, now),
+        with db.write(self.engine) as conn:
+            stmt = upsert(conn, robots_table).values(
+                robot_id=robot_id, status=json.dumps(status), last_seen=now, first_seen=now
+            )
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["robot_id"],
+                    set_={"status": stmt.excluded.status, "last_seen": stmt.excluded.last_seen},
+                )
             )
 
     def robots(self) -> list[RobotStatus]:
-        rows = self._connection().execute(
-            "SELECT robot_id, status, last_seen, first_seen FROM robots ORDER BY robot_id"
-        )
+        c = robots_table.c
+        with db.read(self.engine) as conn:
+            rows = conn.execute(select(c.robot_id, c.status, c.last_seen, c.first_seen).order_by(c.robot_id)).all()
         return [RobotStatus(r[0], json.loads(r[1]), r[2], r[3]) for r in rows]
 
     def enqueue(self, command: Command) -> None:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO commands VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    command.id,
-                    command.robot_id,
-                    command.action.value,
-                    json.dumps(command.args),
-                    command.issued_by,
-                    command.created_at,
-                    command.state.value,
-                    command.message,
-                    command.updated_at or command.created_at,
-                ),
+        with db.write(self.engine) as conn:
+            conn.execute(
+                insert(commands).values(
+                    id=command.id,
+                    robot_id=command.robot_id,
+                    action=command.action.value,
+                    args=json.dumps(command.args),
+                    issued_by=command.issued_by,
+                    created_at=command.created_at,
+                    state=command.state.value,
+                    message=command.message,
+                    updated_at=command.updated_at or command.created_at,
+                )
             )
 
     def take_open(self, robot_id: str, now: float, ttl: float) -> list[Command]:
-        with self._tx() as db:
-            db.execute(
-                "UPDATE commands SET state = ?, message = ?, updated_at = ? "
-                "WHERE robot_id = ? AND state IN (?, ?) AND created_at < ?",
-                (CommandState.EXPIRED.value, _EXPIRED_MESSAGE, now, robot_id, *_OPEN_STATES, now - ttl),
+        c = commands.c
+        with db.write(self.engine) as conn:
+            conn.execute(
+                update(commands)
+                .where(c.robot_id == robot_id, c.state.in_(_OPEN_STATES), c.created_at < now - ttl)
+                .values(state=CommandState.EXPIRED.value, message=_EXPIRED_MESSAGE, updated_at=now)
             )
-            db.execute(
-                "UPDATE commands SET state = ?, updated_at = ? WHERE robot_id = ? AND state = ?",
-                (CommandState.DELIVERED.value, now, robot_id, CommandState.PENDING.value),
+            conn.execute(
+                update(commands)
+                .where(c.robot_id == robot_id, c.state == CommandState.PENDING.value)
+                .values(state=CommandState.DELIVERED.value, updated_at=now)
             )
-            rows = db.execute(
-                "SELECT * FROM commands WHERE robot_id = ? AND state = ? ORDER BY created_at",
-                (robot_id, CommandState.DELIVERED.value),
-            ).fetchall()
+            rows = conn.execute(
+                select(commands)
+                .where(c.robot_id == robot_id, c.state == CommandState.DELIVERED.value)
+                .order_by(c.created_at)
+            ).all()
         return [_command(row) for row in rows]
 
     def acknowledge(self, robot_id: str, acks: Sequence[CommandAck], now: float) -> None:
         if not acks:
             return
-        with self._tx() as db:
+        c = commands.c
+        with db.write(self.engine) as conn:
             for ack in acks:
-                db.execute(
-                    "UPDATE commands SET state = ?, message = ?, updated_at = ? "
-                    "WHERE id = ? AND robot_id = ? AND state IN (?, ?)",
-                    (_ack_state(ack).value, _ack_message(ack), now, ack["id"], robot_id, *_OPEN_STATES),
+                conn.execute(
+                    update(commands)
+                    .where(c.id == ack["id"], c.robot_id == robot_id, c.state.in_(_OPEN_STATES))
+                    .values(state=_ack_state(ack).value, message=_ack_message(ack), updated_at=now)
                 )
 
+    def prune(self, before: float) -> int:
+        c = commands.c
+        with db.write(self.engine) as conn:
+            answered = conn.execute(
+                delete(commands).where(c.state.not_in(_OPEN_STATES), c.updated_at < before)
+            ).rowcount
+            silent = conn.execute(delete(robots_table).where(robots_table.c.last_seen < before)).rowcount
+        return int(answered) + int(silent)
+
     def recent_commands(self, limit: int = 50) -> list[Command]:
-        rows = self._connection().execute("SELECT * FROM commands ORDER BY created_at DESC LIMIT ?", (limit,))
+        with db.read(self.engine) as conn:
+            rows = conn.execute(select(commands).order_by(commands.c.created_at.desc()).limit(limit)).all()
         return [_command(row) for row in rows]
 
     def close(self) -> None:
-        self._connections.close()
+        self.engine.dispose()
 
 
 def _ack_state(ack: CommandAck) -> CommandState:
@@ -244,160 +230,9 @@ def _command(row: Sequence[Any]) -> Command:
     )
 
 
-# --- Redis -------------------------------------------------------------------------------
-# Each command is a hash; ``commands`` orders all of them by creation for the dashboard, and
-# ``open:<robot>`` holds exactly the robot's pending and delivered ones, so a state change and
-# leaving the open set happen together in one script and two app servers never disagree.
-
-# KEYS: open set; ARGV: command key prefix, now, expire before, expired, pending, delivered, expiry message
-_TAKE_OPEN = """
-local taken = {}
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local key = ARGV[1] .. id
-  local created = redis.call('HGET', key, 'created_at')
-  if not created then
-    redis.call('ZREM', KEYS[1], id)
-  elseif tonumber(created) < tonumber(ARGV[3]) then
-    redis.call('HSET', key, 'state', ARGV[4], 'message', ARGV[7], 'updated_at', ARGV[2])
-    redis.call('ZREM', KEYS[1], id)
-  else
-    if redis.call('HGET', key, 'state') == ARGV[5] then
-      redis.call('HSET', key, 'state', ARGV[6], 'updated_at', ARGV[2])
-    end
-    table.insert(taken, redis.call('HGETALL', key))
-  end
-end
-return taken
-"""
-
-# KEYS: open set; ARGV: command key prefix, now, then (id, state, message) per acknowledgement
-_ACKNOWLEDGE = """
-for i = 3, #ARGV, 3 do
-  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
-    redis.call('HSET', ARGV[1] .. ARGV[i], 'state', ARGV[i + 1], 'message', ARGV[i + 2], 'updated_at', ARGV[2])
-    redis.call('ZREM', KEYS[1], ARGV[i])
-  end
-end
-return 1
-"""
-
-
-class RedisRobotStore(RobotStore):
-    """Robot status and the command queue in Redis, shared by every app server of a scale-out.
-
-    Commands are kept like the SQLite store keeps them (operators issue few); a
-    robot's status is one hash it overwrites with each heartbeat.
-    """
-
-    def __init__(self, client: redis.Redis, prefix: str = PREFIX) -> None:
-        self.redis = client
-        self.p = f"{prefix}robots:"
-        self._take_open = client.register_script(_TAKE_OPEN)
-        self._acknowledge = client.register_script(_ACKNOWLEDGE)
-
-    def _robot(self, robot_id: str) -> str:
-        return f"{self.p}status:{robot_id}"
-
-    def _open(self, robot_id: str) -> str:
-        return f"{self.p}open:{robot_id}"
-
-    @property
-    def _command_prefix(self) -> str:
-        return f"{self.p}command:"
-
-    def put_status(self, robot_id: str, status: dict[str, Any], now: float) -> None:
-        key = self._robot(robot_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(key, mapping={"status": json.dumps(status), "last_seen": repr(now)})
-        pipe.hsetnx(key, "first_seen", repr(now))
-        # Equal scores: the set iterates in byte order of the ids, like SQLite's ORDER BY robot_id.
-        pipe.zadd(f"{self.p}all", {robot_id: 0})
-        pipe.execute()
-
-    def robots(self) -> list[RobotStatus]:
-        ids = [raw.decode() for raw in self.redis.zrange(f"{self.p}all", 0, -1)]
-        pipe = self.redis.pipeline(transaction=False)
-        for robot_id in ids:
-            pipe.hmget(self._robot(robot_id), "status", "last_seen", "first_seen")
-        return [
-            RobotStatus(robot_id, json.loads(status), float(last_seen), float(first_seen))
-            for robot_id, (status, last_seen, first_seen) in zip(ids, pipe.execute(), strict=True)
-            if status is not None
-        ]
-
-    def enqueue(self, command: Command) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(
-            self._command_prefix + command.id,
-            mapping={
-                "id": command.id,
-                "robot_id": command.robot_id,
-                "action": command.action.value,
-                "args": json.dumps(command.args),
-                "issued_by": command.issued_by,
-                "created_at": repr(command.created_at),
-                "state": command.state.value,
-                "message": command.message,
-                "updated_at": repr(command.updated_at or command.created_at),
-            },
-        )
-        pipe.zadd(f"{self.p}commands", {command.id: command.created_at})
-        if command.state.value in _OPEN_STATES:
-            pipe.zadd(self._open(command.robot_id), {command.id: command.created_at})
-        pipe.execute()
-
-    def take_open(self, robot_id: str, now: float, ttl: float) -> list[Command]:
-        taken = self._take_open(
-            keys=[self._open(robot_id)],
-            args=[
-                self._command_prefix,
-                repr(now),
-                repr(now - ttl),
-                CommandState.EXPIRED.value,
-                CommandState.PENDING.value,
-                CommandState.DELIVERED.value,
-                _EXPIRED_MESSAGE,
-            ],
-        )
-        return [_command_from_hash(dict(zip(flat[::2], flat[1::2], strict=True))) for flat in taken]
-
-    def acknowledge(self, robot_id: str, acks: Sequence[CommandAck], now: float) -> None:
-        if not acks:
-            return
-        answers = [item for ack in acks for item in (ack["id"], _ack_state(ack).value, _ack_message(ack))]
-        self._acknowledge(keys=[self._open(robot_id)], args=[self._command_prefix, repr(now), *answers])
-
-    def recent_commands(self, limit: int = 50) -> list[Command]:
-        ids = self.redis.zrevrange(f"{self.p}commands", 0, limit - 1)
-        pipe = self.redis.pipeline(transaction=False)
-        for command_id in ids:
-            pipe.hgetall(self._command_prefix + command_id.decode())
-        return [_command_from_hash(raw) for raw in pipe.execute() if raw]
-
-    def close(self) -> None:
-        self.redis.close()
-
-
-def _command_from_hash(raw: dict[bytes, bytes]) -> Command:
-    value = {key.decode(): data.decode() for key, data in raw.items()}
-    return Command(
-        id=value["id"],
-        robot_id=value["robot_id"],
-        action=RobotAction(value["action"]),
-        args=json.loads(value["args"]),
-        issued_by=value["issued_by"],
-        created_at=float(value["created_at"]),
-        state=CommandState(value["state"]),
-        message=value["message"],
-        updated_at=float(value["updated_at"]),
-    )
-
-
-def open_robot_store(config: ServerConfig) -> RobotStore:
-    """Redis when STATE_STORE_URI is set (like the upload state), else SQLite beside it in UPLOAD_DIR."""
-    if config.state_store_uri:
-        return RedisRobotStore(connect(config.state_store_uri))
-    return SQLiteRobotStore(config.upload_dir / ROBOTS_FILE)
+def open_robot_store(config: ServerConfig, engine: Engine | None = None) -> RobotStore:
+    """Robots in the state database of STATE_STORE_URI (``engine`` when the app has opened it already)."""
+    return SQLRobotStore(engine or db.checked_engine(config))
 
 
 # --- HTTP --------------------------------------------------------------------------------
@@ -462,7 +297,7 @@ def heartbeat(robot_id: str) -> Any:
 def init_app(app: Flask, config: ServerConfig, store: RobotStore | None = None) -> None:
     """Open the robot store (``open_robot_store`` unless given) and mount the heartbeat route."""
     app.extensions[CONFIG_EXTENSION] = config
-    app.extensions[EXTENSION] = store or open_robot_store(config)
+    app.extensions[EXTENSION] = store or open_robot_store(config, app.extensions.get(db.EXTENSION))
     # Rate limit: core.server.limits gives HEARTBEAT_PATH its own budget (HEARTBEAT_RATE_LIMIT).
     bp = Blueprint("robots", __name__)
     bp.add_url_rule(HEARTBEAT_PATH, view_func=heartbeat, methods=["POST"], endpoint="heartbeat")

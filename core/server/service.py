@@ -50,7 +50,7 @@ from core.server.validation import InitSpec
 
 log = logging.getLogger("upload_server")
 
-_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 # Request bodies are read in 256 KiB pieces: under gunicorn's gthread body reader this measured
 # ~1.5x the throughput of 64 KiB pieces at ~40% less CPU per GiB (bench/server_throughput.py).
 BODY_READ_SIZE = 256 * KiB
@@ -62,7 +62,7 @@ def storage_errors() -> Iterator[None]:
     try:
         yield
     except OSError as err:
-        if err.errno in _DISK_FULL:
+        if err.errno in DISK_FULL:
             msg = "the server's storage is full; retry later"
             raise InsufficientStorage(msg) from err
         raise
@@ -135,6 +135,8 @@ class UploadService:
         self.clock = clock
         # Set by the job runner so a finalize request wakes the local worker thread at once.
         self.on_job_queued: Callable[[], None] = lambda: None
+        # Other stores' pruning, run by each sweep: each deletes rows older than its argument, returns how many.
+        self.pruners: list[Callable[[float], int]] = []
 
     # --- lookups ---------------------------------------------------------------
     def get(self, identity: Identity, upload_id: str) -> UploadRecord:
@@ -184,10 +186,8 @@ class UploadService:
             metadata=spec.metadata,
         )
         # Owner-scoped (admins excepted): knowing a hash must not grant a copy of another robot's file.
-        duplicate = self.state.find_duplicate(
-            filesize=spec.filesize, md5=spec.md5, sha256=spec.sha256, owner=None if identity.admin else identity.name
-        )
-        if duplicate is not None and duplicate.filesize == spec.filesize:
+        duplicate = self._intact_duplicate(spec, owner=None if identity.admin else identity.name)
+        if duplicate is not None:
             return self._init_deduplicated(record, duplicate)
         with storage_errors():
             self.blobs.create_part(record.upload_id, record.filesize)
@@ -207,6 +207,24 @@ class UploadService:
         )
         self._emit_initialized(record, resumed=False)
         return InitResult(record, resumed=False)
+
+    def _intact_duplicate(self, spec: InitSpec, owner: str | None) -> UploadRecord | None:
+        """A verified copy of the same content whose stored file is there with the size its record says.
+
+        Answering ``complete`` from a record alone would spread the loss of one stored file to
+        every later upload of the same content: the robots would delete their bags.
+        """
+        candidates = self.state.find_duplicates(filesize=spec.filesize, md5=spec.md5, sha256=spec.sha256, owner=owner)
+        for candidate in candidates:
+            if candidate.filesize != spec.filesize or candidate.blob_id is None or candidate.stored_size is None:
+                continue
+            if self.blobs.has_blob(candidate.blob_id, candidate.codec or Codec.NONE, candidate.stored_size):
+                return candidate
+            log.warning(
+                "Not deduplicating onto upload %s: its stored file is missing or has the wrong size",
+                candidate.upload_id,
+            )
+        return None
 
     def _init_deduplicated(self, record: UploadRecord, duplicate: UploadRecord) -> InitResult:
         record = UploadRecord(
@@ -456,10 +474,12 @@ class UploadService:
         while stale := self.state.stale_uploads(now - self.config.upload_ttl):
             for record in stale:
                 received = self.state.received_chunks(record.upload_id)
+                # idle_before in the same statement: a chunk acknowledged since the listing keeps it alive.
                 changed = self.state.transition(
                     record.upload_id,
                     (UploadState.UPLOADING,),
                     now,
+                    idle_before=now - self.config.upload_ttl,
                     state=UploadState.ABORTED,
                     error_code=ErrorCode.UPLOAD_EXPIRED.value,
                     error_message=f"no activity for {self.config.upload_ttl:.0f}s",
@@ -477,8 +497,41 @@ class UploadService:
                     record.chunks,
                 )
                 events.upload_expired.send(self, upload_id=record.upload_id, owner=record.owner, bytes_received=nbytes)
-        log.log(logging.INFO if expired else logging.DEBUG, "Sweep finished: %d expired upload(s)", expired)
+        orphans = self._sweep_orphans()
+        receipts = self.state.prune_chunk_receipts()
+        pruned = sum(prune(now - self.config.state_retention) for prune in self.pruners)
+        log.log(
+            logging.INFO if expired or orphans or receipts or pruned else logging.DEBUG,
+            "Sweep finished: %d expired upload(s), %d orphaned file(s) removed, %d chunk receipt(s) and"
+            " %d old command/robot row(s) pruned",
+            expired,
+            orphans,
+            receipts,
+            pruned,
+        )
         return expired
+
+    def _sweep_orphans(self) -> int:
+        """Remove files a crash left between two steps: nothing else would ever delete them.
+
+        A part file whose upload is finished (the crash came between the final transition and
+        removing the part) or that has no record at all (init crashed between the part and the
+        record; only once it is older than UPLOAD_TTL, so an init in progress keeps its part), and
+        staging files of finalize attempts that died (older than two leases: a live attempt writes on).
+        """
+        ages = self.blobs.part_ages()
+        states = self.state.states_of(list(ages))
+        removed = 0
+        for upload_id, age in ages.items():
+            state = states.get(upload_id)
+            finished = state in (UploadState.COMPLETE, UploadState.ABORTED, UploadState.FAILED)
+            if finished or (state is None and age > self.config.upload_ttl):
+                self.blobs.remove_part(upload_id)
+                log.info(
+                    "Removed orphaned part file of upload %s (%s)", upload_id, state.value if state else "no record"
+                )
+                removed += 1
+        return removed + self.blobs.remove_stale_staging(max(60.0, 2 * self.config.job_lease))
 
 
 def _check_chunk(index: int, sha_hex: str, md5_hex: str | None, *, sha256: str | None, md5: str | None) -> None:

@@ -1,26 +1,28 @@
-"""Upload state behind a small interface: SQLite (WAL, shared by every gunicorn worker) is the embedded default.
+"""Upload state behind a small interface, on SQL: SQLite (embedded default) or PostgreSQL (several hosts).
 
 The interface speaks only in ``UploadRecord``s, chunk indices and job/lease
-names, so a Redis implementation can replace SQLite without the service
-noticing. Every state change is a compare-and-set (``transition``): two
-workers can never both finalize, abort or expire the same upload.
-Times are plain epoch seconds passed in by the caller, which owns the clock.
+names. Every state change is a compare-and-set (``transition``): two workers
+can never both finalize, abort or expire the same upload. Finalize jobs are
+fenced: a claim returns an attempt number, and every change that attempt makes
+names it, so an attempt whose lease ran out (a stalled worker, a paused VM)
+changes nothing once another attempt has claimed the job. Upload times are
+epoch seconds passed in by the caller, which owns the clock; lease times come
+from the database's clock, the one clock every host shares.
 """
 
 from __future__ import annotations
 
 import abc
-import errno
 import json
-import sqlite3
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
+
 from core.protocol import Codec, UploadState
-from core.sqlite import ThreadConnections, transaction
+from core.server import db
+from core.server.db import chunks, jobs, leases, uploads, upsert
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class UploadQuery:
 class StateStore(abc.ABC):
     """Where upload sessions, received chunks, finalize jobs and leases live.
 
-    Implementations must be safe to use from several threads and processes at once.
+    Implementations must be safe to use from several threads, processes and hosts at once.
     """
 
     @abc.abstractmethod
@@ -94,10 +96,13 @@ class StateStore(abc.ABC):
         """The newest uploading/finalizing upload of the same file by the same owner."""
 
     @abc.abstractmethod
-    def find_duplicate(
-        self, *, filesize: int, md5: str | None, sha256: str | None, owner: str | None
-    ) -> UploadRecord | None:
-        """A complete, verified upload with this sha256 (or md5 and size); ``owner=None`` searches all owners."""
+    def find_duplicates(
+        self, *, filesize: int, md5: str | None, sha256: str | None, owner: str | None, limit: int = 5
+    ) -> list[UploadRecord]:
+        """Complete, verified uploads with this sha256 (or md5 and size), oldest first; ``owner=None``: all owners.
+
+        Several, so that the caller can skip a copy whose stored file turns out to be missing.
+        """
 
     @abc.abstractmethod
     def list_uploads(self, query: UploadQuery) -> tuple[list[UploadRecord], int]:
@@ -105,9 +110,20 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def transition(
-        self, upload_id: str, from_states: Collection[UploadState], now: float, **changes: Any
+        self,
+        upload_id: str,
+        from_states: Collection[UploadState],
+        now: float,
+        *,
+        fence: int | None = None,
+        idle_before: float | None = None,
+        **changes: Any,
     ) -> UploadRecord | None:
-        """Apply ``changes`` only if the upload is in one of ``from_states``; the new record, or None if not."""
+        """Apply ``changes`` only if the upload is in one of ``from_states``; the new record, or None if not.
+
+        ``fence``: only if the upload's finalize job is still at that attempt. ``idle_before``: only
+        if its last activity is older (the sweep; checked in the same statement as the change).
+        """
 
     @abc.abstractmethod
     def record_chunk(self, upload_id: str, index: int, sha256: str, now: float) -> int | None:
@@ -129,98 +145,80 @@ class StateStore(abc.ABC):
         """Uploads still ``uploading`` whose last activity is older than ``idle_before``."""
 
     @abc.abstractmethod
+    def states_of(self, upload_ids: Collection[str]) -> dict[str, UploadState]:
+        """The state of each known upload among ``upload_ids`` (unknown ids are left out)."""
+
+    @abc.abstractmethod
+    def prune_chunk_receipts(self) -> int:
+        """Forget the chunk receipts of complete and aborted uploads (never read again); how many rows went."""
+
+    @abc.abstractmethod
     def start_finalize(self, upload_id: str, now: float) -> UploadRecord | None:
         """Atomically move an upload from uploading to finalizing and queue its finalize job."""
 
     @abc.abstractmethod
-    def claim_job(self, holder: str, now: float, lease: float) -> tuple[str, int] | None:
-        """Claim one due finalize job for ``lease`` seconds: (upload_id, attempt number), or None."""
+    def claim_job(self, holder: str, lease: float) -> tuple[str, int] | None:
+        """Claim one due finalize job for ``lease`` seconds of database time: (upload_id, attempt), or None.
+
+        The attempt number is the fencing token of this claim.
+        """
 
     @abc.abstractmethod
-    def renew_job(self, upload_id: str, holder: str, until: float) -> bool:
-        """Extend a claimed job's lease; False if another holder has taken it over."""
+    def renew_job(self, upload_id: str, attempt: int, lease: float) -> bool:
+        """Extend the lease of ``attempt`` by ``lease`` seconds; False if another attempt has claimed the job."""
 
     @abc.abstractmethod
-    def release_job(self, upload_id: str, holder: str, retry_at: float) -> None:
-        """Give a job back after a failed attempt; it becomes due again at ``retry_at``."""
+    def release_job(self, upload_id: str, attempt: int, retry_in: float, *, failed: bool = True) -> int | None:
+        """Give the job back after an attempt; due again in ``retry_in`` seconds.
+
+        ``failed`` counts the attempt against the failure budget (a full disk does not). Returns the
+        job's failure count, or None if the attempt is stale (nothing changed).
+        """
 
     @abc.abstractmethod
-    def finish_job(self, upload_id: str) -> None: ...
+    def job_counts(self) -> dict[str, int]:
+        """Queued finalize jobs: ``running`` (held), ``retrying`` (released after an attempt), ``waiting``."""
 
     @abc.abstractmethod
-    def acquire_lease(self, name: str, holder: str, now: float, until: float) -> bool:
-        """Hold the named lease until ``until`` if it is free, expired or already ours (e.g. the sweep)."""
+    def finish_job(self, upload_id: str, attempt: int) -> bool:
+        """Delete the job if ``attempt`` still holds it; False (nothing deleted) if another claimed it."""
+
+    @abc.abstractmethod
+    def finish_attempt(
+        self, upload_id: str, attempt: int, now: float, from_states: Collection[UploadState], **changes: Any
+    ) -> UploadRecord | None:
+        """``transition`` and ``finish_job`` in one transaction, both fenced by ``attempt``; None changes nothing."""
+
+    @abc.abstractmethod
+    def job_attempt(self, upload_id: str) -> int | None:
+        """The attempt that currently holds (or last held) the upload's job; None when there is no job."""
+
+    @abc.abstractmethod
+    def acquire_lease(self, name: str, holder: str, duration: float) -> bool:
+        """Hold the named lease for ``duration`` seconds of database time if it is free, expired or ours."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS uploads (
-    upload_id TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    filename TEXT NOT NULL,
-    filesize INTEGER NOT NULL,
-    chunk_size INTEGER NOT NULL,
-    chunks INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    md5 TEXT,
-    sha256 TEXT,
-    compression TEXT NOT NULL,
-    state TEXT NOT NULL,
-    blob_id TEXT,
-    codec TEXT,
-    stored_size INTEGER,
-    verified INTEGER NOT NULL DEFAULT 0,
-    deduplicated INTEGER NOT NULL DEFAULT 0,
-    error_code TEXT,
-    error_message TEXT,
-    progress INTEGER NOT NULL DEFAULT 0,
-    metadata TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS uploads_by_file ON uploads (owner, filename, filesize, state);
-CREATE INDEX IF NOT EXISTS uploads_by_sha256 ON uploads (sha256, state);
-CREATE INDEX IF NOT EXISTS uploads_by_md5 ON uploads (md5, filesize, state);
-CREATE INDEX IF NOT EXISTS uploads_by_created ON uploads (created_at);
-CREATE INDEX IF NOT EXISTS uploads_by_activity ON uploads (state, updated_at);
-CREATE TABLE IF NOT EXISTS chunks (
-    upload_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    sha256 TEXT NOT NULL,
-    PRIMARY KEY (upload_id, idx)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS jobs (
-    upload_id TEXT PRIMARY KEY,
-    holder TEXT,
-    due_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS leases (
-    name TEXT PRIMARY KEY,
-    holder TEXT NOT NULL,
-    until REAL NOT NULL
-);
-"""
-
 _COLUMNS = tuple(f.name for f in fields(UploadRecord))
 _ACTIVE = (UploadState.UPLOADING.value, UploadState.FINALIZING.value)
 
 
-def _to_row(record: UploadRecord) -> tuple[Any, ...]:
-    return tuple(_to_column(name, getattr(record, name)) for name in _COLUMNS)
+def _to_row(record: UploadRecord) -> dict[str, Any]:
+    return {name: _to_column(name, getattr(record, name)) for name in _COLUMNS}
 
 
 def _to_column(name: str, value: Any) -> Any:
     if name == "metadata":
         return json.dumps(value, separators=(",", ":"))
     if isinstance(value, bool):
-        return int(value)
+        return value
     return getattr(value, "value", value)
 
 
-def _from_row(row: sqlite3.Row) -> UploadRecord:
-    values = dict(zip(_COLUMNS, row, strict=True))
+def _from_row(row: Mapping[str, Any]) -> UploadRecord:
+    values = {name: row[name] for name in _COLUMNS}
     values["metadata"] = json.loads(values["metadata"])
     values["compression"] = Codec(values["compression"])
     values["codec"] = Codec(values["codec"]) if values["codec"] else None
@@ -230,196 +228,299 @@ def _from_row(row: sqlite3.Row) -> UploadRecord:
     return UploadRecord(**values)
 
 
-class SQLiteStateStore(StateStore):
-    """One SQLite file in WAL mode; a connection per thread and process (connections must not cross a fork)."""
+class SQLStateStore(StateStore):
+    """Every upload, chunk receipt, job and lease in the state database (SQLite or PostgreSQL)."""
 
-    BUSY_TIMEOUT = 30.0
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # FULL: a chunk receipt is acknowledged to the robot, so it must survive power loss too.
-        self._connections = ThreadConnections(path, timeout=self.BUSY_TIMEOUT, synchronous="FULL")
-        # executescript commits on its own; CREATE ... IF NOT EXISTS makes concurrent starts harmless.
-        self._connection().executescript(_SCHEMA)
-
-    def _connection(self) -> sqlite3.Connection:
-        return self._connections.get()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction whose disk-full error is the same ``OSError`` as the blob store's."""
-        try:
-            with transaction(self._connection()) as db:
-                yield db
-        except sqlite3.OperationalError as err:
-            if err.sqlite_errorcode == sqlite3.SQLITE_FULL:
-                # Callers see a plain disk-full OSError, the same as from the blob store.
-                raise OSError(errno.ENOSPC, f"state database: {err}") from err
-            raise
-
-    def _one(self, sql: str, params: tuple[Any, ...] = ()) -> UploadRecord | None:
-        row = self._connection().execute(sql, params).fetchone()
+    def _one(self, query: Any) -> UploadRecord | None:
+        with db.read(self.engine) as conn:
+            row = conn.execute(query).mappings().first()
         return _from_row(row) if row else None
 
     def create_upload(self, record: UploadRecord) -> None:
-        marks = ",".join("?" * len(_COLUMNS))
-        with self._write() as db:
-            db.execute(f"INSERT INTO uploads ({','.join(_COLUMNS)}) VALUES ({marks})", _to_row(record))  # noqa: S608
+        with db.write(self.engine) as conn:
+            conn.execute(insert(uploads).values(_to_row(record)))
 
     def get_upload(self, upload_id: str) -> UploadRecord | None:
-        return self._one("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,))
+        return self._one(select(uploads).where(uploads.c.upload_id == upload_id))
 
     def find_resumable(
         self, *, owner: str, filename: str, filesize: int, chunk_size: int, md5: str | None, sha256: str | None
     ) -> UploadRecord | None:
+        c = uploads.c
         return self._one(
-            "SELECT * FROM uploads WHERE owner = ? AND filename = ? AND filesize = ? AND chunk_size = ?"
-            " AND md5 IS ? AND sha256 IS ? AND state IN (?, ?) ORDER BY created_at DESC LIMIT 1",
-            (owner, filename, filesize, chunk_size, md5, sha256, *_ACTIVE),
+            select(uploads)
+            .where(c.owner == owner, c.filename == filename, c.filesize == filesize, c.chunk_size == chunk_size)
+            .where(c.md5.is_(None) if md5 is None else c.md5 == md5)
+            .where(c.sha256.is_(None) if sha256 is None else c.sha256 == sha256)
+            .where(c.state.in_(_ACTIVE))
+            .order_by(c.created_at.desc())
+            .limit(1)
         )
 
-    def find_duplicate(
-        self, *, filesize: int, md5: str | None, sha256: str | None, owner: str | None
-    ) -> UploadRecord | None:
+    def find_duplicates(
+        self, *, filesize: int, md5: str | None, sha256: str | None, owner: str | None, limit: int = 5
+    ) -> list[UploadRecord]:
+        c = uploads.c
         if sha256:
-            where, params = "sha256 = ?", [sha256]
+            query = select(uploads).where(c.sha256 == sha256)
         elif md5:
-            where, params = "md5 = ? AND filesize = ?", [md5, filesize]
+            query = select(uploads).where(c.md5 == md5, c.filesize == filesize)
         else:
-            return None
+            return []
         if owner is not None:
-            where += " AND owner = ?"
-            params.append(owner)
-        return self._one(
-            f"SELECT * FROM uploads WHERE {where} AND state = ? AND verified = 1"  # noqa: S608
-            " ORDER BY created_at LIMIT 1",
-            (*params, UploadState.COMPLETE.value),
-        )
+            query = query.where(c.owner == owner)
+        query = query.where(c.state == UploadState.COMPLETE.value, c.verified.is_(True))
+        with db.read(self.engine) as conn:
+            rows = conn.execute(query.order_by(c.created_at).limit(limit)).mappings().all()
+        return [_from_row(row) for row in rows]
 
     def list_uploads(self, query: UploadQuery) -> tuple[list[UploadRecord], int]:
-        clauses, params = [], []
+        c = uploads.c
+        where = []
         if query.owner is not None:
-            clauses.append("owner = ?")
-            params.append(query.owner)
+            where.append(c.owner == query.owner)
         if query.state is not None:
-            clauses.append("state = ?")
-            params.append(query.state.value)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        db = self._connection()
-        total = db.execute(f"SELECT COUNT(*) FROM uploads {where}", params).fetchone()[0]  # noqa: S608
-        rows = db.execute(
-            f"SELECT * FROM uploads {where} ORDER BY created_at DESC, upload_id LIMIT ? OFFSET ?",  # noqa: S608
-            (*params, query.limit, query.offset),
-        ).fetchall()
+            where.append(c.state == query.state.value)
+        with db.read(self.engine) as conn:
+            total = conn.execute(select(func.count()).select_from(uploads).where(*where)).scalar_one()
+            rows = (
+                conn.execute(
+                    select(uploads)
+                    .where(*where)
+                    .order_by(c.created_at.desc(), c.upload_id)
+                    .limit(query.limit)
+                    .offset(query.offset)
+                )
+                .mappings()
+                .all()
+            )
         return [_from_row(row) for row in rows], int(total)
 
-    def transition(
-        self, upload_id: str, from_states: Collection[UploadState], now: float, **changes: Any
+    def _transition(
+        self,
+        conn: Connection,
+        upload_id: str,
+        from_states: Collection[UploadState],
+        now: float,
+        fence: int | None,
+        idle_before: float | None,
+        changes: dict[str, Any],
     ) -> UploadRecord | None:
         check_mutable(changes)
-        assignments = ", ".join(f"{name} = ?" for name in changes)
-        states = [s.value for s in from_states]
-        with self._write() as db:
-            cursor = db.execute(
-                f"UPDATE uploads SET {assignments}{', ' if assignments else ''}updated_at = ?"  # noqa: S608
-                f" WHERE upload_id = ? AND state IN ({','.join('?' * len(states))})",
-                (*(_to_column(k, v) for k, v in changes.items()), now, upload_id, *states),
-            )
-            if cursor.rowcount != 1:
+        c = uploads.c
+        conditions = [c.upload_id == upload_id, c.state.in_([s.value for s in from_states])]
+        if fence is not None:
+            # Lock the job row first: on PostgreSQL a concurrent claim either committed before (then the
+            # fence fails here) or waits for this transaction; a plain EXISTS would read a stale snapshot.
+            held = conn.execute(
+                select(jobs.c.upload_id)
+                .where(jobs.c.upload_id == upload_id, jobs.c.attempts == fence)
+                .with_for_update()
+            ).first()
+            if held is None:
                 return None
-            row = db.execute("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,)).fetchone()
+        if idle_before is not None:
+            conditions.append(c.updated_at < idle_before)
+        values = {name: _to_column(name, value) for name, value in changes.items()}
+        result = conn.execute(update(uploads).where(and_(*conditions)).values(**values, updated_at=now))
+        if result.rowcount != 1:
+            return None
+        row = conn.execute(select(uploads).where(c.upload_id == upload_id)).mappings().one()
         return _from_row(row)
 
+    def transition(
+        self,
+        upload_id: str,
+        from_states: Collection[UploadState],
+        now: float,
+        *,
+        fence: int | None = None,
+        idle_before: float | None = None,
+        **changes: Any,
+    ) -> UploadRecord | None:
+        with db.write(self.engine) as conn:
+            return self._transition(conn, upload_id, from_states, now, fence, idle_before, changes)
+
     def record_chunk(self, upload_id: str, index: int, sha256: str, now: float) -> int | None:
-        with self._write() as db:
-            cursor = db.execute(
-                "UPDATE uploads SET updated_at = ? WHERE upload_id = ? AND state = ?",
-                (now, upload_id, UploadState.UPLOADING.value),
+        c = uploads.c
+        with db.write(self.engine) as conn:
+            touched = conn.execute(
+                update(uploads)
+                .where(c.upload_id == upload_id, c.state == UploadState.UPLOADING.value)
+                .values(updated_at=now)
             )
-            if cursor.rowcount != 1:
+            if touched.rowcount != 1:
                 return None
-            db.execute(
-                "INSERT OR REPLACE INTO chunks (upload_id, idx, sha256) VALUES (?, ?, ?)", (upload_id, index, sha256)
-            )
-            count = db.execute("SELECT COUNT(*) FROM chunks WHERE upload_id = ?", (upload_id,)).fetchone()[0]
+            stmt = upsert(conn, chunks).values(upload_id=upload_id, idx=index, sha256=sha256)
+            conn.execute(stmt.on_conflict_do_update(index_elements=["upload_id", "idx"], set_={"sha256": sha256}))
+            count = conn.execute(
+                select(func.count()).select_from(chunks).where(chunks.c.upload_id == upload_id)
+            ).scalar_one()
         return int(count)
 
     def chunk_sha256(self, upload_id: str, index: int) -> str | None:
-        row = (
-            self._connection()
-            .execute("SELECT sha256 FROM chunks WHERE upload_id = ? AND idx = ?", (upload_id, index))
-            .fetchone()
-        )
-        return str(row[0]) if row else None
+        with db.read(self.engine) as conn:
+            value = conn.execute(
+                select(chunks.c.sha256).where(chunks.c.upload_id == upload_id, chunks.c.idx == index)
+            ).scalar()
+        return None if value is None else str(value)
 
     def received_chunks(self, upload_id: str) -> dict[int, str]:
-        rows = self._connection().execute("SELECT idx, sha256 FROM chunks WHERE upload_id = ?", (upload_id,))
-        return {int(idx): digest for idx, digest in rows}
+        with db.read(self.engine) as conn:
+            rows = conn.execute(select(chunks.c.idx, chunks.c.sha256).where(chunks.c.upload_id == upload_id))
+            return {int(idx): str(digest) for idx, digest in rows}
 
     def stale_uploads(self, idle_before: float, limit: int = 100) -> list[UploadRecord]:
-        rows = self._connection().execute(
-            "SELECT * FROM uploads WHERE state = ? AND updated_at < ? ORDER BY updated_at LIMIT ?",
-            (UploadState.UPLOADING.value, idle_before, limit),
-        )
+        c = uploads.c
+        with db.read(self.engine) as conn:
+            rows = (
+                conn.execute(
+                    select(uploads)
+                    .where(c.state == UploadState.UPLOADING.value, c.updated_at < idle_before)
+                    .order_by(c.updated_at)
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
         return [_from_row(row) for row in rows]
 
+    def states_of(self, upload_ids: Collection[str]) -> dict[str, UploadState]:
+        if not upload_ids:
+            return {}
+        with db.read(self.engine) as conn:
+            rows = conn.execute(select(uploads.c.upload_id, uploads.c.state).where(uploads.c.upload_id.in_(upload_ids)))
+            return {str(uid): UploadState(state) for uid, state in rows}
+
+    def prune_chunk_receipts(self) -> int:
+        finished = select(uploads.c.upload_id).where(
+            uploads.c.state.in_([UploadState.COMPLETE.value, UploadState.ABORTED.value])
+        )
+        with db.write(self.engine) as conn:
+            return int(conn.execute(delete(chunks).where(chunks.c.upload_id.in_(finished))).rowcount)
+
     def start_finalize(self, upload_id: str, now: float) -> UploadRecord | None:
-        with self._write() as db:
-            cursor = db.execute(
-                "UPDATE uploads SET state = ?, progress = 0, updated_at = ? WHERE upload_id = ? AND state = ?",
-                (UploadState.FINALIZING.value, now, upload_id, UploadState.UPLOADING.value),
+        with db.write(self.engine) as conn:
+            record = self._transition(
+                conn,
+                upload_id,
+                (UploadState.UPLOADING,),
+                now,
+                None,
+                None,
+                {"state": UploadState.FINALIZING, "progress": 0},
             )
-            if cursor.rowcount != 1:
+            if record is None:
                 return None
-            db.execute(
-                "INSERT OR REPLACE INTO jobs (upload_id, holder, due_at, attempts) VALUES (?, NULL, ?, 0)",
-                (upload_id, now),
+            stmt = upsert(conn, jobs).values(upload_id=upload_id, holder=None, due_at=db.db_now(conn), attempts=0)
+            # A job left by an earlier finalize keeps counting: its attempt numbers must never repeat.
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["upload_id"], set_={"holder": None, "due_at": db.db_now(conn)}
+                )
             )
-            row = db.execute("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,)).fetchone()
-        return _from_row(row)
+        return record
 
-    def claim_job(self, holder: str, now: float, lease: float) -> tuple[str, int] | None:
-        with self._write() as db:
-            row = db.execute(
-                "SELECT upload_id, attempts FROM jobs WHERE due_at <= ? ORDER BY due_at LIMIT 1", (now,)
-            ).fetchone()
-            if row is None:
+    def claim_job(self, holder: str, lease: float) -> tuple[str, int] | None:
+        with db.write(self.engine) as conn:
+            now = db.db_now(conn)
+            # SKIP LOCKED: on PostgreSQL concurrent claimers take different jobs instead of queueing;
+            # SQLite's BEGIN IMMEDIATE already serialises them.
+            due = conn.execute(
+                select(jobs.c.upload_id)
+                .where(jobs.c.due_at <= now)
+                .order_by(jobs.c.due_at)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            ).scalar()
+            if due is None:
                 return None
-            upload_id, attempts = row[0], int(row[1]) + 1
-            db.execute(
-                "UPDATE jobs SET holder = ?, due_at = ?, attempts = ? WHERE upload_id = ?",
-                (holder, now + lease, attempts, upload_id),
-            )
-        return upload_id, attempts
+            attempt = conn.execute(
+                update(jobs)
+                .where(jobs.c.upload_id == due)
+                .values(holder=holder, due_at=now + lease, attempts=jobs.c.attempts + 1)
+                .returning(jobs.c.attempts)
+            ).scalar_one()
+        return str(due), int(attempt)
 
-    def renew_job(self, upload_id: str, holder: str, until: float) -> bool:
-        with self._write() as db:
-            cursor = db.execute(
-                "UPDATE jobs SET due_at = ? WHERE upload_id = ? AND holder = ?", (until, upload_id, holder)
+    def _reschedule(self, upload_id: str, attempt: int, delay: float, **values: Any) -> bool:
+        with db.write(self.engine) as conn:
+            result = conn.execute(
+                update(jobs)
+                .where(jobs.c.upload_id == upload_id, jobs.c.attempts == attempt)
+                .values(due_at=db.db_now(conn) + delay, **values)
             )
-            return cursor.rowcount == 1
+            return result.rowcount == 1
 
-    def release_job(self, upload_id: str, holder: str, retry_at: float) -> None:
-        with self._write() as db:
-            db.execute(
-                "UPDATE jobs SET holder = NULL, due_at = ? WHERE upload_id = ? AND holder = ?",
-                (retry_at, upload_id, holder),
+    def renew_job(self, upload_id: str, attempt: int, lease: float) -> bool:
+        return self._reschedule(upload_id, attempt, lease)
+
+    def release_job(self, upload_id: str, attempt: int, retry_in: float, *, failed: bool = True) -> int | None:
+        with db.write(self.engine) as conn:
+            failures = conn.execute(
+                update(jobs)
+                .where(jobs.c.upload_id == upload_id, jobs.c.attempts == attempt)
+                .values(due_at=db.db_now(conn) + retry_in, holder=None, failures=jobs.c.failures + int(failed))
+                .returning(jobs.c.failures)
+            ).scalar()
+        return None if failures is None else int(failures)
+
+    def job_counts(self) -> dict[str, int]:
+        c = jobs.c
+        with db.read(self.engine) as conn:
+            rows = conn.execute(
+                select(c.holder.is_not(None), c.attempts > 0, func.count()).group_by(
+                    c.holder.is_not(None), c.attempts > 0
+                )
+            ).all()
+        counts = {"running": 0, "retrying": 0, "waiting": 0}
+        for held, tried, count in rows:
+            counts["running" if held else "retrying" if tried else "waiting"] += int(count)
+        return counts
+
+    @staticmethod
+    def _delete_job(conn: Connection, upload_id: str, attempt: int) -> bool:
+        result = conn.execute(delete(jobs).where(jobs.c.upload_id == upload_id, jobs.c.attempts == attempt))
+        return result.rowcount == 1
+
+    def finish_job(self, upload_id: str, attempt: int) -> bool:
+        with db.write(self.engine) as conn:
+            return self._delete_job(conn, upload_id, attempt)
+
+    def finish_attempt(
+        self, upload_id: str, attempt: int, now: float, from_states: Collection[UploadState], **changes: Any
+    ) -> UploadRecord | None:
+        with db.write(self.engine) as conn:
+            record = self._transition(conn, upload_id, from_states, now, attempt, None, changes)
+            if record is not None:
+                self._delete_job(conn, upload_id, attempt)
+            return record
+
+    def job_attempt(self, upload_id: str) -> int | None:
+        with db.read(self.engine) as conn:
+            value = conn.execute(select(jobs.c.attempts).where(jobs.c.upload_id == upload_id)).scalar()
+        return None if value is None else int(value)
+
+    def acquire_lease(self, name: str, holder: str, duration: float) -> bool:
+        with db.write(self.engine) as conn:
+            now = db.db_now(conn)
+            stmt = upsert(conn, leases).values(name=name, holder=holder, until=now + duration)
+            result = conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["name"],
+                    set_={"holder": stmt.excluded.holder, "until": stmt.excluded.until},
+                    where=(leases.c.until <= now) | (leases.c.holder == stmt.excluded.holder),
+                ).returning(leases.c.name)
             )
-
-    def finish_job(self, upload_id: str) -> None:
-        with self._write() as db:
-            db.execute("DELETE FROM jobs WHERE upload_id = ?", (upload_id,))
-
-    def acquire_lease(self, name: str, holder: str, now: float, until: float) -> bool:
-        with self._write() as db:
-            cursor = db.execute(
-                "INSERT INTO leases (name, holder, until) VALUES (?, ?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until"
-                " WHERE leases.until <= ? OR leases.holder = excluded.holder",
-                (name, holder, until, now),
-            )
-            return cursor.rowcount == 1
+            return result.first() is not None
 
     def close(self) -> None:
-        self._connections.close()
+        self.engine.dispose()
+
+
+def open_state_store(engine: Engine) -> StateStore:
+    """The state store on the server's engine (see ``core.server.db.open_engine``)."""
+    return SQLStateStore(engine)

@@ -7,16 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
 from core.config import ServerConfig
 from core.server.app import create_app
 from core.server.keys import KeyStore, key_store
-from tests.helpers.redis_server import RedisServer
-
-ROBOT_STORE_BACKENDS = ("sqlite", "redis")
 
 
 def build_app(upload_dir: Path, **overrides: Any) -> Flask:
@@ -26,38 +22,30 @@ def build_app(upload_dir: Path, **overrides: Any) -> Flask:
     return app
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One real redis-server for the Redis-backed variants; each test flushes the database it uses."""
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    """An empty Redis database, as a fresh scale-out deployment would start with."""
-    with redis.Redis.from_url(redis_server.url) as client:
-        client.flushdb()
-    return redis_server.url
-
-
 @pytest.fixture
 def upload_dir(tmp_path: Path) -> Path:
     return tmp_path / "uploads"
 
 
 @pytest.fixture
-def make_app(upload_dir: Path) -> Callable[..., Flask]:
+def make_app(upload_dir: Path) -> Iterator[Callable[..., Flask]]:
+    apps: list[Flask] = []
+
     def make(**overrides: Any) -> Flask:
         overrides.setdefault("ratelimit_enabled", False)
-        return build_app(upload_dir, **overrides)
+        apps.append(build_app(upload_dir, **overrides))
+        return apps[-1]
 
-    return make
+    yield make
+    for app in apps:  # every store shares the app's engine: this closes their database connections
+        app.extensions["job_runner"].stop()
+        app.extensions["dashboard_metrics"].close()
+        app.extensions["state_store"].close()
 
 
 @pytest.fixture
 def keys(app: Flask) -> KeyStore:
-    """The key store the test's apps read: SQLite in UPLOAD_DIR, or Redis when the app has STATE_STORE_URI."""
+    """The key store the test's apps read: the state database (SQLite in UPLOAD_DIR, or STATE_STORE_URI)."""
     return key_store(app)
 
 

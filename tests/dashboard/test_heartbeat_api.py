@@ -11,22 +11,19 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from core.protocol import CommandState, RobotAction
-from core.server.robots import Command, RedisRobotStore, SQLiteRobotStore, robot_store
-from tests.dashboard.conftest import ROBOT_STORE_BACKENDS, bearer, heartbeat
-
-_STORE_CLASS = {"sqlite": SQLiteRobotStore, "redis": RedisRobotStore}
+from core.server.robots import Command, SQLRobotStore, robot_store
+from tests.dashboard.conftest import bearer, heartbeat
 
 
-@pytest.fixture(params=ROBOT_STORE_BACKENDS)
-def make_app(request: pytest.FixtureRequest, make_app: Callable[..., Flask]) -> Callable[..., Flask]:
-    """Every heartbeat test runs against the embedded store and against Redis (STATE_STORE_URI)."""
+@pytest.fixture
+def make_app(state_store_uri: str, make_app: Callable[..., Flask]) -> Callable[..., Flask]:
+    """Every heartbeat test runs against the embedded SQLite and against PostgreSQL (STATE_STORE_URI)."""
 
     def make(**overrides: Any) -> Flask:
-        overrides.setdefault("background_jobs", False)  # no uploads here; no thread outliving the test's Redis
-        if request.param == "redis":
-            overrides.setdefault("state_store_uri", request.getfixturevalue("redis_url"))
+        overrides.setdefault("background_jobs", False)  # no uploads here
+        overrides.setdefault("state_store_uri", state_store_uri)
         app = make_app(**overrides)
-        assert type(robot_store(app)) is _STORE_CLASS[request.param]
+        assert isinstance(robot_store(app), SQLRobotStore)
         return app
 
     return make

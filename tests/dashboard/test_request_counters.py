@@ -1,4 +1,4 @@
-"""The dashboard's request counters: summed over workers and hosts, in SQLite (one host) or Redis (several)."""
+"""The dashboard's request counters: summed over workers and hosts, in SQLite (one host) or PostgreSQL (several)."""
 
 from __future__ import annotations
 
@@ -8,30 +8,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from flask import Flask
+from sqlalchemy.exc import OperationalError
 
 from core.config import ServerConfig
 from core.protocol import HEALTH_PATH, UPLOAD_PREFIX
-from core.server.redis_store import PREFIX
+from core.server import db
 from dashboard import views
 from dashboard.metrics import (
     BUCKET_SECONDS,
     KEEP_SECONDS,
-    METRICS_FILE,
     CounterStore,
-    RedisCounters,
     RequestMetrics,
-    SQLiteCounters,
+    SQLCounters,
     open_request_metrics,
 )
-from tests.dashboard.conftest import ROBOT_STORE_BACKENDS, build_app
+from tests.dashboard.conftest import build_app
+from tests.helpers.postgres import PostgresServer
+from tests.helpers.state import open_engine
 
 STATE = "/dashboard/api/state"
 
 
 class Clock:
-    """Wall-clock-based time the test moves by hand (Redis expires buckets by its own, real clock)."""
+    """Wall-clock-based time the test moves by hand."""
 
     def __init__(self) -> None:
         self.now = float(int(time.time()) // BUCKET_SECONDS * BUCKET_SECONDS)
@@ -45,22 +45,18 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=ROBOT_STORE_BACKENDS)
-def open_counters(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], CounterStore]]:
-    """Opens the shared counter store of one backend again, as another worker or host would."""
-    if request.param == "sqlite":
-        yield lambda: SQLiteCounters(tmp_path / METRICS_FILE)
-        return
-    url = request.getfixturevalue("redis_url")
-    clients: list[redis.Redis] = []
+@pytest.fixture
+def open_counters(state_store_uri: str, tmp_path: Path) -> Iterator[Callable[[], CounterStore]]:
+    """Opens the shared counter store of one engine again, as another worker or host would."""
+    opened: list[SQLCounters] = []
 
-    def open_redis() -> CounterStore:
-        clients.append(redis.Redis.from_url(url))
-        return RedisCounters(clients[-1])
+    def open_() -> CounterStore:
+        opened.append(SQLCounters(open_engine(tmp_path, state_store_uri)))
+        return opened[-1]
 
-    yield open_redis
-    for client in clients:
-        client.close()
+    yield open_
+    for store in opened:
+        store.engine.dispose()
 
 
 def test_buckets_are_summed_across_workers(open_counters: Callable[[], CounterStore], clock: Clock) -> None:
@@ -96,20 +92,8 @@ def test_series_is_zero_filled_oldest_first_and_ends_at_the_window(
     assert metrics.series(window=70)["requests"] == 1
 
 
-def test_redis_buckets_expire_by_themselves(redis_url: str, clock: Clock) -> None:
-    client = redis.Redis.from_url(redis_url)
-    metrics = RequestMetrics(RedisCounters(client), clock=clock)
-    metrics.record(200, 10)
-    metrics.flush()
-
-    (key,) = client.keys(f"{PREFIX}dashboard:*")
-    assert client.expiretime(key) == int(clock.now) + KEEP_SECONDS
-    assert client.hgetall(key) == {b"requests": b"1", b"bytes_in": b"10"}
-    client.close()
-
-
-def test_sqlite_forgets_buckets_older_than_an_hour(tmp_path: Path, clock: Clock) -> None:
-    store = SQLiteCounters(tmp_path / METRICS_FILE)
+def test_buckets_older_than_an_hour_are_forgotten(open_counters: Callable[[], CounterStore], clock: Clock) -> None:
+    store = open_counters()
     metrics = RequestMetrics(store, clock=clock)
     old = clock.now
     metrics.record(200, 10)
@@ -124,7 +108,7 @@ def test_sqlite_forgets_buckets_older_than_an_hour(tmp_path: Path, clock: Clock)
 
 def test_a_failing_store_does_not_stop_the_flusher(clock: Clock) -> None:
     class Flaky(CounterStore):
-        errors = (redis.ConnectionError,)
+        errors = (OperationalError,)
 
         def __init__(self) -> None:
             self.saved: list[int] = []
@@ -133,7 +117,7 @@ def test_a_failing_store_does_not_stop_the_flusher(clock: Clock) -> None:
         def add(self, deltas: Any, now: float) -> None:
             if self.failures:
                 self.failures -= 1
-                raise redis.ConnectionError("Redis is away")
+                raise OperationalError("INSERT", {}, OSError("the database is away"))
             self.saved.extend(c.requests for c in deltas.values())
 
         def read(self, buckets: Any) -> dict[int, Any]:
@@ -153,14 +137,13 @@ def test_a_failing_store_does_not_stop_the_flusher(clock: Clock) -> None:
     assert store.saved == [1]
 
 
-def test_open_request_metrics_follows_state_store_uri(tmp_path: Path, redis_url: str) -> None:
-    default = open_request_metrics(ServerConfig(upload_dir=tmp_path / "one-host"))
-    shared = open_request_metrics(ServerConfig(upload_dir=tmp_path / "many-hosts", state_store_uri=redis_url))
+def test_open_request_metrics_follows_state_store_uri(tmp_path: Path, state_store_uri: str) -> None:
+    metrics = open_request_metrics(ServerConfig(upload_dir=tmp_path / "root", state_store_uri=state_store_uri))
 
-    assert isinstance(default.store, SQLiteCounters)
-    assert default.store.path == tmp_path / "one-host" / METRICS_FILE
-    assert isinstance(shared.store, RedisCounters)
-    assert not (tmp_path / "many-hosts" / METRICS_FILE).exists()
+    assert isinstance(metrics.store, SQLCounters)
+    assert metrics.store.engine.dialect.name == ("postgresql" if state_store_uri else "sqlite")
+    assert (tmp_path / "root" / db.STATE_FILE).exists() == (not state_store_uri)
+    metrics.store.engine.dispose()
 
 
 def dashboard_requests(app: Flask) -> dict[str, Any]:
@@ -170,10 +153,12 @@ def dashboard_requests(app: Flask) -> dict[str, Any]:
     return counts
 
 
-def test_two_hosts_sharing_redis_show_each_others_requests(tmp_path: Path, redis_url: str) -> None:
-    """Two app servers with separate disks (like two hosts) and one Redis: each dashboard counts both."""
+@pytest.mark.postgres
+def test_two_hosts_sharing_postgresql_show_each_others_requests(tmp_path: Path, postgres: PostgresServer) -> None:
+    """Two app servers with separate disks (like two hosts) and one PostgreSQL: each dashboard counts both."""
+    url = postgres.create_database()
     hosts = [
-        build_app(tmp_path / name, auth_enabled=False, ratelimit_enabled=False, state_store_uri=redis_url)
+        build_app(tmp_path / name, auth_enabled=False, ratelimit_enabled=False, state_store_uri=url)
         for name in ("host-a", "host-b")
     ]
     for _ in range(3):
@@ -184,3 +169,7 @@ def test_two_hosts_sharing_redis_show_each_others_requests(tmp_path: Path, redis
 
     assert [dashboard_requests(app)["requests"] for app in hosts] == [4, 4]
     assert [p.name for p in tmp_path.rglob("*.sqlite3*")] == []  # no keys, robots, state or counters on disk
+    for app in hosts:
+        app.extensions[views.METRICS_EXTENSION].close()
+        app.extensions["job_runner"].stop()
+        app.extensions["state_store"].close()

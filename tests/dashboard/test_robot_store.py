@@ -1,4 +1,4 @@
-"""The RobotStore contract, passed by the embedded SQLite store and the Redis store alike."""
+"""The RobotStore contract on both engines: SQLite (embedded) and a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,28 +9,17 @@ import pytest
 
 from core.config import ServerConfig
 from core.protocol import CommandState, RobotAction
-from core.server.robots import (
-    MAX_ACK_MESSAGE,
-    Command,
-    RedisRobotStore,
-    RobotStore,
-    SQLiteRobotStore,
-    open_robot_store,
-)
-from tests.dashboard.conftest import ROBOT_STORE_BACKENDS
+from core.server.robots import MAX_ACK_MESSAGE, Command, RobotStore, SQLRobotStore, open_robot_store
 
 TTL = 60.0
 
 OpenStore = Callable[[], RobotStore]
 
 
-@pytest.fixture(params=ROBOT_STORE_BACKENDS)
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
+@pytest.fixture
+def open_store(state_store_uri: str, tmp_path: Path) -> Iterator[OpenStore]:
     """Each call is another handle on the same data: another gunicorn worker, or another app server."""
-    if request.param == "redis":
-        config = ServerConfig(upload_dir=tmp_path, state_store_uri=request.getfixturevalue("redis_url"))
-    else:
-        config = ServerConfig(upload_dir=tmp_path)
+    config = ServerConfig(upload_dir=tmp_path, state_store_uri=state_store_uri)
     stores: list[RobotStore] = []
 
     def open_() -> RobotStore:
@@ -142,11 +131,9 @@ def test_every_handle_sees_the_same_robots_and_queue(open_store: OpenStore) -> N
     assert reader.take_open("r", now=13.0, ttl=TTL) == []
 
 
-def test_state_store_uri_selects_redis_and_sqlite_stays_the_default(redis_url: str, tmp_path: Path) -> None:
-    default = open_robot_store(ServerConfig(upload_dir=tmp_path))
-    shared = open_robot_store(ServerConfig(upload_dir=tmp_path / "other", state_store_uri=redis_url))
-    assert isinstance(default, SQLiteRobotStore)
-    assert isinstance(shared, RedisRobotStore)
-    assert not (tmp_path / "other").exists()
-    default.close()
-    shared.close()
+def test_state_store_uri_selects_the_engine_and_sqlite_stays_the_default(state_store_uri: str, tmp_path: Path) -> None:
+    store = open_robot_store(ServerConfig(upload_dir=tmp_path / "root", state_store_uri=state_store_uri))
+    assert isinstance(store, SQLRobotStore)
+    assert store.engine.dialect.name == ("postgresql" if state_store_uri else "sqlite")
+    assert (tmp_path / "root").exists() == (not state_store_uri)
+    store.close()

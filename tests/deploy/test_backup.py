@@ -195,11 +195,11 @@ def test_cli_reports_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
 
 
-def flask_cli(upload_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def flask_cli(upload_dir: Path, *args: str, state_store_uri: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PYTHON, "-m", "flask", "--app", "upload_server", "backup", *args],
         cwd=REPO_ROOT,
-        env={"UPLOAD_DIR": str(upload_dir), "PATH": "/usr/bin:/bin"},
+        env={"UPLOAD_DIR": str(upload_dir), "PATH": "/usr/bin:/bin", "STATE_STORE_URI": state_store_uri},
         capture_output=True,
         text=True,
         timeout=120,
@@ -208,25 +208,34 @@ def flask_cli(upload_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.gunicorn
-def test_backup_of_a_live_server_restores_into_a_working_server(tmp_path: Path) -> None:
-    """Completed uploads download byte-identical from the restored copy; an unfinished one resumes there."""
+def test_backup_of_a_live_server_restores_into_a_working_server(
+    tmp_path: Path, state_store_uri: str, request: pytest.FixtureRequest
+) -> None:
+    """Completed uploads download byte-identical from the restored copy; an unfinished one resumes there.
+
+    With PostgreSQL the state goes through pg_dump and pg_restore into a second, empty database.
+    """
+    target_uri = request.getfixturevalue("postgres").create_database() if state_store_uri else ""
     stored = [write_source(tmp_path / "a.mcap", 9 * MiB, compressible=True), write_source(tmp_path / "b.mcap", 3 * MiB)]
     unfinished = write_source(tmp_path / "c.mcap", 4 * MiB)
-    with GunicornServer(tmp_path / "uploads", workers=2) as server:
+    with GunicornServer(tmp_path / "uploads", workers=2, env={"STATE_STORE_URI": state_store_uri}) as server:
         client = UploadClient(server.url)
         done = [client.upload(src, MiB, compression=i == 0) for i, src in enumerate(stored)]
         for upload_id in done:
             client.finalize(upload_id)
         partial = client.upload(unfinished, MiB, order=[0, 2])
-        created = flask_cli(tmp_path / "uploads", "create", str(tmp_path / "backup"))
+        created = flask_cli(tmp_path / "uploads", "create", str(tmp_path / "backup"), state_store_uri=state_store_uri)
     assert created.returncode == 0, created.stderr
     assert created.stdout.strip().splitlines()[-1] == str(tmp_path / "backup")
 
-    restored = flask_cli(tmp_path / "unused", "restore", str(tmp_path / "backup"), "--upload-dir", str(tmp_path / "r"))
+    restored = flask_cli(
+        tmp_path / "unused", "restore", str(tmp_path / "backup"), "--upload-dir", str(tmp_path / "r"),
+        state_store_uri=target_uri,
+    )  # fmt: skip
     assert restored.returncode == 0, restored.stderr
     assert "all verified" in restored.stdout
 
-    with GunicornServer(tmp_path / "r", workers=1) as server:
+    with GunicornServer(tmp_path / "r", workers=1, env={"STATE_STORE_URI": target_uri}) as server:
         client = UploadClient(server.url)
         for upload_id, src in zip(done, stored, strict=True):
             assert client.status(upload_id)["state"] == "complete"

@@ -1,6 +1,7 @@
-"""Scale-out as DEPLOYMENT.md describes it: nginx (TLS) → two gunicorns sharing one Redis and one UPLOAD_DIR.
+"""Scale-out as DEPLOYMENT.md describes it: nginx (TLS) → two gunicorns sharing one PostgreSQL (state),
+one Redis (rate-limit counters only) and one UPLOAD_DIR.
 
-UPLOAD_DIR stands for the network filesystem several hosts would mount: in Redis mode
+UPLOAD_DIR stands for the network filesystem several hosts would mount: with PostgreSQL
 no SQLite file may live there (SQLite's WAL locking works on one host only).
 """
 
@@ -18,32 +19,24 @@ from typing import Any
 import pytest
 import requests
 
+from core.config import ServerConfig
 from core.heartbeat import HeartbeatReporter
 from core.protocol import INIT_PATH, UPLOADS_PATH, ErrorCode, MiB, RobotAction, chunk_count
-from core.server.redis_store import connect
-from core.server.robots import RedisRobotStore
+from core.server.robots import open_robot_store
 from tests.deploy.client import UploadClient, write_source
 from tests.helpers.nginx import NginxServer
+from tests.helpers.postgres import PostgresServer
 from tests.helpers.processes import PYTHON, REPO_ROOT
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.servers import GunicornServer
 from tests.helpers.tls import TLSFiles, make_tls_files
 
-pytestmark = [pytest.mark.nginx, pytest.mark.gunicorn, pytest.mark.redis]
+pytestmark = [pytest.mark.nginx, pytest.mark.gunicorn, pytest.mark.redis, pytest.mark.postgres]
 
 CHUNK = 8 * MiB
 DASHBOARD_STATE = "/dashboard/api/state"
 INIT_LIMIT = 20  # the seed's default: 20 init requests per hour per client
 ROBOT, OPERATOR = "robot-hb", "operator"
-
-
-class DurableRedis(RedisServer):
-    """Redis as DEPLOYMENT.md configures it for upload state: every write fsynced before it is acknowledged."""
-
-    def argv(self) -> list[str]:
-        argv = super().argv()
-        argv[argv.index("--appendonly") + 1] = "yes"
-        return [*argv, "--appendfsync", "always"]
 
 
 @dataclass
@@ -117,15 +110,25 @@ def sqlite_files_in_use(app: GunicornServer) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer) -> Iterator[Cluster]:
     base = tmp_path_factory.mktemp("cluster")
     upload_dir = base / "uploads"  # the storage both instances reach (one disk here, a shared mount in production)
     upload_dir.mkdir()
-    with DurableRedis(base / "redis") as redis:
+    state_store_uri = postgres.create_database()
+    # As DEPLOYMENT.md says: create the schema before the first server starts.
+    subprocess.run(
+        [PYTHON, "-m", "flask", "--app", "upload_server", "db", "upgrade"],
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", "UPLOAD_DIR": str(upload_dir), "STATE_STORE_URI": state_store_uri},
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    with RedisServer(base / "redis") as redis:
         shared = {
             "AUTH_ENABLED": "1",
             "RATELIMIT_ENABLED": "1",
-            "STATE_STORE_URI": redis.url.replace("/0", "/1"),
+            "STATE_STORE_URI": state_store_uri,
             "RATELIMIT_STORAGE_URI": redis.url,
             "TRUSTED_PROXIES": "127.0.0.1",
         }
@@ -134,7 +137,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             GunicornServer(upload_dir, workers=2, env={**shared, "GUNICORN_ACCESS_LOG": str(log)}, log_dir=base)
             for log in logs
         ]
-        # Keys are created with the CLI before the servers start, as DEPLOYMENT.md says: they go to Redis.
+        # Keys are created with the CLI before the servers start, as DEPLOYMENT.md says: they go to PostgreSQL.
         keys = {name: create_key(apps[0], name) for name in ("robot-big", "robot-burst", ROBOT)}
         keys[OPERATOR] = create_key(apps[1], OPERATOR, admin=True)
         for app in apps:
@@ -201,8 +204,8 @@ def test_robot_status_and_operator_commands_are_shared_by_both_instances(cluster
     (command,) = [c for c in cluster.dashboard_state(1)["commands"] if c["id"] == command_id]
     assert (command["state"], command["message"], command["robot_id"]) == ("done", "paused", ROBOT)
     assert [c["id"] for c in cluster.dashboard_state(0)["commands"]] == [command_id]
-    # Shared through Redis, not through the SQLite file beside the uploads (which works on one host only).
-    shared = RedisRobotStore(connect(cluster.state_store_uri))
+    # Shared through PostgreSQL, not through an SQLite file beside the uploads (which works on one host only).
+    shared = open_robot_store(ServerConfig(state_store_uri=cluster.state_store_uri))
     assert ROBOT in [r.robot_id for r in shared.robots()]
     shared.close()
 

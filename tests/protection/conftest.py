@@ -16,7 +16,7 @@ from core.protocol import CHUNK_PATH, FINALIZE_PATH, HEALTH_PATH, INIT_PATH, UPL
 from core.server import auth, limits, proxies, security
 from core.server.errors import register_error_handlers
 from core.server.identity import current_identity
-from core.server.keys import KeyStore, key_store_for
+from core.server.keys import KeyStore, key_store, key_store_for
 from tests.helpers.servers import GunicornServer
 
 
@@ -52,11 +52,16 @@ def make_config(tmp_path: Path) -> Callable[..., ServerConfig]:
 
 
 @pytest.fixture
-def make_app(make_config: Callable[..., ServerConfig]) -> Callable[..., Flask]:
-    def make(**overrides: Any) -> Flask:
-        return stub_app(make_config(**overrides))
+def make_app(make_config: Callable[..., ServerConfig]) -> Iterator[Callable[..., Flask]]:
+    apps: list[Flask] = []
 
-    return make
+    def make(**overrides: Any) -> Flask:
+        apps.append(stub_app(make_config(**overrides)))
+        return apps[-1]
+
+    yield make
+    for app in apps:  # close the key store's database connections (a PostgreSQL pool warns when collected open)
+        key_store(app).close()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""API keys: hashed at rest, constant-time checked, revocable at once, managed by `flask keys` — in SQLite and Redis."""
+"""API keys: hashed at rest, constant-time checked, revocable at once, managed by `flask keys` — on both engines."""
 
 from __future__ import annotations
 
@@ -7,41 +7,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from flask import Flask
+from sqlalchemy import select
 
 from core.config import ServerConfig
+from core.server import db
 from core.server.identity import Identity
-from core.server.keys import (
-    KEYS_FILENAME,
-    KeyStore,
-    KeyStoreError,
-    RedisKeyStore,
-    SQLiteKeyStore,
-    key_store,
-    open_key_store,
-)
-from tests.helpers.redis_server import RedisServer
-
-BACKENDS = ("sqlite", "redis")
-_STORE_CLASS = {"sqlite": SQLiteKeyStore, "redis": RedisKeyStore}
+from core.server.keys import KeyStore, KeyStoreError, SQLKeyStore, key_store, open_key_store
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Settings that select the key store: none (SQLite in UPLOAD_DIR) or an empty Redis (STATE_STORE_URI)."""
-    if request.param == "sqlite":
-        return {}
-    url = request.getfixturevalue("redis_server").url
-    with redis.Redis.from_url(url) as client:
-        client.flushdb()
-    return {"state_store_uri": url}
+@pytest.fixture
+def backend(state_store_uri: str) -> dict[str, Any]:
+    """Settings that select the state database: none (SQLite in UPLOAD_DIR) or a fresh PostgreSQL database."""
+    return {"state_store_uri": state_store_uri} if state_store_uri else {}
 
 
 @pytest.fixture
@@ -69,31 +47,19 @@ def keys(open_store: Callable[[], KeyStore]) -> KeyStore:
 
 
 def stored_bytes(keys: KeyStore, tmp_path: Path) -> bytes:
-    """Everything the backend holds at rest: the SQLite files, or every Redis key's name and contents."""
-    if isinstance(keys, SQLiteKeyStore):
-        return b"".join(p.read_bytes() for p in (tmp_path / "uploads").glob(f"{KEYS_FILENAME}*"))
-    assert isinstance(keys, RedisKeyStore)
-    client = keys.redis
-    parts = []
-    for name in client.scan_iter():
-        parts.append(name)
-        kind = client.type(name)
-        if kind == b"hash":
-            parts.extend(item for pair in client.hgetall(name).items() for item in pair)
-        elif kind == b"zset":
-            parts.extend(client.zrange(name, 0, -1))
-        elif kind == b"set":
-            parts.extend(client.smembers(name))
-        else:
-            pytest.fail(f"unexpected Redis value type {kind!r} at {name!r}")
-    return b"\n".join(parts)
+    """Everything held at rest: the SQLite files, or every row of the key table in PostgreSQL."""
+    assert isinstance(keys, SQLKeyStore)
+    if keys.engine.dialect.name == "sqlite":
+        return b"".join(p.read_bytes() for p in (tmp_path / "uploads").glob(f"{db.STATE_FILE}*"))
+    with db.read(keys.engine) as conn:
+        rows = conn.execute(select(db.api_keys)).all()
+    return "\n".join(repr(tuple(row)) for row in rows).encode()
 
 
 def test_open_key_store_follows_state_store_uri(keys: KeyStore, backend: dict[str, Any], tmp_path: Path) -> None:
-    kind = "redis" if backend else "sqlite"
-
-    assert type(keys) is _STORE_CLASS[kind]
-    assert (tmp_path / "uploads" / KEYS_FILENAME).exists() == (kind == "sqlite")
+    assert isinstance(keys, SQLKeyStore)
+    assert keys.engine.dialect.name == ("postgresql" if backend else "sqlite")
+    assert (tmp_path / "uploads" / db.STATE_FILE).exists() == (not backend)
 
 
 def test_created_key_identifies_its_robot(keys: KeyStore) -> None:
@@ -125,7 +91,7 @@ def test_key_secret_is_never_stored(keys: KeyStore, tmp_path: Path) -> None:
         pytest.param(lambda t: "rbk_000000000000_" + t.rsplit("_", 1)[-1], id="unknown-key-id"),
         pytest.param(lambda t: t + "\x00", id="nul"),
         pytest.param(lambda t: "' OR 1=1 --", id="sql"),
-        pytest.param(lambda t: "rbk_*_" + t.rsplit("_", 1)[-1], id="redis-glob"),
+        pytest.param(lambda t: "rbk_*_" + t.rsplit("_", 1)[-1], id="glob"),
     ],
 )
 def test_wrong_keys_identify_nobody(keys: KeyStore, mangle: Callable[[str], str]) -> None:
@@ -193,9 +159,11 @@ def test_unusable_names_are_refused(keys: KeyStore, name: str) -> None:
 
 
 def test_the_app_reads_the_configured_store(make_app: Callable[..., Flask], backend: dict[str, Any]) -> None:
-    store = key_store(make_app())
+    app = make_app()
+    store = key_store(app)
 
-    assert type(store) is _STORE_CLASS["redis" if backend else "sqlite"]
+    assert isinstance(store, SQLKeyStore)
+    assert store.engine.dialect.name == ("postgresql" if backend else "sqlite")
 
 
 def test_cli_create_prints_the_key_alone_on_the_last_line(make_app: Callable[..., Flask], keys: KeyStore) -> None:

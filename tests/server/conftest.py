@@ -72,6 +72,7 @@ def make_app(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., Flask]]
     yield build
     for app in apps:
         app.extensions["job_runner"].stop()
+        app.extensions["dashboard_metrics"].close()
         app.extensions["state_store"].close()
 
 

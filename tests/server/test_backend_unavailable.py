@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import sqlite3
 
+import psycopg
 import pytest
+from sqlalchemy import exc
 
 from core.protocol import HEADER_RETRY_AFTER, ErrorCode
 from core.server.app import create_app
-from tests.helpers.processes import free_port
+from tests.helpers.postgres import PostgresServer
 from tests.server.conftest import settings_for
 
 UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
@@ -22,11 +24,19 @@ UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
         ("get", "/uploads", None),
     ],
 )
-def test_an_unreachable_redis_state_store_answers_503_json(tmp_path, method, path, body):
-    unreachable = f"redis://127.0.0.1:{free_port()}/0"
-    client = create_app(settings_for(tmp_path, state_store_uri=unreachable)).test_client()
+@pytest.mark.postgres
+def test_a_postgresql_state_store_that_went_away_answers_503_json(
+    tmp_path, postgres: PostgresServer, method, path, body
+):
+    url = postgres.create_database()
+    app = create_app(settings_for(tmp_path, state_store_uri=url))
+    client = app.test_client()
+    assert client.get(f"/upload/{UNKNOWN_ID}").status_code == 404  # connected and serving
+    with psycopg.connect(postgres.dsn(), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
     reply = getattr(client, method)(path, json=body)
+    app.extensions["state_store"].close()
 
     assert reply.status_code == 503
     assert reply.get_json()["error"]["code"] == ErrorCode.SERVICE_UNAVAILABLE.value
@@ -45,7 +55,7 @@ def test_sqlite_contention_is_retryable_but_other_database_errors_are_not(tmp_pa
     state = app.extensions["state_store"]
 
     def fail(*_args, **_kwargs):
-        raise sqlite3.OperationalError(message)
+        raise exc.OperationalError("SELECT 1", {}, sqlite3.OperationalError(message))
 
     monkeypatch.setattr(state, "get_upload", fail)
     reply = app.test_client().get(f"/upload/{UNKNOWN_ID}")

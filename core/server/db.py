@@ -1,0 +1,340 @@
+"""The state database: one SQLAlchemy engine (SQLite in UPLOAD_DIR, or PostgreSQL), its tables and its schema version.
+
+Every store (uploads, chunk receipts, jobs and leases, API keys, robots and
+commands, dashboard counters) is a table here, so one transaction can change
+several of them and one ``pg_dump`` or SQLite snapshot holds all of them.
+SQLite is opened in WAL mode with ``synchronous=FULL`` (an acknowledged chunk
+receipt must survive power loss) and every write transaction starts with
+``BEGIN IMMEDIATE``, so read-then-write cannot race between processes.
+Times that decide who may act (job leases, the sweep lease) come from the
+database's clock (``db_now``), never from each host's.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    exc,
+    inspect,
+    literal_column,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql.elements import ColumnElement
+
+from core.config import ServerConfig
+from core.sqlite import enable_wal
+
+log = logging.getLogger("upload_server")
+
+STATE_FILE = "state.sqlite3"
+EXTENSION = "state_engine"
+UPGRADE_COMMAND = "flask --app upload_server db upgrade"
+# SQLite's busy timeout: how long a writer waits for another process's write lock.
+SQLITE_BUSY_TIMEOUT = 30.0
+_TIME = Float(precision=53)  # epoch seconds; DOUBLE PRECISION on PostgreSQL
+
+metadata = MetaData()
+
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("upload_id", String(32), primary_key=True),
+    Column("owner", Text, nullable=False),
+    Column("filename", Text, nullable=False),
+    Column("filesize", BigInteger, nullable=False),
+    Column("chunk_size", Integer, nullable=False),
+    Column("chunks", Integer, nullable=False),
+    Column("created_at", _TIME, nullable=False),
+    Column("updated_at", _TIME, nullable=False),
+    Column("md5", Text),
+    Column("sha256", Text),
+    Column("compression", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("blob_id", Text),
+    Column("codec", Text),
+    Column("stored_size", BigInteger),
+    Column("verified", Boolean, nullable=False, default=False),
+    Column("deduplicated", Boolean, nullable=False, default=False),
+    Column("error_code", Text),
+    Column("error_message", Text),
+    Column("progress", BigInteger, nullable=False, default=0),
+    Column("metadata", Text, nullable=False, default="{}"),
+    Index("uploads_by_file", "owner", "filename", "filesize", "state"),
+    Index("uploads_by_sha256", "sha256", "state"),
+    Index("uploads_by_md5", "md5", "filesize", "state"),
+    Index("uploads_by_created", "created_at"),
+    Index("uploads_by_activity", "state", "updated_at"),
+)
+
+chunks = Table(
+    "chunks",
+    metadata,
+    Column("upload_id", String(32), nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("sha256", Text, nullable=False),
+    PrimaryKeyConstraint("upload_id", "idx"),
+)
+
+# ``attempts`` is the fencing token: every claim increments it, and every state change of an
+# attempt checks it in the same statement, so a worker whose lease ran out changes nothing.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("upload_id", String(32), primary_key=True),
+    Column("holder", Text),
+    Column("due_at", _TIME, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    # Failed attempts that count against JOB_MAX_ATTEMPTS: not crashes, takeovers or a full disk.
+    Column("failures", Integer, nullable=False, default=0, server_default="0"),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("holder", Text, nullable=False),
+    Column("until", _TIME, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(12), primary_key=True),
+    Column("name", Text, nullable=False, index=True),
+    Column("admin", Boolean, nullable=False),
+    Column("secret_sha256", Text, nullable=False),
+    Column("created_at", _TIME, nullable=False),
+    Column("revoked_at", _TIME),
+)
+
+robots = Table(
+    "robots",
+    metadata,
+    Column("robot_id", Text, primary_key=True),
+    Column("status", Text, nullable=False),
+    Column("last_seen", _TIME, nullable=False),
+    Column("first_seen", _TIME, nullable=False),
+)
+
+commands = Table(
+    "commands",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("robot_id", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("args", Text, nullable=False),
+    Column("issued_by", Text, nullable=False),
+    Column("created_at", _TIME, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("updated_at", _TIME, nullable=False),
+    Index("commands_open", "robot_id", "state"),
+    Index("commands_created", "created_at"),
+)
+
+dashboard_buckets = Table(
+    "dashboard_buckets",
+    metadata,
+    Column("t", Integer, primary_key=True, autoincrement=False),
+    Column("requests", Integer, nullable=False),
+    Column("rate_limited", Integer, nullable=False),
+    Column("errors", Integer, nullable=False),
+    Column("bytes_in", BigInteger, nullable=False),
+)
+
+
+class SchemaOutdated(RuntimeError):
+    """The database is older than this code: the operator must run the upgrade command."""
+
+
+# --- engines ---------------------------------------------------------------------------------
+def state_url(config: ServerConfig) -> str:
+    """STATE_STORE_URI as SQLAlchemy spells it: empty means the SQLite file in UPLOAD_DIR."""
+    uri = config.state_store_uri
+    if not uri:
+        return f"sqlite:///{config.upload_dir / STATE_FILE}"
+    if uri.startswith("postgresql://"):
+        return "postgresql+psycopg://" + uri.removeprefix("postgresql://")
+    return uri
+
+
+def open_engine(config: ServerConfig) -> Engine:
+    """The engine of STATE_STORE_URI; SQLite's directory is created, PostgreSQL's pool sized per process."""
+    url = state_url(config)
+    if url.startswith("sqlite"):
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "isolation_level": None})
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+    else:
+        engine = create_engine(
+            url, pool_size=config.state_pool_size, max_overflow=0, pool_pre_ping=True, pool_timeout=10
+        )
+    _dispose_after_fork(engine)
+    return engine
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    enable_wal(dbapi_connection, SQLITE_BUSY_TIMEOUT)
+    dbapi_connection.execute("PRAGMA synchronous=FULL")
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # IMMEDIATE takes the write lock up front; reads ask for a plain (deferred) transaction.
+    immediate = not conn.get_execution_options().get("read_only", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _dispose_after_fork(engine: Engine) -> None:
+    """gunicorn imports the app, then forks: a child must open its own connections, never the parent's."""
+    ref = weakref.ref(engine)
+
+    def reset() -> None:
+        alive = ref()
+        if alive is not None:
+            alive.dispose(close=False)
+
+    os.register_at_fork(after_in_child=reset)
+
+
+@contextmanager
+def write(engine: Engine) -> Iterator[Connection]:
+    """One write transaction; a full disk or database is the same ``OSError(ENOSPC)`` as the blob store's."""
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except exc.OperationalError as err:
+        if is_disk_full(err):
+            raise OSError(errno.ENOSPC, f"state database: {err.orig}") from err
+        raise
+
+
+@contextmanager
+def read(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction (no write lock on SQLite)."""
+    with engine.connect().execution_options(read_only=True) as conn, conn.begin():
+        yield conn
+
+
+def is_disk_full(err: exc.DBAPIError) -> bool:
+    orig = err.orig
+    if getattr(orig, "sqlite_errorcode", None) == 13:  # SQLITE_FULL
+        return True
+    return getattr(orig, "sqlstate", None) == "53100"  # PostgreSQL disk_full
+
+
+def upsert(conn: Connection, table: Any) -> Any:
+    """The dialect's ``INSERT … ON CONFLICT`` (SQLite and PostgreSQL spell it the same way)."""
+    return (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
+
+
+def db_now(conn: Connection) -> ColumnElement[float]:
+    """The database's current time in epoch seconds, as an SQL expression (one clock for every host)."""
+    if conn.dialect.name == "sqlite":
+        return literal_column("((julianday('now') - 2440587.5) * 86400.0)")
+    return literal_column("CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)")
+
+
+def checked_engine(config: ServerConfig) -> Engine:
+    """``open_engine`` whose schema is known to be current (see ``check_schema``).
+
+    Under the ``flask`` command line an outdated schema is only a warning: that is where
+    ``db upgrade`` (and ``backup create`` before it) must be able to run.
+    """
+    engine = open_engine(config)
+    try:
+        check_schema(engine)
+    except SchemaOutdated as err:
+        if os.environ.get("FLASK_RUN_FROM_CLI") != "true":
+            engine.dispose()
+            raise
+        log.warning("%s", err)
+    return engine
+
+
+# --- schema version ---------------------------------------------------------------------------
+def _alembic_config(engine: Engine) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def head_revision(engine: Engine) -> str:
+    head = ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
+    assert head is not None  # noqa: S101 - the package ships its migrations
+    return head
+
+
+def current_revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+LEGACY_REVISION = "0001"
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str]:
+    """Bring the schema to the newest revision; (revision before, after). A database of the pre-Alembic
+    server (tables, no version) is recognised as revision 0001 and upgraded with all its rows kept."""
+    cfg = _alembic_config(engine)
+    with engine.connect() as conn:
+        tables = set(inspect(conn).get_table_names())
+        before = current_revision(conn)
+    if before is None and "uploads" in tables:
+        command.stamp(cfg, LEGACY_REVISION)
+        before = LEGACY_REVISION
+    command.upgrade(cfg, "head")
+    return before, head_revision(engine)
+
+
+def check_schema(engine: Engine) -> None:
+    """Refuse to serve on an outdated schema; an empty database gets the schema at once.
+
+    Creating a fresh schema in place is what every first start needs (and what tests do);
+    changing an existing one is the operator's decision, so it only names the command.
+    """
+    head = head_revision(engine)
+    with engine.connect() as conn:
+        revision = current_revision(conn)
+        empty = not inspect(conn).get_table_names()
+    if revision == head:
+        return
+    if empty:
+        upgrade(engine)
+        log.info("State database created at schema %s: %s", head, engine.url.render_as_string(hide_password=True))
+        return
+    shown = revision or "pre-migration (no version table)"
+    msg = (
+        f"state database {engine.url.render_as_string(hide_password=True)} has schema {shown}, "
+        f"this server needs {head}: stop the servers, back up, and run `{UPGRADE_COMMAND}`"
+    )
+    raise SchemaOutdated(msg)
