@@ -20,6 +20,9 @@ from core.client.wire import KEEPALIVE_INTERVAL, WireSample
 
 log = logging.getLogger(__name__)
 
+# A peer whose receive window is back to this fraction of its largest has read what it acknowledged.
+_WINDOW_OPEN = 0.75
+
 
 class Verdict(str, enum.Enum):
     STALLED = "stalled"
@@ -39,7 +42,8 @@ class Watch:
 
     Progress is what the wire shows when a ``probe`` can see it: bytes the peer
     acknowledged, and once the whole body is acknowledged and the reply is awaited,
-    ACKs of keepalive probes (a reachable peer answers them within a second). Bytes
+    ACKs of keepalive probes (a reachable peer answers them within a second) from a
+    peer that has read those bytes (its receive window is open again). Bytes
     handed to the socket (``handed``) count only while the wire cannot be seen; time
     spent waiting on the sender's own bandwidth limit always counts (``progress``).
     """
@@ -63,9 +67,10 @@ class Watch:
         self.deadline = None if deadline is None else self.started + deadline
         self.verdict: Verdict | None = None
         self._acked: int | None = None  # the wire's acknowledged-byte counter at the last look
+        self._max_window = 0  # the largest receive window the peer advertised
         self._wire_visible = False
         self._body_sent = False
-        self._probing = False
+        self._replying_since: float | None = None  # when the wire had all of the body
 
     def progress(self) -> None:
         self.last_progress = self._clock()
@@ -89,16 +94,22 @@ class Watch:
         if sample.acked != self._acked:
             self._acked = sample.acked
             self.last_progress = now
-        if self._body_sent and sample.unacked == 0:
-            if not self._probing:
-                self._probing = True
-                probe.keep_probing(True)
-            # Probes go out once per KEEPALIVE_INTERVAL: an ACK that recent means the peer is there.
-            self.last_progress = max(self.last_progress, now - max(0.0, sample.ack_age - KEEPALIVE_INTERVAL))
+        if not self._body_sent or sample.unacked:
+            return
+        if self._replying_since is None:
+            self._replying_since = now
+            probe.keep_probing(True)
+        # Everything is acknowledged and the reply is awaited. Probes go out once per KEEPALIVE_INTERVAL,
+        # so an ACK that recent means the peer is there; a peer whose kernel answers but whose program
+        # sits on the bytes (a hung proxy) looks the same, so that credit lasts only as long again as
+        # the body took: time for hops behind the peer at least half as fast as the first one to drain.
+        heard = now - max(0.0, sample.ack_age - KEEPALIVE_INTERVAL)
+        credit_until = 2 * self._replying_since - self.started
+        self.last_progress = max(self.last_progress, min(heard, credit_until))
 
     def close(self) -> None:
         """The transfer ended: the connection may be reused, with the system's keepalive settings."""
-        if self._probing and self._probe is not None:
+        if self._replying_since is not None and self._probe is not None:
             self._probe.keep_probing(False)
 
     def check(self, now: float) -> Verdict | None:

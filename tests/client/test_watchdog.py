@@ -136,10 +136,13 @@ def test_bytes_the_peer_acknowledges_keep_a_slow_transfer_alive(clock: FakeClock
 
 def test_while_the_reply_is_awaited_a_peer_that_answers_keepalives_is_progress(clock: FakeClock):
     dog, watch, wire, aborts = on_the_wire(clock)
+    for _ in range(20):  # a body that took 10 s to be acknowledged
+        clock.advance(0.5)
+        wire.acked += 1024
+        dog.check()
     watch.body_sent()
-    wire.acked = 1000  # everything acknowledged; the server hashes and fsyncs
 
-    for step in range(60):
+    for step in range(24):  # 12 s for the reply (the server behind a slower hop): more than stalled_timeout
         clock.advance(0.5)
         wire.ack_age = 1.0 + 0.5 * (step % 2)  # keepalive ACKs every second or so
         dog.check()
@@ -179,3 +182,24 @@ def test_without_a_view_of_the_wire_handed_bytes_count_as_progress(clock: FakeCl
         dog.check()
 
     assert aborts == []
+
+
+def test_keepalive_answers_count_only_as_long_again_as_the_body_took(clock: FakeClock):
+    # A hung proxy: its kernel acknowledged the whole body and answers keepalives, its program forwards nothing.
+    dog, watch, wire, aborts = on_the_wire(clock, stall_after=5.0)
+    for _ in range(4):  # the body took 2 s
+        clock.advance(0.5)
+        wire.acked += 1024
+        dog.check()
+    watch.body_sent()
+
+    waited = 0.0
+    while not aborts and waited < 60:
+        clock.advance(0.5)
+        waited += 0.5
+        wire.ack_age = 0.5
+        dog.check()
+
+    assert aborts == ["abort"]
+    # The body's 2 s again, then stalled_timeout, give or take a check interval either way.
+    assert 2.0 + 5.0 <= waited <= 2.0 + 5.0 + 1.5
