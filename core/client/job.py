@@ -441,11 +441,11 @@ class UploadJob:
         chunk_sha256 = sha256_hex(data)
         sizer = self.client.sizer
         acked = 0  # bytes of this chunk acknowledged as pieces
-        restarted = threading.Event()  # the chunk was started over once after a refused piece
+        restarted = False  # the chunk was started over once after a refused piece
 
         def attempt() -> bool:
             """One request; True once the chunk is acknowledged, False after a piece of it."""
-            nonlocal acked
+            nonlocal acked, restarted
             self._check_stopping()
             length = sizer.piece(acked, len(data))
             offset = None if length == len(data) else acked
@@ -491,14 +491,14 @@ class UploadJob:
                     sizer.failed(sent, len(data))
                 raise
             except PermanentUploadError as err:
-                if offset is None or err.code not in _PIECE_REFUSALS or restarted.is_set():
+                if offset is None or err.code not in _PIECE_REFUSALS or restarted:
                     raise
                 # An older server (size mismatch: whole chunks from now on) or a chunk whose stored pieces
                 # differ (checksum mismatch): start the chunk over from its first byte, once.
                 log.warning("upload %s: %s; starting chunk %d over", upload_id, err, index)
                 if err.code == ErrorCode.CHUNK_SIZE_MISMATCH.value:
                     sizer.pieces_supported = False
-                restarted.set()
+                restarted = True
                 with self._lock:
                     self._inflight -= acked
                     acked = 0

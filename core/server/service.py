@@ -358,6 +358,7 @@ class UploadService:
             )
             raise ChunkSizeMismatch(msg, details={"expected": expected - offset})
         start = index * record.chunk_size
+        started = time.monotonic()
         with self.blobs.chunk_lock(upload_id, index):
             stored = self.state.chunk_sha256(upload_id, index)
             if stored is not None:
@@ -394,7 +395,12 @@ class UploadService:
             offset,
         )
         events.chunk_stored.send(
-            self, upload_id=upload_id, owner=record.owner, index=index, bytes=expected, seconds=0.0
+            self,
+            upload_id=upload_id,
+            owner=record.owner,
+            index=index,
+            bytes=expected,
+            seconds=time.monotonic() - started,
         )
         return PieceResult(record, index, offset, content_length, received, complete=True, duplicate=False)
 
