@@ -29,6 +29,11 @@ HEARTBEAT_PATH = "/robots/<robot_id>/heartbeat"
 
 # --- Headers ----------------------------------------------------------------
 HEADER_CHUNK_SHA256 = "X-Chunk-SHA256"
+# Chunk pieces (feature FEATURE_CHUNK_PIECES): a chunk PUT carrying X-Chunk-Offset sends only the bytes
+# [offset, offset + Content-Length) of the chunk. The body is checked against X-Piece-SHA256, and
+# X-Chunk-SHA256 then names the sha256 of the *whole* chunk, checked once its last piece arrived.
+HEADER_CHUNK_OFFSET = "X-Chunk-Offset"
+HEADER_PIECE_SHA256 = "X-Piece-SHA256"
 HEADER_CONTENT_MD5 = "Content-MD5"  # RFC 1864: base64 of the raw md5 digest
 HEADER_API_KEY = "X-API-Key"
 HEADER_AUTHORIZATION = "Authorization"
@@ -53,6 +58,10 @@ KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 DEFAULT_CHUNK_SIZE = 8 * MiB
+# Smallest piece of a chunk a server accepts, except the piece that ends the chunk: each piece costs
+# one request and one fsync, so a link that breaks this often is not worth a faster cadence.
+MIN_PIECE_SIZE = 64 * KiB
+FEATURE_CHUNK_PIECES = "chunk-pieces"  # listed in GET /health "features" by servers that accept pieces
 
 
 class ChecksumAlgorithm(str, enum.Enum):

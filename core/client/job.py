@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core.checksums import FileDigests, StreamingDigests, iter_file
+from core.checksums import FileDigests, StreamingDigests, iter_file, sha256_hex
 from core.client.bandwidth import TokenBucket
 from core.client.compressibility import worth_compressing
 from core.client.errors import (
@@ -54,6 +54,8 @@ FINALIZE_REFUSALS = frozenset({ErrorCode.UPLOAD_INCOMPLETE.value, ErrorCode.CONF
 # Finalize calls answered "incomplete" in a row before the job parks.
 MAX_FINALIZE_ROUNDS = 5
 PROGRESS_EVENT_INTERVAL = 0.25
+# Replies to a chunk piece after which the chunk is started over from its first byte, once.
+_PIECE_REFUSALS = frozenset({ErrorCode.CHUNK_SIZE_MISMATCH.value, ErrorCode.CHECKSUM_MISMATCH.value})
 T = TypeVar("T")
 
 
@@ -530,49 +532,99 @@ class UploadJob:
         return data
 
     def _send_chunk(self, fd: int, index: int) -> None:
-        rec = self.record
-        upload_id = known(rec.upload_id, "upload_id")
-        data = self._read_chunk(fd, index)
-        s = self.settings
+        """Send chunk ``index`` whole, or in pieces while the link keeps breaking (``core.client.chunk_sizing``).
 
-        def attempt() -> dict[str, Any]:
+        Acknowledged pieces are kept across attempts, so each retry sends only what the server does not
+        have; the chunk counts as sent once the server acknowledged the piece that completes it.
+        """
+        upload_id = known(self.record.upload_id, "upload_id")
+        data = self._read_chunk(fd, index)
+        chunk_sha256 = sha256_hex(data)
+        sizer = self.client.sizer
+        acked = 0  # bytes of this chunk acknowledged as pieces
+        restarted = False  # the chunk was started over once after a refused piece
+
+        def attempt() -> bool:
+            """One request; True once the chunk is acknowledged, False after a piece of it."""
+            nonlocal acked, restarted
             self._check_stopping()
+            length = sizer.piece(acked, len(data))
+            offset = None if length == len(data) else acked
+            s = self.settings
             slot = ConnectionSlot()
             sent = 0
 
             def on_piece(nbytes: int) -> None:
                 nonlocal sent
-                watch.progress()
+                if nbytes:
+                    watch.handed(nbytes)
+                else:
+                    watch.progress()  # waited on our own bandwidth limit
                 sent += nbytes
+                if sent == length:
+                    watch.body_sent()
                 self._on_piece(nbytes)
 
+            what = f"chunk {index} of {upload_id}" + ("" if offset is None else f" (piece at {offset})")
             watch = self.watchdog.watch(
-                f"chunk {index} of {upload_id}", slot.abort, stall_after=s.stalled_timeout, deadline=s.upload_timeout
+                what, slot.abort, stall_after=s.stalled_timeout, deadline=s.upload_timeout, probe=slot
             )
             try:
-                return self.client.put_chunk(
+                reply = self.client.put_chunk(
                     upload_id,
                     index,
-                    data,
+                    memoryview(data)[acked : acked + length],
                     connect_timeout=s.init_timeout,
                     read_timeout=s.upload_timeout,
                     bucket=self.bucket,
                     on_piece=on_piece,
                     slot=slot,
+                    offset=offset,
+                    chunk_sha256=chunk_sha256,
                 )
             except StalledTransferError as err:
                 if self.stopping.is_set():
                     raise TransferAbortedError(str(err)) from err
+                sizer.failed(sent, len(data))
                 raise StalledTransferError(
-                    watchdog_message(err, watch, s, chunk_size=known(rec.chunk_size, "chunk_size")),
+                    watchdog_message(err, watch, s, chunk_size=known(self.record.chunk_size, "chunk_size")),
                     blocked=BlockedReason.UNREACHABLE.value,
                 ) from err
+            except TransientUploadError as err:
+                if err.status is None:  # the link broke, not the server refusing
+                    sizer.failed(sent, len(data))
+                raise
+            except PermanentUploadError as err:
+                if offset is None or err.code not in _PIECE_REFUSALS or restarted:
+                    raise
+                # An older server (size mismatch: whole chunks from now on) or a chunk whose stored pieces
+                # differ (checksum mismatch): start the chunk over from its first byte, once.
+                log.warning("upload %s: %s; starting chunk %d over", upload_id, err, index)
+                if err.code == ErrorCode.CHUNK_SIZE_MISMATCH.value:
+                    sizer.pieces_supported = False
+                restarted = True
+                with self._lock:
+                    self._inflight -= acked
+                    acked = 0
+                return False
             finally:
                 self.watchdog.unwatch(watch)
                 with self._lock:
                     self._inflight -= sent
+            sizer.succeeded(length, len(data))
+            if offset is None or reply.get("chunk_complete") is True:
+                return True
+            with self._lock:
+                acked += length
+                self._inflight += length  # acknowledged pieces count as in flight until the chunk is recorded
+            return False
 
-        self._policy().call(attempt)
+        try:
+            while not self._policy().call(attempt):
+                pass
+        finally:
+            with self._lock:
+                self._inflight -= acked
         with self._lock:
             self._moving(bytes_sent=self.record.bytes_sent + len(data))
         self._event(EventKind.PROGRESS)

@@ -23,14 +23,19 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from core.checksums import sha256_hex
+from core.client import wire
 from core.client.bandwidth import TokenBucket
+from core.client.chunk_sizing import PieceSizer
 from core.client.errors import StalledTransferError, TransientUploadError
 from core.client.retry import classify_response, transient_from_exception
+from core.client.wire import WireSample
 from core.protocol import (
     AUTH_SCHEME,
     CHUNK_CONTENT_TYPE,
     HEADER_AUTHORIZATION,
+    HEADER_CHUNK_OFFSET,
     HEADER_CHUNK_SHA256,
+    HEADER_PIECE_SHA256,
     InitRequest,
     chunk_url,
     finalize_url,
@@ -63,6 +68,18 @@ class ConnectionSlot:
             connections = list(self._connections)
         for connection in connections:
             _shutdown(connection)
+
+    def _socket(self) -> socket.socket | None:
+        with self._lock:
+            connection = self._connections[-1] if self._connections else None
+        return None if connection is None else connection.sock
+
+    def sample(self) -> WireSample | None:
+        """The kernel's view of the connection the request uses now (``core.client.wire``)."""
+        return wire.sample(self._socket())
+
+    def keep_probing(self, on: bool) -> None:
+        wire.keep_probing(self._socket(), on)
 
 
 def _shutdown(connection: HTTPConnection) -> None:
@@ -119,9 +136,10 @@ class AbortableAdapter(HTTPAdapter):
 class ChunkBody:
     """A chunk's bytes as an iterable of pieces with a length, so requests sends ``Content-Length``.
 
-    Each piece first takes its tokens from the shared bucket; ``on_piece`` is
-    called when a piece is handed to the socket and again after every
-    throttling pause (waiting on the bucket is not a stall).
+    Each piece first takes its tokens from the shared bucket; ``on_piece(n)`` is
+    called when a piece of ``n`` bytes is handed to the socket (which is not yet
+    progress on the wire, see ``core.client.wire``) and ``on_piece(0)`` after
+    every throttling pause (waiting on the bucket is not a stall).
     """
 
     def __init__(
@@ -164,6 +182,8 @@ class ServerClient:
     upload_url: str
     api_key: str | None = None
     verify: bool | str = True
+    # How much of a chunk one request carries: learned from this link's failures (shared by every job).
+    sizer: PieceSizer = field(default_factory=PieceSizer)
     _local: threading.local = field(default_factory=threading.local, init=False, repr=False)
 
     def session(self) -> requests.Session:
@@ -226,10 +246,19 @@ class ServerClient:
         bucket: TokenBucket | None = None,
         on_piece: Callable[[int], None] | None = None,
         slot: ConnectionSlot | None = None,
+        offset: int | None = None,
+        chunk_sha256: str | None = None,
     ) -> dict[str, Any]:
-        """Send one chunk with its sha256; ``slot.abort()`` from another thread cuts it off."""
+        """Send one chunk with its sha256; ``slot.abort()`` from another thread cuts it off.
+
+        With ``offset``, ``data`` is the piece of the chunk starting there and ``chunk_sha256`` the
+        sha256 of the whole chunk (see HEADER_CHUNK_OFFSET).
+        """
         what = f"chunk {index} of {upload_id}"
-        headers = {"Content-Type": CHUNK_CONTENT_TYPE, HEADER_CHUNK_SHA256: sha256_hex(data)}
+        headers = {"Content-Type": CHUNK_CONTENT_TYPE, HEADER_CHUNK_SHA256: chunk_sha256 or sha256_hex(data)}
+        if offset is not None:
+            what = f"piece at {offset} of {what}"
+            headers |= {HEADER_CHUNK_OFFSET: str(offset), HEADER_PIECE_SHA256: sha256_hex(data)}
         body = ChunkBody(data, bucket=bucket, on_piece=on_piece)
         slot = slot or ConnectionSlot()
         url = chunk_url(self.upload_url, upload_id, index)

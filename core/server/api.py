@@ -12,9 +12,12 @@ import core
 from core.protocol import (
     CHUNK_PATH,
     DOWNLOAD_PATH,
+    FEATURE_CHUNK_PIECES,
     FINALIZE_PATH,
+    HEADER_CHUNK_OFFSET,
     HEADER_CHUNK_SHA256,
     HEADER_CONTENT_MD5,
+    HEADER_PIECE_SHA256,
     HEALTH_PATH,
     INIT_PATH,
     PARAM_CLIENT,
@@ -36,6 +39,7 @@ from core.server.validation import (
     content_md5_header,
     page_param,
     parse_init,
+    piece_headers,
     state_param,
 )
 
@@ -48,6 +52,7 @@ FEATURES = (
     "parallel-chunks",
     "checksums",
     "deduplication",
+    FEATURE_CHUNK_PIECES,
 )
 
 api = Blueprint("upload_api", __name__)
@@ -112,6 +117,12 @@ def _body_length() -> int | None:
 
 @api.put(CHUNK_PATH)
 def put_chunk(upload_id: str, index: int) -> tuple[Response, int]:
+    headers = request.headers
+    piece = piece_headers(
+        headers.get(HEADER_CHUNK_OFFSET), headers.get(HEADER_PIECE_SHA256), headers.get(HEADER_CHUNK_SHA256)
+    )
+    if piece is not None:
+        return _put_piece(upload_id, index, *piece)
     sha256 = chunk_sha256_header(request.headers.get(HEADER_CHUNK_SHA256))
     md5 = content_md5_header(request.headers.get(HEADER_CONTENT_MD5))
     result = _service().put_chunk(
@@ -130,6 +141,30 @@ def put_chunk(upload_id: str, index: int) -> tuple[Response, int]:
         received_count=result.received,
         chunks=result.record.chunks,
         duplicate=result.duplicate,
+    )
+
+
+def _put_piece(upload_id: str, index: int, offset: int, piece_sha256: str, chunk_sha256: str) -> tuple[Response, int]:
+    result = _service().put_piece(
+        current_identity(),
+        upload_id,
+        index,
+        request.stream,
+        content_length=_body_length(),
+        offset=offset,
+        piece_sha256=piece_sha256,
+        chunk_sha256=chunk_sha256,
+    )
+    return _ok(
+        200 if result.duplicate else 201,
+        upload_id=upload_id,
+        index=index,
+        received_count=result.received,
+        chunks=result.record.chunks,
+        duplicate=result.duplicate,
+        chunk_offset=result.offset,
+        piece_length=result.length,
+        chunk_complete=result.complete,
     )
 
 

@@ -100,6 +100,20 @@ class BlobStore:
         finally:
             os.close(fd)
 
+    def read_part(self, upload_id: str, offset: int, length: int, piece: int = 1 << 20) -> Iterator[bytes]:
+        """The stored bytes [offset, offset + length) of a part file, in pieces (chunk pieces are checked on disk)."""
+        fd = os.open(self.part_path(upload_id), os.O_RDONLY)
+        try:
+            end = offset + length
+            while offset < end:
+                data = os.pread(fd, min(piece, end - offset), offset)
+                if not data:
+                    return
+                offset += len(data)
+                yield data
+        finally:
+            os.close(fd)
+
     def remove_part(self, upload_id: str) -> None:
         self.part_path(upload_id).unlink(missing_ok=True)
         shutil.rmtree(self.locks / _checked(upload_id), ignore_errors=True)

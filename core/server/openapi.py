@@ -21,8 +21,10 @@ from core.protocol import (
     DOWNLOAD_PATH,
     FINALIZE_PATH,
     HEADER_API_KEY,
+    HEADER_CHUNK_OFFSET,
     HEADER_CHUNK_SHA256,
     HEADER_CONTENT_MD5,
+    HEADER_PIECE_SHA256,
     HEADER_RATELIMIT_LIMIT,
     HEADER_RATELIMIT_REMAINING,
     HEADER_RATELIMIT_RESET,
@@ -30,6 +32,7 @@ from core.protocol import (
     HEALTH_PATH,
     HEARTBEAT_PATH,
     INIT_PATH,
+    MIN_PIECE_SIZE,
     PARAM_CLIENT,
     PARAM_LIMIT,
     PARAM_OFFSET,
@@ -186,6 +189,10 @@ SCHEMAS: dict[str, Schema] = {
             "received_count": INTEGER,
             "chunks": INTEGER,
             "duplicate": BOOLEAN,
+            # Only in replies to a chunk piece (X-Chunk-Offset):
+            "chunk_offset": INTEGER,
+            "piece_length": INTEGER,
+            "chunk_complete": BOOLEAN,
         },
     },
     "UploadList": {
@@ -406,8 +413,16 @@ PATHS: dict[str, dict[str, Schema]] = {
             parameters=(
                 UPLOAD_ID,
                 path_param("index", {"type": "integer", "minimum": 0}),
-                header_param(HEADER_CHUNK_SHA256, HEX_SHA256, "sha256 of the chunk body"),
+                header_param(HEADER_CHUNK_SHA256, HEX_SHA256, "sha256 of the chunk (the whole chunk for a piece)"),
                 header_param(HEADER_CONTENT_MD5, BASE64_MD5, "base64 md5 of the chunk body (RFC 1864)"),
+                header_param(
+                    HEADER_CHUNK_OFFSET,
+                    {"type": "integer", "minimum": 0},
+                    f"Send a piece: the body is the chunk's bytes from this offset; needs {HEADER_PIECE_SHA256} "
+                    f"and the whole chunk's {HEADER_CHUNK_SHA256}; at least {MIN_PIECE_SIZE} bytes unless it ends "
+                    f"the chunk, which then completes the chunk if all of it matches {HEADER_CHUNK_SHA256}",
+                ),
+                header_param(HEADER_PIECE_SHA256, HEX_SHA256, f"sha256 of a piece's body (with {HEADER_CHUNK_OFFSET})"),
             ),
             body={
                 "required": True,

@@ -24,6 +24,8 @@ from core.config import ServerConfig
 from core.protocol import (
     HEADER_CHUNK_SHA256,
     HEADER_CONTENT_MD5,
+    HEADER_PIECE_SHA256,
+    MIN_PIECE_SIZE,
     Codec,
     ErrorCode,
     KiB,
@@ -94,6 +96,19 @@ class ChunkResult:
     record: UploadRecord
     index: int
     received: int
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class PieceResult:
+    """One stored piece of a chunk; ``complete`` once the chunk it ends is verified and recorded."""
+
+    record: UploadRecord
+    index: int
+    offset: int
+    length: int
+    received: int  # chunks of the upload now received
+    complete: bool
     duplicate: bool
 
 
@@ -277,12 +292,7 @@ class UploadService:
         md5: str | None = None,
     ) -> ChunkResult:
         """Store one chunk at its offset, verified while streaming and fsynced before it is acknowledged."""
-        record = self.get(identity, upload_id)
-        self._require_state(record, UploadState.UPLOADING)
-        if not 0 <= index < record.chunks:
-            msg = f"chunk index {index} is outside 0..{record.chunks - 1}"
-            raise ChunkIndexOutOfRange(msg, details={"chunks": record.chunks})
-        expected = chunk_length(record.filesize, record.chunk_size, index)
+        record, expected = self._open_chunk(identity, upload_id, index)
         if content_length is None:
             msg = "Content-Length is required for a chunk"
             raise LengthRequired(msg, details={"expected": expected})
@@ -324,6 +334,122 @@ class UploadService:
             self, upload_id=upload_id, owner=record.owner, index=index, bytes=expected, seconds=seconds
         )
         return ChunkResult(record, index, received, duplicate=False)
+
+    def _open_chunk(self, identity: Identity, upload_id: str, index: int) -> tuple[UploadRecord, int]:
+        """The caller's uploading upload and the exact length of its chunk ``index``."""
+        record = self.get(identity, upload_id)
+        self._require_state(record, UploadState.UPLOADING)
+        if not 0 <= index < record.chunks:
+            msg = f"chunk index {index} is outside 0..{record.chunks - 1}"
+            raise ChunkIndexOutOfRange(msg, details={"chunks": record.chunks})
+        return record, chunk_length(record.filesize, record.chunk_size, index)
+
+    def put_piece(
+        self,
+        identity: Identity,
+        upload_id: str,
+        index: int,
+        body: BinaryIO,
+        *,
+        content_length: int | None,
+        offset: int,
+        piece_sha256: str,
+        chunk_sha256: str,
+    ) -> PieceResult:
+        """Store bytes [offset, offset + length) of chunk ``index``; the piece that ends the chunk completes it.
+
+        Pieces let a link that breaks every few seconds make progress with chunks of any size: a piece
+        is acknowledged once it matched ``piece_sha256`` and was fsynced. The chunk itself is
+        acknowledged (recorded as received) only when the piece ending it arrives and the whole chunk,
+        read back from disk, matches ``chunk_sha256``: the server keeps no per-piece state, so pieces
+        may be resent or overwritten freely until then.
+        """
+        record, expected = self._open_chunk(identity, upload_id, index)
+        if content_length is None:
+            msg = "Content-Length is required for a chunk piece"
+            raise LengthRequired(msg, details={"expected": expected - offset})
+        end = offset + content_length
+        if content_length == 0 or end > expected or (end < expected and content_length < MIN_PIECE_SIZE):
+            msg = (
+                f"a piece of chunk {index} ({expected} bytes) at offset {offset} must be 1..{expected - offset} "
+                f"bytes, and at least {MIN_PIECE_SIZE} unless it ends the chunk; got {content_length}"
+            )
+            raise ChunkSizeMismatch(msg, details={"expected": expected - offset})
+        start = index * record.chunk_size
+        started = time.monotonic()
+        with self.blobs.chunk_lock(upload_id, index):
+            stored = self.state.chunk_sha256(upload_id, index)
+            if stored is not None:
+                return self._resent_piece(
+                    record, index, body, offset, content_length, stored, piece_sha256, chunk_sha256
+                )
+            try:
+                with storage_errors(), self.blobs.open_part(upload_id) as part:
+                    sha_hex, _ = self._receive(
+                        body, content_length, want_md5=False, write=part.write_at, offset=start + offset
+                    )
+                    _check_digest(index, HEADER_PIECE_SHA256, piece_sha256, sha_hex)
+                    # fsync before ack: an acknowledged piece must survive a crash or power loss.
+                    part.sync()
+                if end < expected:
+                    received = len(self.state.received_chunks(upload_id))
+                    return PieceResult(record, index, offset, content_length, received, complete=False, duplicate=False)
+                _check_digest(index, HEADER_CHUNK_SHA256, chunk_sha256, self._stored_sha256(upload_id, start, expected))
+            except FileNotFoundError:  # aborted or swept since we looked: say so (409/410), not 500
+                self._require_state(self.get(identity, upload_id), UploadState.UPLOADING)
+                raise
+            with storage_errors():
+                received = self.state.record_chunk(upload_id, index, chunk_sha256, self.clock())
+        if received is None:
+            self._require_state(self.get(identity, upload_id), UploadState.UPLOADING)
+            msg = f"upload {upload_id} changed state while chunk {index} was stored"
+            raise Conflict(msg)
+        log.info(
+            "Received chunk %d/%d for %s (%.1f%%, last piece at offset %d)",
+            index + 1,
+            record.chunks,
+            record.filename,
+            100.0 * received / record.chunks,
+            offset,
+        )
+        events.chunk_stored.send(
+            self,
+            upload_id=upload_id,
+            owner=record.owner,
+            index=index,
+            bytes=expected,
+            seconds=time.monotonic() - started,
+        )
+        return PieceResult(record, index, offset, content_length, received, complete=True, duplicate=False)
+
+    def _resent_piece(
+        self,
+        record: UploadRecord,
+        index: int,
+        body: BinaryIO,
+        offset: int,
+        length: int,
+        stored: str,
+        piece_sha256: str,
+        chunk_sha256: str,
+    ) -> PieceResult:
+        """A piece of an acknowledged chunk (its reply was lost): a no-op if the bytes are the stored ones."""
+        sha_hex, _ = self._receive(body, length, want_md5=False)
+        _check_digest(index, HEADER_PIECE_SHA256, piece_sha256, sha_hex)
+        start = index * record.chunk_size + offset
+        on_disk = self._stored_sha256(record.upload_id, start, length)
+        if not (hex_digests_equal(stored, chunk_sha256) and hex_digests_equal(on_disk, sha_hex)):
+            msg = f"chunk {index} was already stored with different content; re-initialize if the file changed"
+            raise Conflict(msg)
+        received = len(self.state.received_chunks(record.upload_id))
+        return PieceResult(record, index, offset, length, received, complete=True, duplicate=True)
+
+    def _stored_sha256(self, upload_id: str, offset: int, length: int) -> str:
+        """sha256 of bytes as they are on disk: the check that every piece of a chunk arrived and stayed intact."""
+        digest = hashlib.sha256()
+        for data in self.blobs.read_part(upload_id, offset, length):
+            digest.update(data)
+        return digest.hexdigest()
 
     def _resent_chunk(
         self, record: UploadRecord, index: int, body: BinaryIO, length: int, stored: str, **claimed: str | None
@@ -532,6 +658,13 @@ class UploadService:
                 )
                 removed += 1
         return removed + self.blobs.remove_stale_staging(max(60.0, 2 * self.config.job_lease))
+
+
+def _check_digest(index: int, header: str, claimed: str, actual: str) -> None:
+    if not hex_digests_equal(claimed, actual):
+        what = "the whole chunk as stored" if header == HEADER_CHUNK_SHA256 else "the piece"
+        msg = f"chunk {index}: {what} does not match its {header}; it was not acknowledged"
+        raise ChecksumMismatch(msg, details={"header": header})
 
 
 def _check_chunk(index: int, sha_hex: str, md5_hex: str | None, *, sha256: str | None, md5: str | None) -> None:

@@ -14,7 +14,15 @@ from flask.json.provider import DefaultJSONProvider
 
 from core.checksums import is_hex_digest
 from core.config import ServerConfig
-from core.protocol import HEADER_CHUNK_SHA256, HEADER_CONTENT_MD5, Codec, UploadState, chunk_count
+from core.protocol import (
+    HEADER_CHUNK_OFFSET,
+    HEADER_CHUNK_SHA256,
+    HEADER_CONTENT_MD5,
+    HEADER_PIECE_SHA256,
+    Codec,
+    UploadState,
+    chunk_count,
+)
 from core.server.errors import FileTooLarge, InvalidField
 
 MAX_FILENAME_LENGTH = 255
@@ -179,13 +187,39 @@ def parse_init(body: object, config: ServerConfig) -> InitSpec:
     )
 
 
-def chunk_sha256_header(value: str | None) -> str | None:
+def chunk_sha256_header(value: str | None, header: str = HEADER_CHUNK_SHA256) -> str | None:
     if value is None:
         return None
     if not is_hex_digest(value.strip(), "sha256"):
-        msg = "X-Chunk-SHA256 must be a hex sha256 digest"
-        raise InvalidField(msg, details={"field": HEADER_CHUNK_SHA256})
+        msg = f"{header} must be a hex sha256 digest"
+        raise InvalidField(msg, details={"field": header})
     return value.strip().lower()
+
+
+def chunk_offset_header(value: str | None) -> int | None:
+    """X-Chunk-Offset: a piece's byte offset within its chunk (None: the body is the whole chunk)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text.isdigit() or len(text) > 19:
+        msg = f"{HEADER_CHUNK_OFFSET} must be a non-negative integer"
+        raise InvalidField(msg, details={"field": HEADER_CHUNK_OFFSET})
+    return int(text)
+
+
+def piece_headers(
+    offset: str | None, piece_sha256: str | None, chunk_sha256: str | None
+) -> tuple[int, str, str] | None:
+    """(offset, piece sha256, whole-chunk sha256) of a chunk piece; None for a whole-chunk PUT."""
+    start = chunk_offset_header(offset)
+    if start is None:
+        return None
+    piece = chunk_sha256_header(piece_sha256, HEADER_PIECE_SHA256)
+    chunk = chunk_sha256_header(chunk_sha256)
+    if piece is None or chunk is None:
+        msg = f"a chunk piece ({HEADER_CHUNK_OFFSET}) needs {HEADER_PIECE_SHA256} and {HEADER_CHUNK_SHA256}"
+        raise InvalidField(msg, details={"field": HEADER_PIECE_SHA256 if piece is None else HEADER_CHUNK_SHA256})
+    return start, piece, chunk
 
 
 def content_md5_header(value: str | None) -> str | None:

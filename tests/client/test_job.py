@@ -10,6 +10,7 @@ import responses
 
 from core.checksums import file_digests, sha256_hex
 from core.client.bandwidth import TokenBucket
+from core.client.chunk_sizing import PieceSizer
 from core.client.errors import TransientUploadError
 from core.client.events import EventBus
 from core.client.job import MAX_REINITS, JobSettings, UploadJob
@@ -17,7 +18,15 @@ from core.client.journal import JobState, Journal
 from core.client.retention import Retention
 from core.client.transfer import ServerClient
 from core.client.watchdog import Watchdog
-from core.protocol import HEADER_CHUNK_SHA256, HEADER_RETRY_AFTER, chunk_url, finalize_url, init_url, upload_status_url
+from core.protocol import (
+    HEADER_CHUNK_OFFSET,
+    HEADER_CHUNK_SHA256,
+    HEADER_RETRY_AFTER,
+    chunk_url,
+    finalize_url,
+    init_url,
+    upload_status_url,
+)
 
 URL = "http://robot-test.invalid:8080/upload"
 CHUNK = 64 * 1024
@@ -33,7 +42,9 @@ def run_job(tmp_path: Path, bag: Path):
     journal = Journal(tmp_path / "state")
     sleeps: list[float] = []
 
-    def run(retention: Retention = Retention.KEEP, listener=None, **settings) -> UploadJob:
+    def run(
+        retention: Retention = Retention.KEEP, listener=None, client: ServerClient | None = None, **settings
+    ) -> UploadJob:
         record, _ = journal.add(bag, 1, {"source": "robot1"})
         events = EventBus()
         if listener is not None:
@@ -42,7 +53,7 @@ def run_job(tmp_path: Path, bag: Path):
         job = UploadJob(
             record,
             journal=journal,
-            client=ServerClient(URL),
+            client=client or ServerClient(URL),
             settings=lambda: JobSettings(**options),
             bucket=TokenBucket(0),
             watchdog=Watchdog(),
@@ -172,3 +183,22 @@ def test_a_server_failed_or_expired_upload_is_rehashed_and_sent_as_a_new_upload(
     assert job.record.upload_id == "u2"
     assert hashed.count(JobState.HASHING) == 2  # hashed again before the new init
     assert not bag.exists()
+
+
+@responses.activate
+def test_a_server_that_refuses_chunk_pieces_gets_whole_chunks(run_job, bag):
+    responses.post(init_url(URL), status=201, json=init_reply("u1"))
+    older = {"success": False, "error": {"code": "chunk_size_mismatch", "message": "chunk 0 must be 65536 bytes"}}
+    responses.put(chunk_url(URL, "u1", 0), status=400, json=older)  # it ignores X-Chunk-Offset
+    serve_upload("u1", bag)
+    client = ServerClient(URL, sizer=PieceSizer(minimum=CHUNK // 4))
+    client.sizer.failed(4 * CHUNK, CHUNK)  # the link broke after carrying 256 KiB: pieces of 32 KiB next
+    assert client.sizer.piece(0, CHUNK) == CHUNK // 2
+
+    job = run_job(client=client)
+
+    assert job.record.state is JobState.COMPLETE
+    puts = [c.request for c in responses.calls if c.request.method == "PUT"]
+    assert HEADER_CHUNK_OFFSET in puts[0].headers
+    assert [HEADER_CHUNK_OFFSET in p.headers for p in puts[1:]] == [False, False, False]
+    assert client.sizer.pieces_supported is False

@@ -5,7 +5,8 @@ the proxy sits between a client and a server and forwards bytes, and a test can
 at any moment make it slow (``delay``, ``throttle``), silent (``pause``: nothing
 is read any more, so the sender's socket buffers fill up exactly as on a
 black-holed cellular link) or cut every connection (``drop_all``, or
-``drop_after_bytes`` to cut in the middle of a request body).
+``drop_after_bytes`` to cut in the middle of a request body, or ``reset_every``
+for a link that drops every few seconds).
 
     with FaultProxy(server.port) as proxy:
         manager = NetworkManager(upload_url=proxy.url + "/upload")
@@ -15,6 +16,7 @@ black-holed cellular link) or cut every connection (``drop_all``, or
 from __future__ import annotations
 
 import contextlib
+import random
 import select
 import socket
 import struct
@@ -66,8 +68,17 @@ class FaultProxy:
     server), ``bytes_down``, ``connections``, ``drops``.
     """
 
-    def __init__(self, target_port: int, *, port: int | None = None, target_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        target_port: int,
+        *,
+        port: int | None = None,
+        target_host: str = "127.0.0.1",
+        recv_buffer: int | None = None,
+    ) -> None:
         self.target = (target_host, target_port)
+        # SO_RCVBUF of the client side: how much a paused proxy still accepts (and its kernel acknowledges).
+        self.recv_buffer = recv_buffer
         self.port = port or free_port()
         self.delay = 0.0
         self.throttle: float | None = None
@@ -77,6 +88,7 @@ class FaultProxy:
         self.connections = 0
         self.drops = 0
         self._running = threading.Event()
+        self._stopping = threading.Event()
         self._forwarding = threading.Event()
         self._forwarding.set()
         self._lock = threading.Lock()
@@ -100,6 +112,16 @@ class FaultProxy:
     def paused(self) -> bool:
         return not self._forwarding.is_set()
 
+    def reset_every(self, low: float, high: float, *, seed: int) -> None:
+        """Cut every connection at random intervals in [low, high) s (reproducible by ``seed``), until stop()."""
+        rng = random.Random(seed)
+
+        def resets() -> None:
+            while not self._stopping.wait(rng.uniform(low, high)):
+                self.drop_all()
+
+        threading.Thread(target=resets, name=f"fault-proxy-resets-{self.port}", daemon=True).start()
+
     def drop_all(self) -> int:
         """Cut every open connection now; returns how many were cut."""
         with self._lock:
@@ -114,6 +136,8 @@ class FaultProxy:
     def start(self) -> FaultProxy:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.recv_buffer is not None:  # set before listen(): accepted sockets inherit it
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.recv_buffer)
         listener.bind(("127.0.0.1", self.port))
         listener.listen(64)
         listener.settimeout(0.1)
@@ -124,6 +148,7 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         self._running.clear()
         self._forwarding.set()
         if self._thread is not None:
