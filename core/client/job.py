@@ -590,11 +590,9 @@ class UploadJob:
                     watchdog_message(err, watch, s, chunk_size=known(self.record.chunk_size, "chunk_size")),
                     blocked=BlockedReason.UNREACHABLE.value,
                 ) from err
-            except TransientUploadError as err:
+            except (TransientUploadError, PermanentUploadError) as err:
                 if err.status is None:  # the link broke, not the server refusing
                     sizer.failed(sent, len(data))
-                raise
-            except PermanentUploadError as err:
                 if offset is None or err.code not in _PIECE_REFUSALS or restarted:
                     raise
                 # An older server (size mismatch: whole chunks from now on) or a chunk whose stored pieces
