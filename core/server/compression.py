@@ -50,8 +50,9 @@ def worth_compressing(codec: Codec, level: int, sample: bytes, min_saving: float
 
 
 class _ZstdWriter:
-    def __init__(self, fh: IO[bytes], level: int, size: int) -> None:
-        compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+    def __init__(self, fh: IO[bytes], level: int, size: int, threads: int) -> None:
+        # threads >= 1 moves compression to zstd's own worker threads, off the GIL-holding hash loop.
+        compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=threads)
         self._writer = compressor.stream_writer(fh, size=size, closefd=False)
 
     def write(self, data: bytes, /) -> int:
@@ -62,10 +63,13 @@ class _ZstdWriter:
         self._writer.close()
 
 
-def open_writer(codec: Codec, fh: IO[bytes], *, level: int, size: int) -> Writer:
-    """A writer compressing into ``fh`` (left open); ``size`` goes into the zstd frame header."""
+def open_writer(codec: Codec, fh: IO[bytes], *, level: int, size: int, threads: int = 0) -> Writer:
+    """A writer compressing into ``fh`` (left open); ``size`` goes into the zstd frame header.
+
+    ``threads`` is zstd's worker count (0: compress on the calling thread); gzip has none and ignores it.
+    """
     if codec is Codec.ZSTD:
-        return _ZstdWriter(fh, clamp_level(codec, level), size)
+        return _ZstdWriter(fh, clamp_level(codec, level), size, threads)
     if codec is Codec.GZIP:
         # mtime=0: the same input gives the same bytes, so stored files are reproducible.
         return gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=clamp_level(codec, level), mtime=0)
