@@ -139,7 +139,13 @@ class Finalizer:
                 self.blobs.store_part(record.upload_id, blob_id)
             return digests.result()
         with self.blobs.staging(blob_id, codec) as fh:
-            writer = open_writer(codec, fh, level=self.config.compression_level, size=record.filesize)
+            writer = open_writer(
+                codec,
+                fh,
+                level=self.config.compression_level,
+                size=record.filesize,
+                threads=self.config.compression_threads,
+            )
             for piece in iter_file(source):
                 digests.update(piece)
                 writer.write(piece)

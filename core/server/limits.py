@@ -32,7 +32,7 @@ from core.protocol import (
     UPLOADS_PATH,
     ErrorCode,
 )
-from core.server import auth_limits
+from core.server import auth_limits, limit_storage
 from core.server.auth import authenticated_name
 from core.server.errors import error_response
 
@@ -142,7 +142,7 @@ def init_app(app: Flask, config: ServerConfig) -> Any | None:
     limiter = flask_limiter.Limiter(
         client_key,
         default_limits=[config.ratelimit_default],
-        storage_uri=config.ratelimit_storage_uri,
+        storage_uri=limit_storage.storage_uri(config.ratelimit_storage_uri),  # memory://: no thread per request
         headers_enabled=True,
         strategy="fixed-window",
         key_prefix=KEY_PREFIX,
