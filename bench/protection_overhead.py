@@ -27,6 +27,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -39,7 +40,7 @@ POOL = 16  # keep-alive connections opened up front, used in turn so requests sp
 PROTECTION_OFF = {"AUTH_ENABLED": "0", "RATELIMIT_ENABLED": "0", "METRICS_ENABLED": "0"}
 # Limits high enough that the run never meets them: the limiter's bookkeeping runs, its 429 never does.
 HIGH_LIMITS = {"RATELIMIT_STATUS": "1000000 per minute", "RATELIMIT_DEFAULT": "1000000 per minute"}
-SERVERS = {
+SERVERS: dict[str, tuple[str, dict[str, str]]] = {
     "hello-world (baseline)": ("bench.baseline_hello:app", {}),
     "server as shipped": ("upload_server:app", {"AUTH_ENABLED": "1", "RATELIMIT_ENABLED": "1", **HIGH_LIMITS}),
     "server, protection off": ("upload_server:app", PROTECTION_OFF),
@@ -178,7 +179,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per target and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--short", action="store_true", help="2 s per target, 2 rounds")
+    parser.add_argument(
+        "--before", type=Path, help="a checkout of older code (git archive): its server joins the run as 'before'"
+    )
     args = parser.parse_args(argv)
+    servers: dict[str, tuple[Any, ...]] = dict(SERVERS)
+    if args.before:
+        servers["server as shipped, before"] = (*SERVERS["server as shipped"], args.before.resolve())
     if args.short:
         args.seconds, args.rounds = 2.0, 2
     print(f"load average before: {os.getloadavg()[0]:.2f}; {args.rate:.0f} req/s open loop, {args.seconds:.0f} s x "
@@ -188,11 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[tuple[str, str], list[Run]] = collections.defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="protection-", dir=out) as tmp, contextlib.ExitStack() as stack:
         targets = []
-        for number, (name, (app, env)) in enumerate(SERVERS.items()):
+        for number, (name, (app, env, *tree)) in enumerate(servers.items()):
             storage = Path(tmp) / str(number)
             storage.mkdir()
             token = key_store_for(storage).create("bench-robot").token
-            url, process = stack.enter_context(gunicorn(app, storage, Path(tmp), **env))
+            url, process = stack.enter_context(gunicorn(app, storage, Path(tmp), tree=(tree or [REPO_ROOT])[0], **env))
             headers = {HEADER_AUTHORIZATION: f"Bearer {token}"}
             upload_id = "hello" if name == BASELINE else start_upload(url, headers)
             status_path = upload_status_url("/upload", upload_id)
