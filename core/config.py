@@ -154,10 +154,10 @@ class ServerConfig:
     compression_threshold: int = setting(
         10 * MiB, "COMPRESSION_THRESHOLD", "size", "Files smaller than this are stored uncompressed"
     )
-    # Level 1 on one zstd worker thread: the only setting measured faster than the uploads arrive (BENCHMARKS.md).
+    # Level 1: the only level measured faster than uploads arrive (BENCHMARKS.md, "Compression").
     compression_level: int = setting(1, "COMPRESSION_LEVEL", "int", "Compression level (gzip 1-9, zstd 1-22)")
     compression_threads: int = setting(
-        1,
+        0,
         "COMPRESSION_THREADS",
         "int",
         "zstd worker threads at finalize (0: compress on the hashing thread; -1: one per CPU)",

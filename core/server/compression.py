@@ -19,6 +19,8 @@ from core.protocol import Codec, MiB
 
 # Enough to see past a bag's header into its message data, small enough to cost a few ms.
 SAMPLE_SIZE = 1 * MiB
+# With zstd worker threads, wait for them after this much input: bounds the work any one write() waits for.
+THREADED_FLUSH_EVERY = 1 * MiB
 
 
 class Writer(Protocol):
@@ -54,9 +56,18 @@ class _ZstdWriter:
         # threads >= 1 moves compression to zstd's own worker threads, off the GIL-holding hash loop.
         compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=threads)
         self._writer = compressor.stream_writer(fh, size=size, closefd=False)
+        self._threaded = threads != 0
+        self._unflushed = 0
 
     def write(self, data: bytes, /) -> int:
-        return int(self._writer.write(data))
+        written = int(self._writer.write(data))
+        self._unflushed += len(data)
+        if self._threaded and self._unflushed >= THREADED_FLUSH_EVERY:
+            # Worker threads accept input far ahead of their output (a whole small file at high levels), and
+            # close() would then do all the work in one call without progress reports or lease renewals.
+            self._writer.flush(zstandard.FLUSH_BLOCK)
+            self._unflushed = 0
+        return written
 
     def close(self) -> None:
         self._writer.flush(zstandard.FLUSH_FRAME)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import zstandard
 from core.checksums import READ_SIZE
 from core.config import ConfigError, ServerConfig
 from core.protocol import Codec, MiB
-from core.server.compression import open_writer
+from core.server.compression import THREADED_FLUSH_EVERY, open_writer
 from tests.server.conftest import CHUNK
 from tests.server.uploads import Upload
 
@@ -135,3 +136,17 @@ def test_finalize_compresses_with_the_configured_threads(
 def test_compression_threads_below_minus_one_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="COMPRESSION_THREADS"):
         ServerConfig.from_env({"COMPRESSION_THREADS": "-2"})
+
+
+def test_zstd_worker_threads_compress_during_writes_not_all_at_close() -> None:
+    """Finalize reports progress (and renews its lease) between writes: close() must not hold all the work."""
+    sink = io.BytesIO()
+    data = compressible(THREADED_FLUSH_EVERY + 1)
+    writer = open_writer(Codec.ZSTD, sink, level=19, size=2 * len(data), threads=1)
+
+    writer.write(data)
+
+    assert sink.tell() > 0
+    writer.write(data)
+    writer.close()
+    assert zstandard.ZstdDecompressor().decompress(sink.getvalue()) == data + data
