@@ -13,7 +13,8 @@ CPU read from /proc (master + workers) over the client's run:
 - **peer**: tuspy (8 MiB PATCHes, one stream; tus has no parallel parts in @tus/server) to
   @tus/server, which checks no checksum and does not fsync. "Stored" is the last PATCH's reply.
 - **project, real client**: ``python -m core.network_manager upload`` (1 and 4 chunk streams), until
-  the server reports the upload verified; its time includes the client's whole-file hash pass.
+  the server reports the upload verified; its time is the process's wall time (interpreter start-up,
+  ~0.5 s, and the client's whole-file hash pass included; the other clients time themselves).
 - **project, minimal client**: the same wire format from a few lines (sha256 pass, init, PUTs with
   ``X-Chunk-SHA256``, finalize, poll): "send" ends with the last chunk acknowledged, "verified"
   when the status says so, so finalize's share shows (today's baseline for issue 14 items 1-3).
