@@ -4,11 +4,12 @@ Both sides upload the same generated file to the same real gunicorn server
 configuration (a fresh storage root each, so the server's deduplication cannot
 short-cut the second run) with the same chunk size, and both wait until the
 server reports the upload verified. The client runs as its CLI in a subprocess
-so ``wait4`` gives its own CPU time and peak RSS (ru_maxrss). It also times
+under ``/usr/bin/time`` for its own CPU time and peak RSS (not ``wait4`` from this
+process: that high-water mark starts at this process's own, see bench/_measure.py). It also times
 the client's md5+sha256 pass over the file before init (the first of the two
 reads of every bag) with the file in the page cache and evicted from it.
 
-    .venv/bin/python -m bench.client_throughput [--size 2GiB] [--chunk-size 8MiB] [--workers 2]
+    .venv/bin/python -m bench.client_throughput [--size 2GiB] [--chunk-size 8MiB] [--workers 2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import requests
 
+from bench._measure import run_timed
 from core.checksums import file_digests
 from core.config import parse_size
 from core.protocol import (
@@ -36,7 +39,7 @@ from core.protocol import (
     init_url,
     upload_status_url,
 )
-from tests.helpers.processes import PYTHON, REPO_ROOT
+from tests.helpers.processes import PYTHON
 from tests.helpers.servers import GunicornServer
 
 MB = 1_000_000
@@ -81,14 +84,8 @@ def run_client(path: Path, upload_url: str, chunk_size: int, parallelism: int, s
     """(seconds, CPU seconds, peak RSS bytes) of ``python -m core.network_manager upload``."""
     argv = [PYTHON, "-m", "core.network_manager", "--state-dir", str(state), "upload", str(path), "--url", upload_url,
             "--chunk-size", str(chunk_size), "--chunk-parallelism", str(parallelism), "--no-progress"]  # fmt: skip
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    _pid, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    output = proc.stdout.read().decode() if proc.stdout else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"client failed:\n{output}")
-    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
+    measured = run_timed(argv)
+    return measured.seconds, measured.cpu, measured.peak_rss
 
 
 def run_curl(path: Path, upload_url: str, chunk_size: int) -> float:
@@ -128,11 +125,20 @@ def run_curl(path: Path, upload_url: str, chunk_size: int) -> float:
     return time.perf_counter() - start
 
 
+Result = tuple[float, float | None, int | None]  # seconds, client CPU seconds, client peak RSS bytes
+
+
+def _median(results: list[Result]) -> Result:
+    """The run of median duration (its CPU and RSS with it, so the three figures belong together)."""
+    return sorted(results, key=lambda r: r[0])[len(results) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="2GiB", help="file size (default 2GiB)")
     parser.add_argument("--chunk-size", default="8MiB", help="chunk size for both sides (default 8MiB)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2: this machine has 2 cores)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are printed")
     args = parser.parse_args()
     size, chunk_size = parse_size("--size", args.size), parse_size("--chunk-size", args.chunk_size)
 
@@ -142,19 +148,23 @@ def main() -> None:
         generate(source, size)
         small = root / "small.mcap"
         generate(small, min(size, 64 * MiB))
-        results: dict[str, tuple[float, float | None, int | None]] = {}
+        runs: dict[str, list[Result]] = {}
         hashing = {"cold": hash_pass_seconds(source, cold=True), "warm": hash_pass_seconds(source, cold=False)}
         with GunicornServer(root / "srv-small" / "uploads", workers=args.workers) as server:
             # The same client on a small file: peak RSS must not grow with the file size.
             _elapsed, _cpu, small_rss = run_client(small, server.upload_url, chunk_size, 1, root / "s-small")
-        for name, parallelism in (("client", 1), ("client x2 chunks", 2)):
-            with GunicornServer(root / f"srv-{parallelism}" / "uploads", workers=args.workers) as server:
-                elapsed, cpu, rss = run_client(
-                    source, server.upload_url, chunk_size, parallelism, root / f"s{parallelism}"
-                )
-                results[name] = (elapsed, cpu, rss)
-        with GunicornServer(root / "srv-curl" / "uploads", workers=args.workers) as server:
-            results["curl per chunk"] = (run_curl(source, server.upload_url, chunk_size), None, None)
+        senders = [("client", 1), ("client x2 chunks", 2), ("curl per chunk", 0)]
+        for number in range(args.rounds):  # interleaved, rotating: load drift hits every sender alike
+            for name, parallelism in senders[number % 3 :] + senders[: number % 3]:
+                where = root / f"r{number}-{parallelism}"
+                with GunicornServer(where / "uploads", workers=args.workers) as server:
+                    if parallelism:
+                        result = run_client(source, server.upload_url, chunk_size, parallelism, where / "state")
+                    else:
+                        result = (run_curl(source, server.upload_url, chunk_size), None, None)
+                runs.setdefault(name, []).append(result)
+                shutil.rmtree(where / "uploads")
+    results = {name: _median(r) for name, r in runs.items()}
 
     baseline = size / results["curl per chunk"][0] / MB
     print(f"file {size / MiB:.0f} MiB, chunk {chunk_size / MiB:.0f} MiB, gunicorn -w {args.workers}, loopback")

@@ -59,14 +59,17 @@ def wait_idle(pid: int, timeout: float = 60.0) -> None:
 
 
 @contextmanager
-def gunicorn(app: str, storage: Path, log_dir: Path, **env: str) -> Iterator[tuple[str, ManagedProcess]]:
+def gunicorn(
+    app: str, storage: Path, log_dir: Path, *, tree: Path = REPO_ROOT, **env: str
+) -> Iterator[tuple[str, ManagedProcess]]:
+    """``app`` under ``gunicorn.conf.py -w 4`` on a free port; ``tree``: another checkout (before/after runs)."""
     port = free_port()
     argv = [
         PYTHON,
         "-m",
         "gunicorn",
         "-c",
-        str(REPO_ROOT / "gunicorn.conf.py"),
+        str(tree / "gunicorn.conf.py"),
         "-w",
         "4",
         "-b",
@@ -74,7 +77,8 @@ def gunicorn(app: str, storage: Path, log_dir: Path, **env: str) -> Iterator[tup
         app,
     ]
     env = {"UPLOAD_DIR": str(storage), "AUTH_ENABLED": "0", "RATELIMIT_ENABLED": "0", "LOG_LEVEL": "WARNING", **env}
-    process = ManagedProcess(argv, log_path=log_dir / f"{app.split(':')[0]}.log", env=env).start()
+    log_path = log_dir / f"{app.split(':')[0]}-{port}.log"
+    process = ManagedProcess(argv, log_path=log_path, env={"PYTHONPATH": str(tree), **env}, cwd=tree).start()
     try:
         wait_until(lambda: port_open(port), 30, 0.1, f"{app} on port {port}")
         wait_idle(process.pid)

@@ -164,7 +164,14 @@ class ServerConfig:
     compression_threshold: int = setting(
         10 * MiB, "COMPRESSION_THRESHOLD", "size", "Files smaller than this are stored uncompressed"
     )
-    compression_level: int = setting(6, "COMPRESSION_LEVEL", "int", "Compression level (gzip 1-9, zstd 1-22)")
+    # Level 1: the only level measured faster than uploads arrive (BENCHMARKS.md, "Compression").
+    compression_level: int = setting(1, "COMPRESSION_LEVEL", "int", "Compression level (gzip 1-9, zstd 1-22)")
+    compression_threads: int = setting(
+        0,
+        "COMPRESSION_THREADS",
+        "int",
+        "zstd worker threads at finalize (0: compress on the hashing thread; -1: one per CPU)",
+    )
     compression_min_saving: float = setting(
         0.05,
         "COMPRESSION_MIN_SAVING",
@@ -309,6 +316,9 @@ class ServerConfig:
             raise ConfigError(msg)
         if bool(self.ssl_cert) != bool(self.ssl_key):
             msg = "SSL_CERT and SSL_KEY must be set together"
+            raise ConfigError(msg)
+        if self.compression_threads < -1:
+            msg = f"COMPRESSION_THREADS={self.compression_threads} must be -1 (one per CPU), 0 or a thread count"
             raise ConfigError(msg)
         if self.log_format not in ("text", "json"):
             msg = f"LOG_FORMAT={self.log_format!r} is not one of ['text', 'json']"

@@ -19,6 +19,8 @@ from core.protocol import Codec, MiB
 
 # Enough to see past a bag's header into its message data, small enough to cost a few ms.
 SAMPLE_SIZE = 1 * MiB
+# With zstd worker threads, wait for them after this much input: bounds the work any one write() waits for.
+THREADED_FLUSH_EVERY = 1 * MiB
 
 
 class Writer(Protocol):
@@ -50,22 +52,35 @@ def worth_compressing(codec: Codec, level: int, sample: bytes, min_saving: float
 
 
 class _ZstdWriter:
-    def __init__(self, fh: IO[bytes], level: int, size: int) -> None:
-        compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+    def __init__(self, fh: IO[bytes], level: int, size: int, threads: int) -> None:
+        # threads >= 1 moves compression to zstd's own worker threads, off the GIL-holding hash loop.
+        compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=threads)
         self._writer = compressor.stream_writer(fh, size=size, closefd=False)
+        self._threaded = threads != 0
+        self._unflushed = 0
 
     def write(self, data: bytes, /) -> int:
-        return int(self._writer.write(data))
+        written = int(self._writer.write(data))
+        self._unflushed += len(data)
+        if self._threaded and self._unflushed >= THREADED_FLUSH_EVERY:
+            # Worker threads accept input far ahead of their output (a whole small file at high levels), and
+            # close() would then do all the work in one call without progress reports or lease renewals.
+            self._writer.flush(zstandard.FLUSH_BLOCK)
+            self._unflushed = 0
+        return written
 
     def close(self) -> None:
         self._writer.flush(zstandard.FLUSH_FRAME)
         self._writer.close()
 
 
-def open_writer(codec: Codec, fh: IO[bytes], *, level: int, size: int) -> Writer:
-    """A writer compressing into ``fh`` (left open); ``size`` goes into the zstd frame header."""
+def open_writer(codec: Codec, fh: IO[bytes], *, level: int, size: int, threads: int = 0) -> Writer:
+    """A writer compressing into ``fh`` (left open); ``size`` goes into the zstd frame header.
+
+    ``threads`` is zstd's worker count (0: compress on the calling thread); gzip has none and ignores it.
+    """
     if codec is Codec.ZSTD:
-        return _ZstdWriter(fh, clamp_level(codec, level), size)
+        return _ZstdWriter(fh, clamp_level(codec, level), size, threads)
     if codec is Codec.GZIP:
         # mtime=0: the same input gives the same bytes, so stored files are reproducible.
         return gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=clamp_level(codec, level), mtime=0)

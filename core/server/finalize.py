@@ -162,7 +162,13 @@ class Finalizer:
             return digests.result()
         # A staging file per attempt: a second attempt never truncates the file the first is writing.
         with self.blobs.staging(blob_id, codec, attempt=attempt) as fh:
-            writer = open_writer(codec, fh, level=self.config.compression_level, size=record.filesize)
+            writer = open_writer(
+                codec,
+                fh,
+                level=self.config.compression_level,
+                size=record.filesize,
+                threads=self.config.compression_threads,
+            )
             for piece in iter_file(source):
                 digests.update(piece)
                 writer.write(piece)

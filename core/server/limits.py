@@ -32,7 +32,7 @@ from core.protocol import (
     UPLOADS_PATH,
     ErrorCode,
 )
-from core.server import auth_limits
+from core.server import auth_limits, limit_storage
 from core.server.auth import authenticated_name
 from core.server.errors import error_response
 
@@ -77,6 +77,23 @@ def client_key() -> str:
     """The bucket a request is counted in: the key's name, else the client address."""
     name = authenticated_name()
     return f"key:{name}" if name else f"addr:{request.remote_addr or 'unknown'}"
+
+
+def route_limit(config: ServerConfig) -> Callable[[], str]:
+    """The limit of the current request: its route's own (``ROUTE_LIMITS``), else ``RATELIMIT_DEFAULT``.
+
+    Given to flask-limiter as a dynamic default limit rather than as view decorators: a decorated
+    view is evaluated in its wrapper *and* again by flask-limiter's default pass before the request,
+    which doubled the limiter's per-request cost (BENCHMARKS.md, protection). As a default, every
+    request is evaluated once; ``default_limits_per_method`` keeps one bucket per route and method.
+    """
+    table = {(route.path, route.method): route.limit(config) for route in ROUTE_LIMITS}
+
+    def limit() -> str:
+        rule = request.url_rule.rule if request.url_rule is not None else None
+        return table.get((rule, request.method), config.ratelimit_default)
+
+    return limit
 
 
 def _is_exempt() -> bool:
@@ -141,8 +158,9 @@ def init_app(app: Flask, config: ServerConfig) -> Any | None:
         return None
     limiter = flask_limiter.Limiter(
         client_key,
-        default_limits=[config.ratelimit_default],
-        storage_uri=config.ratelimit_storage_uri,
+        default_limits=[route_limit(config)],
+        default_limits_per_method=True,
+        storage_uri=limit_storage.storage_uri(config.ratelimit_storage_uri),  # memory://: no thread per request
         headers_enabled=True,
         strategy="fixed-window",
         key_prefix=KEY_PREFIX,
@@ -154,7 +172,6 @@ def init_app(app: Flask, config: ServerConfig) -> Any | None:
     # after_request hooks run in reverse order of registration: this one runs after flask-limiter's headers.
     app.after_request(_exact_retry_after)
     limiter.init_app(app)
-    _apply_route_limits(app, limiter, config)
     app.register_error_handler(flask_limiter.RateLimitExceeded, _too_many_requests)
     auth_limits.init_app(app, limiter, config, KEY_PREFIX)
     app.extensions[EXTENSION] = limiter
@@ -168,12 +185,3 @@ def init_app(app: Flask, config: ServerConfig) -> Any | None:
         config.ratelimit_storage_uri.split("@")[-1],
     )
     return limiter
-
-
-def _apply_route_limits(app: Flask, limiter: Any, config: ServerConfig) -> None:
-    for rule in app.url_map.iter_rules():
-        for route in ROUTE_LIMITS:
-            if rule.rule == route.path and route.method in (rule.methods or ()):
-                view = app.view_functions[rule.endpoint]
-                decorate = limiter.limit(route.limit(config), methods=[route.method], override_defaults=True)
-                app.view_functions[rule.endpoint] = decorate(view)

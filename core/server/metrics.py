@@ -24,7 +24,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from core.config import ServerConfig
-from core.protocol import UploadState
+from core.protocol import HEALTH_PATH, UploadState
 from core.server import events, robots
 from core.server.limits import exempt
 from core.server.state_store import StateStore, UploadQuery
@@ -66,7 +66,7 @@ HTTP_REQUESTS = Counter(
 )
 HTTP_SECONDS = Histogram(
     f"{PREFIX}_http_request_seconds",
-    "Time from request start to reply, by route",
+    "Time from request start to reply, by route (not /health: a constant reply, polled by load balancers)",
     ["route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
@@ -135,7 +135,9 @@ def _count_reply(response: Response) -> Response:
     if route == METRICS_PATH:
         return response
     HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
-    started = g.pop("metrics_started", None)
+    # Health probes are counted (the error ratio's denominator stays true) but not timed: their
+    # latency says nothing, and each histogram sample is two more multiprocess file writes.
+    started = g.pop("metrics_started", None) if route != HEALTH_PATH else None
     if started is not None:
         HTTP_SECONDS.labels(route).observe(time.perf_counter() - started)
     if response.status_code == 429:

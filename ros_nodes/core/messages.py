@@ -46,10 +46,11 @@ class MessageFactory:
     def __init__(self, typestore: Typestore, *, seed: int = 0, image_bytes: int = 100_000, cloud_points: int = 20_000):
         self.ts = typestore
         self.rng = random.Random(seed)  # noqa: S311 - simulated sensor noise, not security
-        np_rng = np.random.default_rng(seed)
-        # JPEG-like payloads are incompressible; a few of them rotate so no two frames in a row are equal.
-        self._images = [np_rng.integers(0, 256, image_bytes, dtype=np.uint8) for _ in range(4)]
-        self._cloud = np_rng.random((cloud_points, 4), dtype=np.float32).tobytes()
+        # Every frame and cloud is drawn afresh: repeated payloads let zstd match whole earlier frames and
+        # report ratios (x111) no real camera gives. JPEG-like images are incompressible random bytes.
+        self._np_rng = np.random.default_rng(seed)
+        self.image_bytes = image_bytes
+        self.cloud_points = cloud_points
         self._build: dict[str, Callable[[int, int], Any]] = {
             IMU: self._imu,
             ODOMETRY: self._odometry,
@@ -120,14 +121,29 @@ class MessageFactory:
         return self._t(TF)(transforms=transforms)
 
     def _image(self, stamp_ns: int, seq: int) -> Any:
-        data = self._images[seq % len(self._images)].copy()
-        data[:8] = np.frombuffer(seq.to_bytes(8, "little"), dtype=np.uint8)
+        data = np.frombuffer(self._np_rng.bytes(self.image_bytes), dtype=np.uint8)
         return self._t(COMPRESSED_IMAGE)(header=self._header(stamp_ns, "camera_link"), format="jpeg", data=data)
 
-    def _pointcloud(self, stamp_ns: int, _seq: int) -> Any:
+    def _lidar_sweep(self, points: int, seq: int) -> np.ndarray:
+        """x, y, z, intensity of a 16-ring sweep: structured like a lidar's, never equal to an earlier one."""
+        ring = np.arange(points) % 16
+        elevation = np.radians(-15.0 + 2.0 * ring)
+        azimuth = np.linspace(0.0, 2 * math.pi, points, endpoint=False)
+        # A smooth scene drifting with seq, 2 cm of sensor noise, millimetre resolution.
+        noise = self._np_rng.normal(0.0, 0.02, points)
+        ranges = np.round(8.0 + 3.0 * np.sin(3 * azimuth + seq * 0.05) + noise, 3)
+        cloud = np.empty((points, 4), dtype=np.float32)
+        cloud[:, 0] = ranges * np.cos(elevation) * np.cos(azimuth)
+        cloud[:, 1] = ranges * np.cos(elevation) * np.sin(azimuth)
+        cloud[:, 2] = ranges * np.sin(elevation)
+        cloud[:, 3] = self._np_rng.integers(0, 256, points)
+        return cloud
+
+    def _pointcloud(self, stamp_ns: int, seq: int) -> Any:
         field = self._t("sensor_msgs/msg/PointField")
         fields = [field(name=n, offset=4 * i, datatype=7, count=1) for i, n in enumerate("xyzi")]
-        points = len(self._cloud) // 16
+        points = self.cloud_points
+        cloud = self._lidar_sweep(points, seq)
         return self._t(POINT_CLOUD)(
             header=self._header(stamp_ns, "lidar_link"),
             height=1,
@@ -136,7 +152,7 @@ class MessageFactory:
             is_bigendian=False,
             point_step=16,
             row_step=16 * points,
-            data=np.frombuffer(self._cloud, dtype=np.uint8),
+            data=cloud.view(np.uint8).reshape(-1),
             is_dense=True,
         )
 

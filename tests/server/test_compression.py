@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -9,8 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 
+from core.checksums import READ_SIZE
+from core.config import ConfigError, ServerConfig
+from core.protocol import Codec, MiB
+from core.server.compression import THREADED_FLUSH_EVERY, open_writer
 from tests.server.conftest import CHUNK
+from tests.server.uploads import Upload
 
 CLI = {"zstd": ["zstd", "-d", "-c"], "gzip": ["gzip", "-d", "-c"]}
 
@@ -91,3 +98,55 @@ def test_seed_compression_log_line(new_upload: Any, jobs: Any, caplog: pytest.Lo
     reduction = 100 * (1 - status["stored_size"] / len(data))
     expected = f"Compressed test.bag: {len(data)} → {status['stored_size']} bytes ({reduction:.1f}% reduction)"
     assert expected in caplog.text
+
+
+@pytest.mark.parametrize("threads", [0, 1, 2])
+def test_zstd_with_worker_threads_still_writes_one_standard_frame(tmp_path: Path, threads: int) -> None:
+    data = compressible(3 * MiB + 123)
+    path = tmp_path / "stored.zst"
+    with path.open("wb") as fh:
+        writer = open_writer(Codec.ZSTD, fh, level=1, size=len(data), threads=threads)
+        for offset in range(0, len(data), READ_SIZE):
+            writer.write(data[offset : offset + READ_SIZE])
+        writer.close()
+
+    assert zstandard.get_frame_parameters(path.read_bytes()).content_size == len(data)
+    assert subprocess.run([*CLI["zstd"], str(path)], check=True, capture_output=True).stdout == data
+
+
+def test_finalize_compresses_with_the_configured_threads(
+    make_app: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[int] = []
+    real = zstandard.ZstdCompressor
+
+    def recording(*args: Any, threads: int = 0, **kwargs: Any) -> zstandard.ZstdCompressor:
+        opened.append(threads)
+        return real(*args, threads=threads, **kwargs)
+
+    monkeypatch.setattr(zstandard, "ZstdCompressor", recording)
+    app = make_app(compression_threads=2)
+    upload = Upload(app.test_client(), compressible(12 * CHUNK), CHUNK)
+
+    finish(upload, app.extensions["job_runner"], compression="zstd")
+
+    assert 2 in opened
+
+
+def test_compression_threads_below_minus_one_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="COMPRESSION_THREADS"):
+        ServerConfig.from_env({"COMPRESSION_THREADS": "-2"})
+
+
+def test_zstd_worker_threads_compress_during_writes_not_all_at_close() -> None:
+    """Finalize reports progress (and renews its lease) between writes: close() must not hold all the work."""
+    sink = io.BytesIO()
+    data = compressible(THREADED_FLUSH_EVERY + 1)
+    writer = open_writer(Codec.ZSTD, sink, level=19, size=2 * len(data), threads=1)
+
+    writer.write(data)
+
+    assert sink.tell() > 0
+    writer.write(data)
+    writer.close()
+    assert zstandard.ZstdDecompressor().decompress(sink.getvalue()) == data + data
