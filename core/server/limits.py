@@ -2,10 +2,15 @@
 
 Many robots may share one cellular NAT address, so an authenticated caller is
 counted by its key name; anonymous callers by the address ProxyFix/`proxies`
-derived. Upload routes get limits of their own (``ROUTE_LIMITS``) sized so a
-5 GB upload at the default chunk size never meets them on a realistic link;
-every other route gets ``RATELIMIT_DEFAULT``. A missing flask-limiter is a
-loud warning, not a crash: the seed promises the server still starts.
+derived. The two get different budgets: anonymous callers the seed's numbers
+(``RATELIMIT_INIT`` 20/hour, ``RATELIMIT_DEFAULT`` 200/day;50/hour…), which
+guard against strangers; a key the ``RATELIMIT_KEY_*`` budgets, sized from
+what a recorder really sends (two uploads per split, one init + chunks +
+finalize + status polls each) with headroom, so a robot's own continuous
+traffic never meets a 429. Upload routes get limits of their own
+(``ROUTE_LIMITS``); every other route the default pair. A missing
+flask-limiter is a loud warning, not a crash: the seed promises the server
+still starts.
 """
 
 from __future__ import annotations
@@ -53,15 +58,17 @@ class RouteLimit:
     path: str
     method: str
     limit: Callable[[ServerConfig], str]
+    # Per API key; None: the same budget as anonymous callers.
+    key_limit: Callable[[ServerConfig], str] | None = None
 
 
 # Extend this table when a route needs more than the default budget; the
 # OpenAPI document describes 429 on every route either way.
 ROUTE_LIMITS: tuple[RouteLimit, ...] = (
-    RouteLimit(INIT_PATH, "POST", lambda c: c.ratelimit_init),
-    RouteLimit(CHUNK_PATH, "PUT", lambda c: c.ratelimit_chunk),
-    RouteLimit(UPLOAD_PATH, "GET", lambda c: c.ratelimit_status),
-    RouteLimit(FINALIZE_PATH, "POST", lambda c: c.ratelimit_finalize),
+    RouteLimit(INIT_PATH, "POST", lambda c: c.ratelimit_init, lambda c: c.ratelimit_key_init),
+    RouteLimit(CHUNK_PATH, "PUT", lambda c: c.ratelimit_chunk, lambda c: c.ratelimit_key_chunk),
+    RouteLimit(UPLOAD_PATH, "GET", lambda c: c.ratelimit_status, lambda c: c.ratelimit_key_status),
+    RouteLimit(FINALIZE_PATH, "POST", lambda c: c.ratelimit_finalize, lambda c: c.ratelimit_key_finalize),
     RouteLimit(UPLOADS_PATH, "GET", lambda c: c.ratelimit_list),
     RouteLimit(HEARTBEAT_PATH, "POST", lambda c: c.heartbeat_rate_limit),
 )
@@ -77,6 +84,17 @@ def client_key() -> str:
     """The bucket a request is counted in: the key's name, else the client address."""
     name = authenticated_name()
     return f"key:{name}" if name else f"addr:{request.remote_addr or 'unknown'}"
+
+
+def budget(anonymous: str, per_key: str) -> Callable[[], str]:
+    """The limit of the current request: ``per_key`` for a caller that proved a key, else ``anonymous``.
+
+    Both count in the bucket ``client_key`` chose, so a key never spends an
+    address's budget and a stranger never spends a robot's.
+    """
+    if anonymous == per_key:
+        return lambda: anonymous
+    return lambda: per_key if authenticated_name() else anonymous
 
 
 def _is_exempt() -> bool:
@@ -141,7 +159,7 @@ def init_app(app: Flask, config: ServerConfig) -> Any | None:
         return None
     limiter = flask_limiter.Limiter(
         client_key,
-        default_limits=[config.ratelimit_default],
+        default_limits=[budget(config.ratelimit_default, config.ratelimit_key_default)],
         storage_uri=config.ratelimit_storage_uri,
         headers_enabled=True,
         strategy="fixed-window",
@@ -159,12 +177,18 @@ def init_app(app: Flask, config: ServerConfig) -> Any | None:
     auth_limits.init_app(app, limiter, config, KEY_PREFIX)
     app.extensions[EXTENSION] = limiter
     log.info(
-        "rate limits: default=%r init=%r chunk=%r status=%r finalize=%r storage=%s",
+        "rate limits per address: default=%r init=%r chunk=%r status=%r finalize=%r; "
+        "per key: default=%r init=%r chunk=%r status=%r finalize=%r; storage=%s",
         config.ratelimit_default,
         config.ratelimit_init,
         config.ratelimit_chunk,
         config.ratelimit_status,
         config.ratelimit_finalize,
+        config.ratelimit_key_default,
+        config.ratelimit_key_init,
+        config.ratelimit_key_chunk,
+        config.ratelimit_key_status,
+        config.ratelimit_key_finalize,
         config.ratelimit_storage_uri.split("@")[-1],
     )
     return limiter
@@ -175,5 +199,7 @@ def _apply_route_limits(app: Flask, limiter: Any, config: ServerConfig) -> None:
         for route in ROUTE_LIMITS:
             if rule.rule == route.path and route.method in (rule.methods or ()):
                 view = app.view_functions[rule.endpoint]
-                decorate = limiter.limit(route.limit(config), methods=[route.method], override_defaults=True)
+                anonymous = route.limit(config)
+                per_key = route.key_limit(config) if route.key_limit else anonymous
+                decorate = limiter.limit(budget(anonymous, per_key), methods=[route.method], override_defaults=True)
                 app.view_functions[rule.endpoint] = decorate(view)
