@@ -231,7 +231,7 @@ class ServerConfig:
         "600 per minute", "RATELIMIT_KEY_CHUNK", "str", "Per API key: chunk PUTs (600/min x 8 MiB = 84 MB/s)"
     )
     ratelimit_key_status: str = setting(
-        "600 per minute", "RATELIMIT_KEY_STATUS", "str", "Per API key: GET /upload/<id> (finalize polling of each upload)"
+        "600 per minute", "RATELIMIT_KEY_STATUS", "str", "Per API key: GET /upload/<id> (finalize polling)"
     )
     ratelimit_key_finalize: str = setting(
         "60 per minute", "RATELIMIT_KEY_FINALIZE", "str", "Per API key: POST /upload/<id>/finalize (one per upload)"
