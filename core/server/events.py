@@ -9,6 +9,7 @@ The sender is the component that saw the event (the ``UploadService``, or the fi
 - ``upload_failed``: ``upload_id, owner, code, message``
 - ``upload_aborted``: ``upload_id, owner``
 - ``upload_expired``: ``upload_id, owner, bytes_received``
+- ``upload_deleted``: ``upload_id, owner, by, bytes_freed`` (a stored upload deleted by an admin or retention)
 """
 
 from __future__ import annotations
@@ -23,3 +24,4 @@ upload_completed = _signals.signal("upload-completed")
 upload_failed = _signals.signal("upload-failed")
 upload_aborted = _signals.signal("upload-aborted")
 upload_expired = _signals.signal("upload-expired")
+upload_deleted = _signals.signal("upload-deleted")
