@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from core.config import ServerConfig
 from core.protocol import HEARTBEAT_PATH, CommandAck, CommandDoc, CommandState, RobotAction
@@ -46,6 +46,16 @@ _ROBOT_ID = re.compile(rf"^[^\x00-\x1f\x7f]{{1,{MAX_ROBOT_ID_LENGTH}}}$")
 _OPEN_STATES = (CommandState.PENDING.value, CommandState.DELIVERED.value)
 _EXPIRED_MESSAGE = "not acknowledged in time"
 MAX_ACK_MESSAGE = 500
+MAX_REJECTION_REASON = 300
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """The last heartbeat the server refused for a robot: when, with which status, and why."""
+
+    at: float
+    status: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,7 @@ class RobotStatus:
     status: dict[str, Any]
     last_seen: float
     first_seen: float
+    rejection: Rejection | None = None
 
 
 @dataclass
@@ -95,7 +106,11 @@ class RobotStore(abc.ABC):
 
     @abc.abstractmethod
     def robots(self) -> list[RobotStatus]:
-        """Every robot ever seen, ordered by id."""
+        """Every robot ever seen, ordered by id, each with its last heartbeat rejection (if any)."""
+
+    @abc.abstractmethod
+    def record_rejection(self, robot_id: str, rejection: Rejection) -> None:
+        """Remember the robot's latest refused heartbeat; ignored for robots never seen (strangers add no rows)."""
 
     @abc.abstractmethod
     def enqueue(self, command: Command) -> None:
@@ -135,6 +150,12 @@ CREATE TABLE IF NOT EXISTS commands (
     message TEXT NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS robot_rejections (
+    robot_id TEXT PRIMARY KEY REFERENCES robots (robot_id),
+    at REAL NOT NULL,
+    status INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS commands_open ON commands (robot_id, state);
 CREATE INDEX IF NOT EXISTS commands_created ON commands (created_at);
 """
@@ -165,9 +186,23 @@ class SQLiteRobotStore(RobotStore):
 
     def robots(self) -> list[RobotStatus]:
         rows = self._connection().execute(
-            "SELECT robot_id, status, last_seen, first_seen FROM robots ORDER BY robot_id"
+            "SELECT r.robot_id, r.status, r.last_seen, r.first_seen, j.at, j.status, j.reason"
+            " FROM robots r LEFT JOIN robot_rejections j ON j.robot_id = r.robot_id ORDER BY r.robot_id"
         )
-        return [RobotStatus(r[0], json.loads(r[1]), r[2], r[3]) for r in rows]
+        return [
+            RobotStatus(r[0], json.loads(r[1]), r[2], r[3], Rejection(r[4], r[5], r[6]) if r[4] is not None else None)
+            for r in rows
+        ]
+
+    def record_rejection(self, robot_id: str, rejection: Rejection) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO robot_rejections (robot_id, at, status, reason)"
+                " SELECT robot_id, ?, ?, ? FROM robots WHERE robot_id = ?"
+                " ON CONFLICT (robot_id) DO UPDATE SET at = excluded.at, status = excluded.status,"
+                " reason = excluded.reason",
+                (rejection.at, rejection.status, rejection.reason, robot_id),
+            )
 
     def enqueue(self, command: Command) -> None:
         with self._tx() as db:
@@ -282,6 +317,9 @@ return 1
 """
 
 
+_REJECTION_FIELDS = ("rejected_at", "rejected_status", "rejected_reason")
+
+
 class RedisRobotStore(RobotStore):
     """Robot status and the command queue in Redis, shared by every app server of a scale-out.
 
@@ -318,12 +356,24 @@ class RedisRobotStore(RobotStore):
         ids = [raw.decode() for raw in self.redis.zrange(f"{self.p}all", 0, -1)]
         pipe = self.redis.pipeline(transaction=False)
         for robot_id in ids:
-            pipe.hmget(self._robot(robot_id), "status", "last_seen", "first_seen")
+            pipe.hmget(self._robot(robot_id), "status", "last_seen", "first_seen", *_REJECTION_FIELDS)
         return [
-            RobotStatus(robot_id, json.loads(status), float(last_seen), float(first_seen))
-            for robot_id, (status, last_seen, first_seen) in zip(ids, pipe.execute(), strict=True)
+            RobotStatus(
+                robot_id,
+                json.loads(status),
+                float(last_seen),
+                float(first_seen),
+                Rejection(float(at), int(code), reason.decode()) if at is not None else None,
+            )
+            for robot_id, (status, last_seen, first_seen, at, code, reason) in zip(ids, pipe.execute(), strict=True)
             if status is not None
         ]
+
+    def record_rejection(self, robot_id: str, rejection: Rejection) -> None:
+        key = self._robot(robot_id)
+        if self.redis.exists(key):  # only robots already seen: a stranger's requests create nothing
+            values = (repr(rejection.at), str(rejection.status), rejection.reason)
+            self.redis.hset(key, mapping=dict(zip(_REJECTION_FIELDS, values, strict=True)))
 
     def enqueue(self, command: Command) -> None:
         pipe = self.redis.pipeline(transaction=True)
@@ -456,6 +506,37 @@ def heartbeat(robot_id: str) -> Any:
     )
 
 
+def _rejection_reason(response: Response) -> str:
+    body = response.get_json(silent=True) if response.is_json else None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return f"{error.get('code')}: {error.get('message')}"[:MAX_REJECTION_REASON]
+    return f"HTTP {response.status_code}"
+
+
+def record_rejected_heartbeat(response: Response) -> Response:
+    """A heartbeat answered 4xx/5xx (too large, malformed, bad key, rate limited…) is remembered for its robot.
+
+    Without it the dashboard shows a robot whose heartbeats are refused as a
+    stale row going "offline"; with it, it shows "heartbeat rejected: <reason>".
+    Runs for every layer's refusal (auth, body limits, rate limits, the view).
+    """
+    rule = request.url_rule
+    if response.status_code < 400 or rule is None or rule.rule != HEARTBEAT_PATH:
+        return response
+    robot_id = str((request.view_args or {}).get("robot_id", ""))
+    if not _ROBOT_ID.match(robot_id):
+        return response
+    rejection = Rejection(time.time(), response.status_code, _rejection_reason(response))
+    try:
+        robot_store().record_rejection(robot_id, rejection)
+    except Exception:  # the store is down: the refusal itself must still reach the robot
+        log.exception("could not record the rejected heartbeat of robot %s", robot_id)
+        return response
+    log.warning("heartbeat rejected robot=%s status=%d reason=%s", robot_id, rejection.status, rejection.reason)
+    return response
+
+
 def init_app(app: Flask, config: ServerConfig, store: RobotStore | None = None) -> None:
     """Open the robot store (``open_robot_store`` unless given) and mount the heartbeat route."""
     app.extensions[CONFIG_EXTENSION] = config
@@ -464,3 +545,4 @@ def init_app(app: Flask, config: ServerConfig, store: RobotStore | None = None) 
     bp = Blueprint("robots", __name__)
     bp.add_url_rule(HEARTBEAT_PATH, view_func=heartbeat, methods=["POST"], endpoint="heartbeat")
     app.register_blueprint(bp)
+    app.after_request(record_rejected_heartbeat)
