@@ -196,10 +196,30 @@ def robot_row(robot: RobotStatus, now: float, offline_after: float) -> dict[str,
 
 
 # --- uploads -------------------------------------------------------------------------------
+_ENDED = {"complete", "failed", "aborted"}
+METADATA_PART = "metadata"  # the recorder's ``part`` of a bag's metadata.yaml (ros_nodes.core.handoff)
+
+
+def bag_fields(metadata: Any) -> dict[str, Any]:
+    """Which bag (and split) a file belongs to, from the recorder's upload metadata; None for other files."""
+    meta = metadata if isinstance(metadata, Mapping) else {}
+    split = number(pick(meta, "split_index", "split"))
+    return {
+        "bag": text(pick(meta, "bag", "bag_name"), 200),
+        "split": int(split) if split is not None else None,
+        "part": text(pick(meta, "part"), 20),
+    }
+
+
 def _server_row(record: UploadRecord, received: Mapping[str, int]) -> dict[str, Any]:
     done = received.get(record.upload_id) if record.state == UploadState.UPLOADING else record.filesize
     ratio = record.filesize / record.stored_size if record.stored_size else None
     return {
+        **bag_fields(record.metadata),
+        "started_at": record.created_at,
+        "finished_at": record.updated_at if record.state.value in _ENDED else None,
+        "blocked_reason": None,
+        "retry_at": None,
         "key": record.upload_id,
         "upload_id": record.upload_id,
         "robot_id": record.owner,
@@ -249,6 +269,9 @@ def _merge_client(
             "created_at": number(pick(entry, "created_at", "created", "added_at")),
             "updated_at": number(pick(entry, "updated_at", "updated")),
             "download": False,
+            **bag_fields(pick(entry, "metadata")),
+            "started_at": number(pick(entry, "started_at", "created_at", "created", "added_at")),
+            "finished_at": None,
         }
     )
     if not row or row["state"] not in {s.value for s in TERMINAL_STATES}:
@@ -301,10 +324,39 @@ def merge_uploads(
         row["progress"] = (
             min(1.0, done / total) if total and done is not None else (1.0 if row["state"] == "complete" else None)
         )
-    return sorted(
+    ordered = sorted(
         rows.values(),
         key=lambda r: (_ACTIVE_ORDER.get(r["state"], 9), -(r.get("updated_at") or r.get("created_at") or 0)),
     )
+    return group_bags(ordered)
+
+
+def group_bags(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep each bag's files together where its first file sorts, storage files first, metadata.yaml last.
+
+    Every bag uploads a storage file and a ``metadata.yaml`` named alike across
+    splits; apart they read as unrelated rows. ``group`` names the bag and
+    ``group_index`` is the file's place in it (0: the row that heads the group).
+    """
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    order: list[tuple[str, str] | dict[str, Any]] = []
+    for row in rows:
+        if not row.get("bag"):
+            order.append(row)
+            continue
+        key = (str(row["robot_id"]), str(row["bag"]))
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(row)
+    grouped: list[dict[str, Any]] = []
+    for item in order:
+        if isinstance(item, dict):
+            grouped.append({**item, "group": None, "group_index": 0})
+            continue
+        files = sorted(groups[item], key=lambda r: r.get("part") == METADATA_PART)  # stable: storage files first
+        grouped += [{**row, "group": item[1], "group_index": i} for i, row in enumerate(files)]
+    return grouped
 
 
 def page(rows: list[dict[str, Any]], flt: UploadFilter) -> dict[str, Any]:
