@@ -292,7 +292,16 @@ class ServerConfig:
         55.0, "DASHBOARD_SSE_MAX_SECONDS", "float", "Each live-update stream ends after this long (the page reconnects)"
     )
     sse_interval: float = setting(
-        1.0, "DASHBOARD_SSE_INTERVAL", "float", "Seconds between live-update checks of one stream"
+        1.0,
+        "DASHBOARD_SSE_INTERVAL",
+        "float",
+        "Seconds between live-update checks; each process builds one snapshot per interval for all its viewers",
+    )
+    sse_max_streams: int = setting(
+        2,
+        "DASHBOARD_SSE_MAX_STREAMS",
+        "int",
+        "Live-update streams per server process (each holds a thread); more viewers poll every 5 s instead",
     )
     # --- deployment (metrics, logging, backups, scale-out) ---
     log_format: str = setting(

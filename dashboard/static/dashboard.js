@@ -346,7 +346,8 @@
   }
   async function poll() {
     try {
-      const response = await fetch(stateUrl + "?" + query(), { credentials: "same-origin", headers: { Accept: "application/json" } });
+      // live=1: the server's shared per-process snapshot, not a fresh read per viewer.
+      const response = await fetch(stateUrl + "?" + query() + "&live=1", { credentials: "same-origin", headers: { Accept: "application/json" } });
       if (response.status === 401) { window.location.reload(); return; }
       if (response.ok) render(await response.json());
     } catch (err) {
@@ -371,6 +372,15 @@
     });
     // The server ends each stream after a while so it never pins a worker; reconnect at once.
     source.addEventListener("bye", () => { source.close(); connect(); });
+    // The server has as many streams open as it allows (DASHBOARD_SSE_MAX_STREAMS): poll, try again later.
+    source.addEventListener("poll", (event) => {
+      source.close();
+      let retry = 30;
+      try { retry = JSON.parse(event.data).retry_seconds || retry; } catch (err) { /* keep the default */ }
+      setConn("polling");
+      startPolling();
+      reconnectTimer = setTimeout(connect, retry * 1000 * (0.75 + Math.random() / 2));
+    });
     source.onerror = () => {
       source.close();
       setConn(pollTimer ? "polling" : "reconnecting");

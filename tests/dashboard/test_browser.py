@@ -303,3 +303,25 @@ def test_uploads_table_groups_a_bags_files_with_full_names_times_and_waits(
         )
         expect(fleet_row.locator('td[data-label="Status"] .state')).to_have_text("rejected", timeout=20_000)
         screenshot(page, "laptop-uploads-grouped")
+
+
+def test_viewers_over_the_stream_cap_poll_and_still_see_changes(tmp_path: Path) -> None:
+    """One gunicorn worker allowing one stream: the first tab streams, the second polls the shared snapshot."""
+    env = {**SERVER_ENV, "DASHBOARD_SSE_MAX_STREAMS": "1", "DASHBOARD_SSE_MAX_SECONDS": "120"}
+    with (
+        GunicornServer(tmp_path / "uploads", workers=1, auth=True, env=env) as capped,
+        chromium(tmp_path / "profile") as browser,
+    ):
+        first, second = browser.new_page(), browser.new_page()
+        sign_in(first, capped)
+        second.goto(capped.url + "/dashboard/")
+        expect(second.locator("#conn")).to_have_text("polling", timeout=15_000)
+        expect(first.locator("#conn")).to_have_text("live")
+
+        requests.post(
+            f"{capped.url}/robots/polled-robot/heartbeat", json={}, headers=capped.headers(capped.admin_key), timeout=5
+        ).raise_for_status()
+
+        expect(second.locator('#fleet-rows tr[data-key="polled-robot"]')).to_be_visible(timeout=15_000)
+        expect(first.locator('#fleet-rows tr[data-key="polled-robot"]')).to_be_visible(timeout=15_000)
+        expect(second.locator("#conn")).to_have_text("polling")
