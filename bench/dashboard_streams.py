@@ -33,24 +33,28 @@ POLL_SECONDS = 5.0
 CHUNK = 256 * KiB
 
 
+REQUEST_TIMEOUT = 10.0  # a request not answered by then counts as unanswered (and at this latency)
+
+
 @dataclass
 class Latencies:
     health: list[float]
     chunks: list[float]
+    unanswered: int = 0
 
     @staticmethod
     def p(values: list[float], q: float) -> float:
-        ordered = sorted(values)
+        ordered = sorted(values) or [REQUEST_TIMEOUT]
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
     def row(self, name: str, baseline: Latencies | None) -> str:
         h99, c99 = self.p(self.health, 0.99), self.p(self.chunks, 0.99)
-        ratio = "1.00 / 1.00"  # health / chunk
+        ratio = "1.00 / 1.00"
         if baseline is not None:
             ratio = f"{h99 / baseline.p(baseline.health, 0.99):.2f} / {c99 / baseline.p(baseline.chunks, 0.99):.2f}"
         return (
-            f"| {name} | {self.p(self.health, 0.5):.1f} | {h99:.1f} | {self.p(self.chunks, 0.5):.1f} | {c99:.1f} | "
-            f"{ratio} |"
+            f"| {name} | {self.p(self.health, 0.5):.1f} / {h99:.1f} | {self.p(self.chunks, 0.5):.1f} / {c99:.1f} | "
+            f"{ratio} | {self.unanswered} |"
         )
 
 
@@ -124,9 +128,13 @@ def seed(server: GunicornServer, uploads: int) -> None:
         session.post(init_url(server.url), json=body, headers=server.headers(), timeout=10).raise_for_status()
 
 
-def timed(call: Callable[[], requests.Response]) -> float:
+def timed(call: Callable[[], requests.Response]) -> float | None:
+    """Seconds until the reply; None when none came within REQUEST_TIMEOUT (a starved server)."""
     started = time.perf_counter()
-    call().raise_for_status()
+    try:
+        call().raise_for_status()
+    except requests.Timeout:
+        return None
     return time.perf_counter() - started
 
 
@@ -135,22 +143,36 @@ def measure(server: GunicornServer, health: int, chunks: int) -> Latencies:
     data = os.urandom(CHUNK)
     digest = hashlib.sha256(data).hexdigest()
     body = {"filename": "bench.bin", "filesize": CHUNK * chunks, "chunks": chunks, "chunk_size": CHUNK}
-    upload_id = requests.post(init_url(server.url), json=body, headers=server.headers(), timeout=10).json()["upload_id"]
     health_times: list[float] = []
     chunk_times: list[float] = []
+    unanswered: list[int] = []
+
+    def record(into: list[float], seconds: float | None) -> None:
+        if seconds is None:
+            unanswered.append(1)
+            seconds = REQUEST_TIMEOUT
+        into.append(seconds)
 
     def health_loop() -> None:
         session = requests.Session()
         for _ in range(health):
-            health_times.append(timed(lambda: session.get(server.url + HEALTH_PATH, timeout=30)))
+            record(health_times, timed(lambda: session.get(server.url + HEALTH_PATH, timeout=REQUEST_TIMEOUT)))
             time.sleep(0.02)
 
     def chunk_loop() -> None:
         session = requests.Session()
+        try:
+            reply = session.post(init_url(server.url), json=body, headers=server.headers(), timeout=REQUEST_TIMEOUT)
+        except requests.Timeout:
+            unanswered.extend([1] * (chunks + 1))
+            chunk_times.extend([REQUEST_TIMEOUT] * chunks)
+            return
+        upload_id = reply.json()["upload_id"]
         headers = server.headers(**{HEADER_CHUNK_SHA256: digest})
         for index in range(chunks):
             url = chunk_url(server.url, upload_id, index)
-            chunk_times.append(timed(lambda u=url: session.put(u, data=data, headers=headers, timeout=60)))
+            put = lambda u=url: session.put(u, data=data, headers=headers, timeout=REQUEST_TIMEOUT)  # noqa: E731
+            record(chunk_times, timed(put))
             time.sleep(0.02)
 
     threads = [threading.Thread(target=health_loop), threading.Thread(target=chunk_loop)]
@@ -158,7 +180,7 @@ def measure(server: GunicornServer, health: int, chunks: int) -> Latencies:
         thread.start()
     for thread in threads:
         thread.join()
-    return Latencies(health_times, chunk_times)
+    return Latencies(health_times, chunk_times, len(unanswered))
 
 
 @contextlib.contextmanager
@@ -196,8 +218,8 @@ def run(max_streams: int, args: argparse.Namespace, root: Path) -> None:
             polling = sum(1 for t in tabs if t.mode == "poll")
         stop.set()
     print(f"\nDASHBOARD_SSE_MAX_STREAMS={max_streams} (x4 workers): {streaming} viewers streaming, {polling} polling")
-    print("| viewers | /health p50 ms | /health p99 ms | chunk PUT p50 ms | chunk PUT p99 ms | p99 ratio |")
-    print("|---|---|---|---|---|---|")
+    print("| viewers | /health p50 / p99 ms | chunk PUT p50 / p99 ms | p99 ratio health / chunk | unanswered |")
+    print("|---|---|---|---|---|")
     print(baseline.row("0 (baseline)", None))
     print(loaded.row(str(args.viewers), baseline))
     print(f"median events per viewer: {statistics.median(t.events for t in tabs):.0f}")
