@@ -74,6 +74,8 @@ class SoakReport:
     rss_max_mb: float = 0.0
     rss_end_mb: float = 0.0
     state_growth_mb_per_hour: float = 0.0
+    state_end_mb: float = 0.0
+    uploads_stored: int = 0
     storage_growth_mb_per_hour: float = 0.0
     robot_exit_codes: dict[str, int | None] = field(default_factory=dict)
 
@@ -105,7 +107,8 @@ class SoakReport:
                 f"| robot samples offline | {sum(self.offline_samples.values())} of {self.samples * self.robots} |",
                 f"| server RSS start / max / end (MB) | {self.rss_start_mb:.0f} / {self.rss_max_mb:.0f} / "
                 f"{self.rss_end_mb:.0f} |",
-                f"| state growth (MB/hour) | {self.state_growth_mb_per_hour:.2f} |",
+                f"| state growth (MB/hour); at the end (MB, upload records) | {self.state_growth_mb_per_hour:.2f}; "
+                f"{self.state_end_mb:.2f} for {self.uploads_stored} |",
                 f"| stored files growth (MB/hour) | {self.storage_growth_mb_per_hour:.1f} |",
             ]
         )
@@ -127,6 +130,11 @@ def tree_rss(pid: int) -> int:
 
 def dir_bytes(path: Path, pattern: str = "*") -> int:
     return sum(p.stat().st_size for p in path.rglob(pattern) if p.is_file()) if path.exists() else 0
+
+
+def state_bytes(upload_dir: Path) -> int:
+    """The state databases' main files (not their WAL, which a checkpoint folds back in and truncates)."""
+    return dir_bytes(upload_dir, "*.sqlite3")
 
 
 class Sampler(threading.Thread):
@@ -152,7 +160,7 @@ class Sampler(threading.Thread):
                         online={r["robot_id"]: bool(r["online"]) for r in fleet},
                         queues={r["robot_id"]: int(r["queue_length"] or 0) for r in fleet},
                         rss_bytes=tree_rss(self.server.process.pid),
-                        state_bytes=dir_bytes(self.server.upload_dir, "*.sqlite3*"),
+                        state_bytes=state_bytes(self.server.upload_dir),
                         stored_bytes=dir_bytes(self.server.upload_dir / "store"),
                     )
                 )
@@ -242,12 +250,19 @@ def run(args: argparse.Namespace, root: Path) -> SoakReport:
         sampler.stopped.set()
         sampler.join(15)
         uploads = server_uploads(url, admin, verify)
-    _summarize(report, sampler.samples, uploads, root, running_until)
+    # The server has stopped: every WAL is checkpointed, so this is the state's real size.
+    final = Sample(time.time(), {}, {}, 0, state_bytes(upload_dir), dir_bytes(upload_dir / "store"))
+    _summarize(report, sampler.samples, uploads, root, running_until, final)
     return report
 
 
 def _summarize(
-    report: SoakReport, samples: list[Sample], uploads: list[dict[str, Any]], root: Path, running_until: float
+    report: SoakReport,
+    samples: list[Sample],
+    uploads: list[dict[str, Any]],
+    root: Path,
+    running_until: float,
+    final: Sample,
 ) -> None:
     by_bag: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for upload in uploads:
@@ -281,14 +296,16 @@ def _summarize(
             elif robot in seen:
                 report.offline_samples[robot] = report.offline_samples.get(robot, 0) + 1
         report.longest_queue = max([report.longest_queue, *sample.queues.values()])
+    report.uploads_stored = len(uploads)
+    report.state_end_mb = final.state_bytes / 1e6
     if samples:
         first, last = samples[0], samples[-1]
-        hours = max((last.at - first.at) / 3600, 1e-9)
+        hours = max((final.at - first.at) / 3600, 1e-9)
         report.rss_start_mb = first.rss_bytes / 1e6
         report.rss_end_mb = last.rss_bytes / 1e6
         report.rss_max_mb = max(s.rss_bytes for s in samples) / 1e6
-        report.state_growth_mb_per_hour = (last.state_bytes - first.state_bytes) / 1e6 / hours
-        report.storage_growth_mb_per_hour = (last.stored_bytes - first.stored_bytes) / 1e6 / hours
+        report.state_growth_mb_per_hour = (final.state_bytes - first.state_bytes) / 1e6 / hours
+        report.storage_growth_mb_per_hour = (final.stored_bytes - first.stored_bytes) / 1e6 / hours
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
