@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, request
+from limits import parse_many
 
-from core.config import ServerConfig
+from core.config import ConfigError, ServerConfig
 from core.protocol import (
     CHUNK_PATH,
     FINALIZE_PATH,
@@ -97,6 +98,33 @@ def budget(anonymous: str, per_key: str) -> Callable[[], str]:
     return lambda: per_key if authenticated_name() else anonymous
 
 
+# Settings whose values reach flask-limiter through ``budget`` callables, which it parses only per request.
+_LIMIT_SETTINGS = (
+    "ratelimit_default",
+    "ratelimit_init",
+    "ratelimit_chunk",
+    "ratelimit_status",
+    "ratelimit_finalize",
+    "ratelimit_key_default",
+    "ratelimit_key_init",
+    "ratelimit_key_chunk",
+    "ratelimit_key_status",
+    "ratelimit_key_finalize",
+)
+
+
+def check_limits(config: ServerConfig) -> None:
+    """Fail at start, naming the variable, rather than on the first request that meets a bad limit."""
+    for name in _LIMIT_SETTINGS:
+        value = getattr(config, name)
+        try:
+            parse_many(value)
+        except ValueError as err:
+            env = ServerConfig.__dataclass_fields__[name].metadata["env"]
+            msg = f"{env}={value!r} is not a rate limit (e.g. '60 per minute', ';'-separated)"
+            raise ConfigError(msg) from err
+
+
 def _is_exempt() -> bool:
     # Preflights are answered by Flask without running a view; counting them would halve a browser's budget.
     if request.method == "OPTIONS":
@@ -157,6 +185,7 @@ def init_app(app: Flask, config: ServerConfig) -> Any | None:
     flask_limiter = _load_flask_limiter()
     if flask_limiter is None:
         return None
+    check_limits(config)
     limiter = flask_limiter.Limiter(
         client_key,
         default_limits=[budget(config.ratelimit_default, config.ratelimit_key_default)],

@@ -18,7 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 import core.server.limits
-from core.config import RecorderConfig, ServerConfig
+from core.config import ConfigError, RecorderConfig, ServerConfig
 from core.protocol import DEFAULT_CHUNK_SIZE, GiB, MiB
 from core.server.app import create_app
 from core.server.keys import KeyStore, key_store_for
@@ -331,3 +331,12 @@ def test_a_robot_recording_continuously_on_the_defaults_never_meets_a_429(
 
     assert run.rate_limited == 0
     assert run.requests >= 2 * 5 * hours * 3600 / split_seconds  # init, status, chunk, finalize, poll per upload
+
+
+@pytest.mark.parametrize("setting", ["ratelimit_key_init", "ratelimit_default"])
+def test_a_limit_that_does_not_parse_stops_the_start_naming_the_variable(
+    make_app: Callable[..., Flask], setting: str
+) -> None:
+    env = ServerConfig.__dataclass_fields__[setting].metadata["env"]
+    with pytest.raises(ConfigError, match=env):
+        make_app(**{setting: "lots per fortnight"})
