@@ -158,6 +158,18 @@ class ServerConfig:
         "float",
         "Seconds the sweep keeps answered commands and robots without heartbeats (chunk receipts: until finished)",
     )
+    retention_days: float = setting(
+        0.0,
+        "RETENTION_DAYS",
+        "float",
+        "Delete stored files older than this many days in the sweep (0: keep forever, the default)",
+    )
+    min_free_disk: int = setting(
+        2 * GiB,
+        "MIN_FREE_DISK",
+        "size",
+        "POST /upload/init answers 507 while UPLOAD_DIR has less free space than this plus the file (0: off)",
+    )
     compression_codec: Codec = setting(
         Codec.ZSTD, "COMPRESSION_CODEC", "codec", "Codec used when a client asks for compression: zstd or gzip"
     )
@@ -210,20 +222,36 @@ class ServerConfig:
         "200 per day;50 per hour",
         "RATELIMIT_DEFAULT",
         "str",
-        "Limits of every route without its own (per robot key, else per client address); `;`-separated",
+        "Limits per client address of every route without its own (the seed's); `;`-separated",
     )
-    ratelimit_init: str = setting("20 per hour", "RATELIMIT_INIT", "str", "POST /upload/init per client")
+    ratelimit_init: str = setting("20 per hour", "RATELIMIT_INIT", "str", "POST /upload/init per client address")
     ratelimit_chunk: str = setting(
-        "100 per minute", "RATELIMIT_CHUNK", "str", "Chunk PUTs per client (100/min x 8 MiB = 14 MB/s)"
+        "100 per minute", "RATELIMIT_CHUNK", "str", "Chunk PUTs per client address (100/min x 8 MiB = 14 MB/s)"
     )
     ratelimit_status: str = setting(
-        "300 per minute", "RATELIMIT_STATUS", "str", "GET /upload/<id> per client (resume checks, finalize polling)"
+        "300 per minute", "RATELIMIT_STATUS", "str", "GET /upload/<id> per client address (resume checks, polling)"
     )
     ratelimit_finalize: str = setting(
-        "60 per hour", "RATELIMIT_FINALIZE", "str", "POST /upload/<id>/finalize per client (3x the init limit)"
+        "60 per hour", "RATELIMIT_FINALIZE", "str", "POST /upload/<id>/finalize per client address (3x the init limit)"
     )
     ratelimit_list: str = setting(
         "120 per minute", "RATELIMIT_LIST", "str", "GET /uploads per client (dashboards and admin scripts)"
+    )
+    # Per API key: sized from the recorder's rates (2 uploads per split; 10 s demo splits = 12/min) with 5x headroom.
+    ratelimit_key_default: str = setting(
+        "120 per minute", "RATELIMIT_KEY_DEFAULT", "str", "Per API key: every route without its own limit"
+    )
+    ratelimit_key_init: str = setting(
+        "60 per minute", "RATELIMIT_KEY_INIT", "str", "Per API key: POST /upload/init (a 10 s split needs 12/min)"
+    )
+    ratelimit_key_chunk: str = setting(
+        "600 per minute", "RATELIMIT_KEY_CHUNK", "str", "Per API key: chunk PUTs (600/min x 8 MiB = 84 MB/s)"
+    )
+    ratelimit_key_status: str = setting(
+        "600 per minute", "RATELIMIT_KEY_STATUS", "str", "Per API key: GET /upload/<id> (finalize polling)"
+    )
+    ratelimit_key_finalize: str = setting(
+        "60 per minute", "RATELIMIT_KEY_FINALIZE", "str", "Per API key: POST /upload/<id>/finalize (one per upload)"
     )
     ratelimit_unauthenticated: str = setting(
         "30 per minute",
@@ -281,7 +309,16 @@ class ServerConfig:
         55.0, "DASHBOARD_SSE_MAX_SECONDS", "float", "Each live-update stream ends after this long (the page reconnects)"
     )
     sse_interval: float = setting(
-        1.0, "DASHBOARD_SSE_INTERVAL", "float", "Seconds between live-update checks of one stream"
+        1.0,
+        "DASHBOARD_SSE_INTERVAL",
+        "float",
+        "Seconds between live-update checks; each process builds one snapshot per interval for all its viewers",
+    )
+    sse_max_streams: int = setting(
+        2,
+        "DASHBOARD_SSE_MAX_STREAMS",
+        "int",
+        "Live-update streams per server process (each holds a thread); more viewers poll every 5 s instead",
     )
     # --- deployment (metrics, logging, backups, scale-out) ---
     log_format: str = setting(

@@ -21,6 +21,7 @@ def init_app(app: Flask, config: ServerConfig, state_store: StateStore | None = 
     app.extensions[views.CONFIG_EXTENSION] = config
     app.extensions[views.METRICS_EXTENSION] = metrics
     app.extensions[views.STATE_STORE_EXTENSION] = state_store
+    app.extensions[views.HUB_EXTENSION] = views.make_hub(app, config)
     app.register_blueprint(views.bp, url_prefix=URL_PREFIX)
 
     @app.after_request

@@ -117,6 +117,27 @@ def _topics(recorder: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def blocked(entry: Mapping[str, Any], reported_at: float) -> dict[str, Any] | None:
+    """Why an upload waits and until when, if the robot says so (e.g. a 429 it waits out); None otherwise.
+
+    The client reports ``blocked_reason`` (``rate_limited``…, or ``blocked``
+    as a string) and ``retry_at`` (epoch seconds) or ``retry_in`` (seconds from
+    the heartbeat, which the server turns into a time using the report's arrival).
+    """
+    reason = pick(entry, "blocked_reason", "blocked")
+    if isinstance(reason, Mapping):  # {"reason": …, "retry_at": …}
+        entry, reason = reason, pick(reason, "reason", "code")
+    if not reason or reason is True:
+        reason = "blocked" if reason is True else None
+    if reason is None:
+        return None
+    retry_at = number(pick(entry, "retry_at", "blocked_until"))
+    retry_in = number(pick(entry, "retry_in", "retry_after"))
+    if retry_at is None and retry_in is not None:
+        retry_at = reported_at + retry_in
+    return {"reason": text(reason, 80), "retry_at": retry_at}
+
+
 def robot_row(robot: RobotStatus, now: float, offline_after: float) -> dict[str, Any]:
     """One Fleet row and its Recordings card, from the robot's latest heartbeat."""
     status = robot.status
@@ -136,6 +157,11 @@ def robot_row(robot: RobotStatus, now: float, offline_after: float) -> dict[str,
         or pick(uploads, "last_error", "error")
         or (errors[-1] if errors else None)
     )
+    # A refusal newer than the last heartbeat that got through explains the silence better than any old error.
+    rejection = robot.rejection if robot.rejection is not None and robot.rejection.at > robot.last_seen else None
+    if rejection is not None:
+        last_error = f"heartbeat rejected: {rejection.reason}"
+    waits = [b for b in (blocked(e, robot.last_seen) for e in active) if b is not None]
     bag = pick(recorder, "current_bag", "bag", "current_split")
     bag_name = pick(bag, "name", "path") if isinstance(bag, Mapping) else bag
     started = number(pick(recorder, "started_at", "start_time"))
@@ -160,14 +186,40 @@ def robot_row(robot: RobotStatus, now: float, offline_after: float) -> dict[str,
         "splits": number(pick(recorder, "splits", "split_count", "splits_done")),
         "elapsed": elapsed,
         "dropped": number(pick(recorder, "dropped", "overflow", "dropped_messages")),
+        "heartbeat_rejected": {"at": rejection.at, "status": rejection.status, "reason": text(rejection.reason)}
+        if rejection
+        else None,
+        "uploads_blocked": {"count": len(waits), "reason": waits[0]["reason"], "retry_at": waits[0]["retry_at"]}
+        if waits
+        else None,
     }
 
 
 # --- uploads -------------------------------------------------------------------------------
+_ENDED = {"complete", "failed", "aborted"}
+METADATA_PART = "metadata"  # the recorder's ``part`` of a bag's metadata.yaml (ros_nodes.core.handoff)
+
+
+def bag_fields(metadata: Any) -> dict[str, Any]:
+    """Which bag (and split) a file belongs to, from the recorder's upload metadata; None for other files."""
+    meta = metadata if isinstance(metadata, Mapping) else {}
+    split = number(pick(meta, "split_index", "split"))
+    return {
+        "bag": text(pick(meta, "bag", "bag_name"), 200),
+        "split": int(split) if split is not None else None,
+        "part": text(pick(meta, "part"), 20),
+    }
+
+
 def _server_row(record: UploadRecord, received: Mapping[str, int]) -> dict[str, Any]:
     done = received.get(record.upload_id) if record.state == UploadState.UPLOADING else record.filesize
     ratio = record.filesize / record.stored_size if record.stored_size else None
     return {
+        **bag_fields(record.metadata),
+        "started_at": record.created_at,
+        "finished_at": record.updated_at if record.state.value in _ENDED else None,
+        "blocked_reason": None,
+        "retry_at": None,
         "key": record.upload_id,
         "upload_id": record.upload_id,
         "robot_id": record.owner,
@@ -191,7 +243,9 @@ def _server_row(record: UploadRecord, received: Mapping[str, int]) -> dict[str, 
     }
 
 
-def _merge_client(row: dict[str, Any] | None, robot_id: str, entry: Mapping[str, Any], online: bool) -> dict[str, Any]:
+def _merge_client(
+    row: dict[str, Any] | None, robot_id: str, entry: Mapping[str, Any], online: bool, reported_at: float = 0.0
+) -> dict[str, Any]:
     """Client knowledge (rate, ETA, retries, stalls) on top of the server's record, if any."""
     state = _client_state(entry)
     total = number(pick(entry, "filesize", "size", "bytes_total", "total_bytes"))
@@ -215,6 +269,9 @@ def _merge_client(row: dict[str, Any] | None, robot_id: str, entry: Mapping[str,
             "created_at": number(pick(entry, "created_at", "created", "added_at")),
             "updated_at": number(pick(entry, "updated_at", "updated")),
             "download": False,
+            **bag_fields(pick(entry, "metadata")),
+            "started_at": number(pick(entry, "started_at", "created_at", "created", "added_at")),
+            "finished_at": None,
         }
     )
     if not row or row["state"] not in {s.value for s in TERMINAL_STATES}:
@@ -232,6 +289,12 @@ def _merge_client(row: dict[str, Any] | None, robot_id: str, entry: Mapping[str,
     if reason and merged["state"] in ("stalled", "failed", "queued"):
         merged["reason"] = text(reason)
     merged["priority"] = number(pick(entry, "priority"))
+    wait = blocked(entry, reported_at) if merged["state"] not in ("complete", "failed", "aborted") else None
+    merged["blocked_reason"] = wait["reason"] if wait else None
+    merged["retry_at"] = wait["retry_at"] if wait else None
+    if wait:
+        merged["state"] = "stalled" if merged["state"] == "uploading" else merged["state"]
+        merged["reason"] = wait["reason"]
     return merged
 
 
@@ -244,11 +307,16 @@ def merge_uploads(
     """Server records and robots' queues as one list: active first, then newest."""
     rows = {record.upload_id: _server_row(record, received) for record in records}
     online = {robot["robot_id"]: robot["online"] for robot in robots}
+    seen = {robot["robot_id"]: robot["last_seen"] for robot in robots}
     for robot_id, entries in client_entries.items():
         for entry in entries:
             upload_id = pick(entry, "upload_id")
             merged = _merge_client(
-                rows.get(upload_id) if upload_id else None, robot_id, entry, online.get(robot_id, False)
+                rows.get(upload_id) if upload_id else None,
+                robot_id,
+                entry,
+                online.get(robot_id, False),
+                seen.get(robot_id, 0.0),
             )
             rows[merged["upload_id"] or merged["key"]] = merged
     for row in rows.values():
@@ -256,10 +324,39 @@ def merge_uploads(
         row["progress"] = (
             min(1.0, done / total) if total and done is not None else (1.0 if row["state"] == "complete" else None)
         )
-    return sorted(
+    ordered = sorted(
         rows.values(),
         key=lambda r: (_ACTIVE_ORDER.get(r["state"], 9), -(r.get("updated_at") or r.get("created_at") or 0)),
     )
+    return group_bags(ordered)
+
+
+def group_bags(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep each bag's files together where its first file sorts, storage files first, metadata.yaml last.
+
+    Every bag uploads a storage file and a ``metadata.yaml`` named alike across
+    splits; apart they read as unrelated rows. ``group`` names the bag and
+    ``group_index`` is the file's place in it (0: the row that heads the group).
+    """
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    order: list[tuple[str, str] | dict[str, Any]] = []
+    for row in rows:
+        if not row.get("bag"):
+            order.append(row)
+            continue
+        key = (str(row["robot_id"]), str(row["bag"]))
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(row)
+    grouped: list[dict[str, Any]] = []
+    for item in order:
+        if isinstance(item, dict):
+            grouped.append({**item, "group": None, "group_index": 0})
+            continue
+        files = sorted(groups[item], key=lambda r: r.get("part") == METADATA_PART)  # stable: storage files first
+        grouped += [{**row, "group": item[1], "group_index": i} for i, row in enumerate(files)]
+    return grouped
 
 
 def page(rows: list[dict[str, Any]], flt: UploadFilter) -> dict[str, Any]:

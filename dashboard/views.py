@@ -11,10 +11,12 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from flask import (
     Blueprint,
+    Flask,
     Response,
     current_app,
     redirect,
@@ -29,9 +31,10 @@ from core.protocol import HEADER_RETRY_AFTER, ErrorCode, RobotAction
 from core.server import auth, limits
 from core.server.errors import Forbidden, InvalidField, InvalidJson, Unauthorized, error_response
 from core.server.identity import Identity
-from core.server.robots import Command, robot_store, validate_robot_id
-from core.server.state_store import StateStore
+from core.server.robots import Command, RobotStatus, robot_store, validate_robot_id
+from core.server.state_store import StateStore, UploadRecord
 from dashboard import access, signin_limit, snapshot
+from dashboard.hub import SnapshotHub
 from dashboard.metrics import RequestMetrics
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,9 @@ PAGE_CSP = (
 SSE_KEEPALIVE_SECONDS = 15.0
 # Free disk changes with every write anywhere: refresh it at this pace, not on every tick.
 SSE_REFRESH_SECONDS = 10.0
+# A page refused a stream (DASHBOARD_SSE_MAX_STREAMS) polls, and asks for a stream again after this long.
+SSE_POLL_RETRY_SECONDS = 30
+HUB_EXTENSION = "dashboard_hub"
 
 
 def _config() -> ServerConfig:
@@ -143,29 +149,82 @@ def _filter() -> snapshot.UploadFilter:
     )
 
 
-def state_document(flt: snapshot.UploadFilter) -> dict[str, Any]:
-    config = _config()
-    state_store: StateStore | None = current_app.extensions.get(STATE_STORE_EXTENSION)
+@dataclass(frozen=True)
+class Sources:
+    """Everything one state document is built from, read once and shared by every filter."""
+
+    robots: list[RobotStatus]
+    records: list[UploadRecord]
+    received: dict[str, int]
+    commands: list[Command]
+    metrics: dict[str, Any]
+    storage_info: dict[str, Any]
+    read_at: float
+
+
+def load_sources(app: Flask) -> Sources:
+    config: ServerConfig = app.extensions[CONFIG_EXTENSION]
+    state_store: StateStore | None = app.extensions.get(STATE_STORE_EXTENSION)
     records, received = snapshot.server_records(state_store, None) if state_store else ([], {})
-    metrics: RequestMetrics = current_app.extensions[METRICS_EXTENSION]
-    return snapshot.build(
-        robots=robot_store().robots(),
+    metrics: RequestMetrics = app.extensions[METRICS_EXTENSION]
+    store = robot_store(app)
+    return Sources(
+        robots=store.robots(),
         records=records,
         received=received,
-        commands=robot_store().recent_commands(20),
+        commands=store.recent_commands(20),
         metrics=metrics.series(),
         storage_info=snapshot.storage(config.upload_dir),
+        read_at=time.time(),
+    )
+
+
+def build_document(app: Flask, sources: Sources, flt: snapshot.UploadFilter) -> dict[str, Any]:
+    config: ServerConfig = app.extensions[CONFIG_EXTENSION]
+    return snapshot.build(
+        robots=sources.robots,
+        records=sources.records,
+        received=sources.received,
+        commands=sources.commands,
+        metrics=sources.metrics,
+        storage_info=sources.storage_info,
         offline_after=config.robot_offline_after,
         flt=flt,
-        version=current_app.config.get("VERSION", ""),
+        version=app.config.get("VERSION", ""),
+        now=sources.read_at,
     )
+
+
+def state_document(flt: snapshot.UploadFilter) -> dict[str, Any]:
+    """A fresh document, read for this request alone (scripts and tests see every change at once)."""
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    return build_document(app, load_sources(app), flt)
+
+
+def make_hub(app: Flask, config: ServerConfig) -> SnapshotHub:
+    """The process's shared snapshots: one read of the sources per DASHBOARD_SSE_INTERVAL for all viewers."""
+    return SnapshotHub(
+        lambda: load_sources(app),
+        lambda sources, flt: build_document(app, sources, flt),
+        interval=config.sse_interval,
+        max_streams=config.sse_max_streams,
+    )
+
+
+def _hub() -> SnapshotHub:
+    hub: SnapshotHub = current_app.extensions[HUB_EXTENSION]
+    return hub
 
 
 @bp.get("/api/state")
 def api_state() -> Response:
+    """The state document; ``live=1`` (the page's polling) shares the process's snapshot instead of reading anew."""
     _require_viewer()
     flt = _filter()
-    response = current_app.json.response(state_document(flt))
+    if request.args.get("live") == "1":
+        response = Response(_hub().snapshot(flt).data, mimetype="application/json")
+    else:
+        response = current_app.json.response(state_document(flt))
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -173,12 +232,6 @@ def api_state() -> Response:
 def _sse(event: str, data: str) -> str:
     # ``data`` is compact JSON: it never contains a newline, so one data line suffices.
     return f"event: {event}\ndata: {data}\n\n"
-
-
-def _comparable(document: dict[str, Any]) -> str:
-    """The document without what changes on every tick (clock, free disk) for change detection."""
-    server = {**document["server"], "storage": None}
-    return json.dumps({**document, "server_time": None, "server": server}, sort_keys=True, separators=(",", ":"))
 
 
 @bp.get("/events")
@@ -192,27 +245,42 @@ def events() -> Response:
     flt = _filter()
     config = _config()
 
+    hub = _hub()
+
     def stream() -> Iterator[str]:
-        started = last_sent = time.monotonic()
-        previous = sent_storage = None
         yield "retry: 2000\n\n"
-        while time.monotonic() - started < config.sse_max_seconds:
-            document = state_document(flt)
-            comparable = _comparable(document)
-            stale = time.monotonic() - last_sent >= SSE_REFRESH_SECONDS
-            if comparable != previous or (stale and document["server"]["storage"] != sent_storage):
-                previous, last_sent, sent_storage = comparable, time.monotonic(), document["server"]["storage"]
-                yield _sse("state", json.dumps(document, separators=(",", ":")))
-            elif time.monotonic() - last_sent >= SSE_KEEPALIVE_SECONDS:
-                last_sent = time.monotonic()
-                yield ": keepalive\n\n"
-            time.sleep(config.sse_interval)
-        yield _sse("bye", "{}")
+        if not hub.try_open():
+            # Over DASHBOARD_SSE_MAX_STREAMS: the page polls the shared snapshot and tries again later.
+            log.info("dashboard stream refused: %d open in this process; the page polls", hub.open_streams)
+            yield _sse("poll", json.dumps({"retry_seconds": SSE_POLL_RETRY_SECONDS}))
+            return
+        try:
+            yield from _live(hub, flt, config)
+        finally:
+            hub.close()
 
     response = Response(stream_with_context(stream()), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event through at once
     return response
+
+
+def _live(hub: SnapshotHub, flt: snapshot.UploadFilter, config: ServerConfig) -> Iterator[str]:
+    """The shared snapshot whenever it changes, keepalives in between, ``bye`` after DASHBOARD_SSE_MAX_SECONDS."""
+    started = last_sent = time.monotonic()
+    previous = sent_storage = None
+    while time.monotonic() - started < config.sse_max_seconds:
+        current = hub.snapshot(flt)
+        storage = current.document["server"]["storage"]
+        stale = time.monotonic() - last_sent >= SSE_REFRESH_SECONDS
+        if current.comparable != previous or (stale and storage != sent_storage):
+            previous, last_sent, sent_storage = current.comparable, time.monotonic(), storage
+            yield _sse("state", current.data)
+        elif time.monotonic() - last_sent >= SSE_KEEPALIVE_SECONDS:
+            last_sent = time.monotonic()
+            yield ": keepalive\n\n"
+        time.sleep(config.sse_interval)
+    yield _sse("bye", "{}")
 
 
 @bp.post("/api/robots/<robot_id>/commands")

@@ -201,6 +201,17 @@ def _attachment(filename: str) -> str:
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
+@api.delete(DOWNLOAD_PATH)
+def delete_stored(upload_id: str) -> tuple[Response, int]:
+    """Admins only: delete a complete upload's stored file to free space; audited in the log."""
+    deletion = _service().delete_stored(current_identity(), upload_id)
+    return _ok(
+        **_service().describe(deletion.record, detailed=False),
+        bytes_freed=deletion.bytes_freed,
+        shared_with=deletion.shared_with,
+    )
+
+
 @api.get(DOWNLOAD_PATH)
 def download(upload_id: str) -> Response:
     raw = request.args.get(PARAM_RAW, "0").lower() in {"1", "true", "yes"}

@@ -211,3 +211,15 @@ class BlobStore:
         with self.sidecar_path(blob_id).open(encoding="utf-8") as fh:
             document: dict[str, Any] = json.load(fh)
         return document
+
+    def delete_blob(self, blob_id: str) -> int:
+        """Remove a stored file (any codec) and its sidecar; the bytes freed (0 when it was already gone)."""
+        freed = 0
+        sidecar = self.sidecar_path(blob_id)
+        for path in (*(self.blob_path(blob_id, codec) for codec in Codec), sidecar):
+            with contextlib.suppress(FileNotFoundError):
+                freed += path.stat().st_size
+                path.unlink()
+        if sidecar.parent.is_dir():
+            fsync_dir(sidecar.parent)  # the unlink is durable before the caller reports the file gone
+        return freed

@@ -142,6 +142,10 @@ robots = Table(
     Column("status", Text, nullable=False),
     Column("last_seen", _TIME, nullable=False),
     Column("first_seen", _TIME, nullable=False),
+    # The last heartbeat the server refused (413, 400, 401, 403, 429…), so the dashboard can say why.
+    Column("rejected_at", _TIME),
+    Column("rejected_status", Integer),
+    Column("rejected_reason", Text),
 )
 
 commands = Table(

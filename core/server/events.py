@@ -11,6 +11,7 @@ The sender is the component that saw the event (the ``UploadService``, or the fi
 - ``upload_expired``: ``upload_id, owner, bytes_received``
 - ``finalize_retried``: ``upload_id, attempt, reason`` (``disk_full``: not counted against JOB_MAX_ATTEMPTS;
   ``error``: counted)
+- ``upload_deleted``: ``upload_id, owner, by, bytes_freed`` (a stored upload deleted by an admin or retention)
 """
 
 from __future__ import annotations
@@ -26,3 +27,4 @@ upload_failed = _signals.signal("upload-failed")
 upload_aborted = _signals.signal("upload-aborted")
 upload_expired = _signals.signal("upload-expired")
 finalize_retried = _signals.signal("finalize-retried")
+upload_deleted = _signals.signal("upload-deleted")

@@ -2,10 +2,15 @@
 
 Many robots may share one cellular NAT address, so an authenticated caller is
 counted by its key name; anonymous callers by the address ProxyFix/`proxies`
-derived. Upload routes get limits of their own (``ROUTE_LIMITS``) sized so a
-5 GB upload at the default chunk size never meets them on a realistic link;
-every other route gets ``RATELIMIT_DEFAULT``. A missing flask-limiter is a
-loud warning, not a crash: the seed promises the server still starts.
+derived. The two get different budgets: anonymous callers the seed's numbers
+(``RATELIMIT_INIT`` 20/hour, ``RATELIMIT_DEFAULT`` 200/day;50/hour…), which
+guard against strangers; a key the ``RATELIMIT_KEY_*`` budgets, sized from
+what a recorder really sends (two uploads per split, one init + chunks +
+finalize + status polls each) with headroom, so a robot's own continuous
+traffic never meets a 429. Upload routes get limits of their own
+(``ROUTE_LIMITS``); every other route the default pair. A missing
+flask-limiter is a loud warning, not a crash: the seed promises the server
+still starts.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, request
+from limits import parse_many
 
-from core.config import ServerConfig
+from core.config import ConfigError, ServerConfig
 from core.protocol import (
     CHUNK_PATH,
     FINALIZE_PATH,
@@ -53,15 +59,17 @@ class RouteLimit:
     path: str
     method: str
     limit: Callable[[ServerConfig], str]
+    # Per API key; None: the same budget as anonymous callers.
+    key_limit: Callable[[ServerConfig], str] | None = None
 
 
 # Extend this table when a route needs more than the default budget; the
 # OpenAPI document describes 429 on every route either way.
 ROUTE_LIMITS: tuple[RouteLimit, ...] = (
-    RouteLimit(INIT_PATH, "POST", lambda c: c.ratelimit_init),
-    RouteLimit(CHUNK_PATH, "PUT", lambda c: c.ratelimit_chunk),
-    RouteLimit(UPLOAD_PATH, "GET", lambda c: c.ratelimit_status),
-    RouteLimit(FINALIZE_PATH, "POST", lambda c: c.ratelimit_finalize),
+    RouteLimit(INIT_PATH, "POST", lambda c: c.ratelimit_init, lambda c: c.ratelimit_key_init),
+    RouteLimit(CHUNK_PATH, "PUT", lambda c: c.ratelimit_chunk, lambda c: c.ratelimit_key_chunk),
+    RouteLimit(UPLOAD_PATH, "GET", lambda c: c.ratelimit_status, lambda c: c.ratelimit_key_status),
+    RouteLimit(FINALIZE_PATH, "POST", lambda c: c.ratelimit_finalize, lambda c: c.ratelimit_key_finalize),
     RouteLimit(UPLOADS_PATH, "GET", lambda c: c.ratelimit_list),
     RouteLimit(HEARTBEAT_PATH, "POST", lambda c: c.heartbeat_rate_limit),
 )
@@ -80,20 +88,55 @@ def client_key() -> str:
 
 
 def route_limit(config: ServerConfig) -> Callable[[], str]:
-    """The limit of the current request: its route's own (``ROUTE_LIMITS``), else ``RATELIMIT_DEFAULT``.
+    """The limit of the current request: its route's own (``ROUTE_LIMITS``), else the default pair.
 
-    Given to flask-limiter as a dynamic default limit rather than as view decorators: a decorated
-    view is evaluated in its wrapper *and* again by flask-limiter's default pass before the request,
-    which doubled the limiter's per-request cost (BENCHMARKS.md, protection). As a default, every
-    request is evaluated once; ``default_limits_per_method`` keeps one bucket per route and method.
+    A caller that proved a key gets the ``RATELIMIT_KEY_*`` budget, anyone else the seed's
+    per-address one; both count in the bucket ``client_key`` chose, so a key never spends an
+    address's budget and a stranger never spends a robot's. Given to flask-limiter as a dynamic
+    default limit rather than as view decorators: a decorated view is evaluated in its wrapper
+    *and* again by flask-limiter's default pass before the request, which doubled the limiter's
+    per-request cost (BENCHMARKS.md, protection). As a default, every request is evaluated once;
+    ``default_limits_per_method`` keeps one bucket per route and method.
     """
-    table = {(route.path, route.method): route.limit(config) for route in ROUTE_LIMITS}
+    table = {
+        (route.path, route.method): (route.limit(config), (route.key_limit or route.limit)(config))
+        for route in ROUTE_LIMITS
+    }
+    default = (config.ratelimit_default, config.ratelimit_key_default)
 
     def limit() -> str:
         rule = request.url_rule.rule if request.url_rule is not None else None
-        return table.get((rule, request.method), config.ratelimit_default)
+        anonymous, per_key = table.get((rule, request.method), default)
+        return per_key if authenticated_name() else anonymous
 
     return limit
+
+
+# Settings whose values reach flask-limiter through ``route_limit``, which it parses only per request.
+_LIMIT_SETTINGS = (
+    "ratelimit_default",
+    "ratelimit_init",
+    "ratelimit_chunk",
+    "ratelimit_status",
+    "ratelimit_finalize",
+    "ratelimit_key_default",
+    "ratelimit_key_init",
+    "ratelimit_key_chunk",
+    "ratelimit_key_status",
+    "ratelimit_key_finalize",
+)
+
+
+def check_limits(config: ServerConfig) -> None:
+    """Fail at start, naming the variable, rather than on the first request that meets a bad limit."""
+    for name in _LIMIT_SETTINGS:
+        value = getattr(config, name)
+        try:
+            parse_many(value)
+        except ValueError as err:
+            env = ServerConfig.__dataclass_fields__[name].metadata["env"]
+            msg = f"{env}={value!r} is not a rate limit (e.g. '60 per minute', ';'-separated)"
+            raise ConfigError(msg) from err
 
 
 def _is_exempt() -> bool:
@@ -156,6 +199,7 @@ def init_app(app: Flask, config: ServerConfig) -> Any | None:
     flask_limiter = _load_flask_limiter()
     if flask_limiter is None:
         return None
+    check_limits(config)
     limiter = flask_limiter.Limiter(
         client_key,
         default_limits=[route_limit(config)],
@@ -176,12 +220,18 @@ def init_app(app: Flask, config: ServerConfig) -> Any | None:
     auth_limits.init_app(app, limiter, config, KEY_PREFIX)
     app.extensions[EXTENSION] = limiter
     log.info(
-        "rate limits: default=%r init=%r chunk=%r status=%r finalize=%r storage=%s",
+        "rate limits per address: default=%r init=%r chunk=%r status=%r finalize=%r; "
+        "per key: default=%r init=%r chunk=%r status=%r finalize=%r; storage=%s",
         config.ratelimit_default,
         config.ratelimit_init,
         config.ratelimit_chunk,
         config.ratelimit_status,
         config.ratelimit_finalize,
+        config.ratelimit_key_default,
+        config.ratelimit_key_init,
+        config.ratelimit_key_chunk,
+        config.ratelimit_key_status,
+        config.ratelimit_key_finalize,
         config.ratelimit_storage_uri.split("@")[-1],
     )
     return limiter

@@ -162,6 +162,19 @@ SCHEMAS: dict[str, Schema] = {
         },
     },
     "UploadReply": {"allOf": [{"type": "object", "properties": {"success": BOOLEAN}}, ref("Upload")]},
+    "DeleteReply": {
+        "allOf": [
+            ref("UploadReply"),
+            {
+                "type": "object",
+                "required": ["bytes_freed"],
+                "properties": {
+                    "bytes_freed": INTEGER,
+                    "shared_with": {"type": ["string", "null"], "description": "An upload still using the file"},
+                },
+            },
+        ]
+    },
     "InitReply": {
         "type": "object",
         "required": ["success", "upload_id", "compression_enabled", "chunk_size", "received"],
@@ -483,7 +496,13 @@ PATHS: dict[str, dict[str, Schema]] = {
             operation_id=DOWNLOAD,
             errors=(400, 404, 409),
             parameters=(UPLOAD_ID, query_param(PARAM_RAW, STRING, "1: the stored (compressed) bytes")),
-        )
+        ),
+        "delete": operation(
+            "Delete a complete upload's stored file (admin key); the record stays as aborted/upload_deleted",
+            {200: json_reply("Deleted; bytes_freed is 0 while another upload shares the file", ref("DeleteReply"))},
+            errors=(403, 404, 409, 410, 507),
+            parameters=(UPLOAD_ID,),
+        ),
     },
     HEARTBEAT_PATH: {
         "post": operation(

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from sqlalchemy import Engine, delete, insert, select, update
 
 from core.config import ServerConfig
@@ -43,6 +43,16 @@ _ROBOT_ID = re.compile(rf"^[^\x00-\x1f\x7f]{{1,{MAX_ROBOT_ID_LENGTH}}}$")
 _OPEN_STATES = (CommandState.PENDING.value, CommandState.DELIVERED.value)
 _EXPIRED_MESSAGE = "not acknowledged in time"
 MAX_ACK_MESSAGE = 500
+MAX_REJECTION_REASON = 300
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """The last heartbeat the server refused for a robot: when, with which status, and why."""
+
+    at: float
+    status: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,7 @@ class RobotStatus:
     status: dict[str, Any]
     last_seen: float
     first_seen: float
+    rejection: Rejection | None = None
 
 
 @dataclass
@@ -92,7 +103,11 @@ class RobotStore(abc.ABC):
 
     @abc.abstractmethod
     def robots(self) -> list[RobotStatus]:
-        """Every robot ever seen, ordered by id."""
+        """Every robot ever seen, ordered by id, each with its last heartbeat rejection (if any)."""
+
+    @abc.abstractmethod
+    def record_rejection(self, robot_id: str, rejection: Rejection) -> None:
+        """Remember the robot's latest refused heartbeat; ignored for robots never seen (strangers add no rows)."""
 
     @abc.abstractmethod
     def enqueue(self, command: Command) -> None:
@@ -139,8 +154,24 @@ class SQLRobotStore(RobotStore):
     def robots(self) -> list[RobotStatus]:
         c = robots_table.c
         with db.read(self.engine) as conn:
-            rows = conn.execute(select(c.robot_id, c.status, c.last_seen, c.first_seen).order_by(c.robot_id)).all()
-        return [RobotStatus(r[0], json.loads(r[1]), r[2], r[3]) for r in rows]
+            rows = conn.execute(
+                select(
+                    c.robot_id, c.status, c.last_seen, c.first_seen, c.rejected_at, c.rejected_status, c.rejected_reason
+                ).order_by(c.robot_id)
+            ).all()
+        return [
+            RobotStatus(r[0], json.loads(r[1]), r[2], r[3], Rejection(r[4], r[5], r[6]) if r[4] is not None else None)
+            for r in rows
+        ]
+
+    def record_rejection(self, robot_id: str, rejection: Rejection) -> None:
+        # An UPDATE, not an upsert: only robots already seen are marked, so a stranger's requests create nothing.
+        with db.write(self.engine) as conn:
+            conn.execute(
+                update(robots_table)
+                .where(robots_table.c.robot_id == robot_id)
+                .values(rejected_at=rejection.at, rejected_status=rejection.status, rejected_reason=rejection.reason)
+            )
 
     def enqueue(self, command: Command) -> None:
         with db.write(self.engine) as conn:
@@ -294,6 +325,37 @@ def heartbeat(robot_id: str) -> Any:
     )
 
 
+def _rejection_reason(response: Response) -> str:
+    body = response.get_json(silent=True) if response.is_json else None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return f"{error.get('code')}: {error.get('message')}"[:MAX_REJECTION_REASON]
+    return f"HTTP {response.status_code}"
+
+
+def record_rejected_heartbeat(response: Response) -> Response:
+    """A heartbeat answered 4xx/5xx (too large, malformed, bad key, rate limited…) is remembered for its robot.
+
+    Without it the dashboard shows a robot whose heartbeats are refused as a
+    stale row going "offline"; with it, it shows "heartbeat rejected: <reason>".
+    Runs for every layer's refusal (auth, body limits, rate limits, the view).
+    """
+    rule = request.url_rule
+    if response.status_code < 400 or rule is None or rule.rule != HEARTBEAT_PATH:
+        return response
+    robot_id = str((request.view_args or {}).get("robot_id", ""))
+    if not _ROBOT_ID.match(robot_id):
+        return response
+    rejection = Rejection(time.time(), response.status_code, _rejection_reason(response))
+    try:
+        robot_store().record_rejection(robot_id, rejection)
+    except Exception:  # the store is down: the refusal itself must still reach the robot
+        log.exception("could not record the rejected heartbeat of robot %s", robot_id)
+        return response
+    log.warning("heartbeat rejected robot=%s status=%d reason=%s", robot_id, rejection.status, rejection.reason)
+    return response
+
+
 def init_app(app: Flask, config: ServerConfig, store: RobotStore | None = None) -> None:
     """Open the robot store (``open_robot_store`` unless given) and mount the heartbeat route."""
     app.extensions[CONFIG_EXTENSION] = config
@@ -302,3 +364,4 @@ def init_app(app: Flask, config: ServerConfig, store: RobotStore | None = None) 
     bp = Blueprint("robots", __name__)
     bp.add_url_rule(HEARTBEAT_PATH, view_func=heartbeat, methods=["POST"], endpoint="heartbeat")
     app.register_blueprint(bp)
+    app.after_request(record_rejected_heartbeat)

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import hashlib
 import logging
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -40,6 +41,7 @@ from core.server.errors import (
     ChunkIndexOutOfRange,
     ChunkSizeMismatch,
     Conflict,
+    Forbidden,
     InsufficientStorage,
     LengthRequired,
     NotFound,
@@ -53,6 +55,9 @@ from core.server.validation import InitSpec
 log = logging.getLogger("upload_server")
 
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+RETENTION_BATCH = 100
+# The sweep deletes with admin rights under this name, so the audit line says who did it.
+RETENTION_IDENTITY = Identity(name="retention", admin=True)
 # Request bodies are read in 256 KiB pieces: under gunicorn's gthread body reader this measured
 # ~1.5x the throughput of 64 KiB pieces at ~40% less CPU per GiB (bench/server_throughput.py).
 BODY_READ_SIZE = 256 * KiB
@@ -76,6 +81,15 @@ def isoformat(timestamp: float | None) -> str | None:
 
 def is_expired(record: UploadRecord) -> bool:
     return record.state is UploadState.ABORTED and record.error_code == ErrorCode.UPLOAD_EXPIRED.value
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """What deleting a stored upload did: its new record and the bytes freed (0 if another upload shares the file)."""
+
+    record: UploadRecord
+    bytes_freed: int
+    shared_with: str | None
 
 
 def compression_ratio(record: UploadRecord) -> float | None:
@@ -204,6 +218,7 @@ class UploadService:
         duplicate = self._intact_duplicate(spec, owner=None if identity.admin else identity.name)
         if duplicate is not None:
             return self._init_deduplicated(record, duplicate)
+        self._require_free_disk(record)
         with storage_errors():
             self.blobs.create_part(record.upload_id, record.filesize)
         try:
@@ -240,6 +255,33 @@ class UploadService:
                 candidate.upload_id,
             )
         return None
+
+    def _require_free_disk(self, record: UploadRecord) -> None:
+        """507 while free space minus this file would fall below MIN_FREE_DISK: refuse before the disk fills.
+
+        A full disk fails chunk writes of every upload at once and can corrupt
+        the state database; refusing new work early keeps room for the uploads
+        already under way, and the robot keeps its bag and retries later.
+        """
+        floor = self.config.min_free_disk
+        if floor <= 0:
+            return
+        free = shutil.disk_usage(self.blobs.root).free
+        if free - record.filesize >= floor:
+            return
+        log.warning(
+            "Refused upload: %s (%d bytes) from %s - free disk %d bytes, floor MIN_FREE_DISK %d bytes",
+            record.filename,
+            record.filesize,
+            record.owner,
+            free,
+            floor,
+        )
+        msg = (
+            f"the server is low on disk space ({free} bytes free, {record.filesize} needed, "
+            f"MIN_FREE_DISK keeps {floor} free); retry later"
+        )
+        raise InsufficientStorage(msg, details={"free_bytes": free, "needed_bytes": record.filesize, "floor": floor})
 
     def _init_deduplicated(self, record: UploadRecord, duplicate: UploadRecord) -> InitResult:
         record = UploadRecord(
@@ -592,6 +634,78 @@ class UploadService:
             raise NotFound(msg)
         return Download(record, path, raw=raw)
 
+    # --- delete (admin), retention ---------------------------------------------------------------
+    def delete_stored(self, identity: Identity, upload_id: str, *, reason: str = "admin") -> Deletion:
+        """Delete a complete upload's stored file (admins only); its record stays, as ``aborted``/``upload_deleted``.
+
+        The record is kept so the robot, the dashboard and the audit log can
+        still say what happened to the upload. A file that another complete
+        upload shares (deduplication) is kept until the last one is deleted.
+        """
+        if not identity.admin:
+            msg = "deleting a stored upload needs an admin key"
+            raise Forbidden(msg)
+        record = self.get(identity, upload_id)
+        self._require_state(record, UploadState.COMPLETE)
+        deleted = self.state.transition(
+            upload_id,
+            (UploadState.COMPLETE,),
+            self.clock(),
+            state=UploadState.ABORTED,
+            error_code=ErrorCode.UPLOAD_DELETED.value,
+            error_message=f"stored file deleted ({reason}: {identity.name})",
+        )
+        if deleted is None:  # deleted (or changed) by someone else in between
+            return self.delete_stored(identity, upload_id, reason=reason)
+        sharers = self.state.find_duplicates(
+            filesize=record.filesize, md5=record.md5, sha256=record.sha256, owner=None, limit=100
+        )
+        sharing = next((other for other in sharers if other.blob_id == record.blob_id), None)
+        freed = 0
+        if sharing is None and record.blob_id is not None:
+            with storage_errors():
+                freed = self.blobs.delete_blob(record.blob_id)
+        log.warning(
+            "Deleted upload: %s (%d bytes, %d bytes freed) - ID: %s - owner %s - by %s (%s)%s",
+            record.filename,
+            record.filesize,
+            freed,
+            upload_id,
+            record.owner,
+            identity.name,
+            reason,
+            f" - stored file kept, shared with {sharing.upload_id}" if sharing else "",
+        )
+        events.upload_deleted.send(self, upload_id=upload_id, owner=record.owner, by=identity.name, bytes_freed=freed)
+        return Deletion(deleted, freed, sharing.upload_id if sharing else None)
+
+    def apply_retention(self) -> int:
+        """Delete stored uploads that began more than RETENTION_DAYS ago (0: never); the number deleted."""
+        if self.config.retention_days <= 0:
+            return 0
+        cutoff = self.clock() - self.config.retention_days * 86400
+        deleted = 0
+        while True:
+            # The listing is newest first: its last page holds the oldest uploads.
+            _, total = self.state.list_uploads(UploadQuery(state=UploadState.COMPLETE, limit=1))
+            page, _ = self.state.list_uploads(
+                UploadQuery(state=UploadState.COMPLETE, limit=RETENTION_BATCH, offset=max(0, total - RETENTION_BATCH))
+            )
+            old = [r for r in page if r.created_at < cutoff]
+            for record in old:
+                with contextlib.suppress(Conflict, NotFound):  # deleted by another process meanwhile
+                    self.delete_stored(RETENTION_IDENTITY, record.upload_id, reason="retention")
+                    deleted += 1
+            if len(old) < len(page) or not old:
+                break
+        log.log(
+            logging.INFO if deleted else logging.DEBUG,
+            "Retention: %d stored upload(s) older than %.1f days deleted",
+            deleted,
+            self.config.retention_days,
+        )
+        return deleted
+
     # --- sweep --------------------------------------------------------------------------------
     def sweep(self) -> int:
         """Expire uploads idle longer than UPLOAD_TTL: their part files go, later requests get 410."""
@@ -635,6 +749,7 @@ class UploadService:
             receipts,
             pruned,
         )
+        self.apply_retention()
         return expired
 
     def _sweep_orphans(self) -> int:

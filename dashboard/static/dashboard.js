@@ -45,6 +45,23 @@
     if (!ts) return "never";
     return duration(Date.now() / 1000 + clockOffset - ts) + " ago";
   }
+  function pad(n) { return String(n).padStart(2, "0"); }
+  // Local wall-clock time of a server timestamp; the date too unless it is today.
+  function clock(ts) {
+    if (!ts) return "–";
+    const d = new Date(ts * 1000);
+    const time = pad(d.getHours()) + ":" + pad(d.getMinutes()) + ":" + pad(d.getSeconds());
+    const today = new Date();
+    if (d.toDateString() === today.toDateString()) return time;
+    return d.getFullYear() + "-" + pad(d.getMonth() + 1) + "-" + pad(d.getDate()) + " " + time;
+  }
+  function isoTitle(ts) { return ts ? new Date(ts * 1000).toISOString() : ""; }
+  // "rate_limited, retry in 40 s (21:30:05)" for an upload the robot says is waiting.
+  function waiting(reason, retryAt) {
+    if (!retryAt) return reason;
+    const left = retryAt - (Date.now() / 1000 + clockOffset);
+    return reason + (left > 0 ? ", retry in " + duration(left) : ", retrying") + " (" + clock(retryAt) + ")";
+  }
   function num(n, digits) { return n === null || n === undefined ? "–" : Number(n).toFixed(digits || 0); }
   function cls(prefix, value) { return prefix + String(value || "unknown").toLowerCase().replace(/[^a-z0-9_-]/g, "_"); }
 
@@ -146,7 +163,16 @@
       setText(c[5], bytes(r.disk_free));
       setText(c[6], r.queue_length);
       setText(c[7], r.online ? rate(r.upload_rate) : "–");
-      setText(c[8], r.last_error || ""); setTitle(c[8], r.last_error); c[8].className = r.last_error ? "err" : "";
+      const blocked = r.uploads_blocked;
+      const problem = r.last_error || (blocked ? "uploads waiting: " + waiting(blocked.reason, blocked.retry_at) : "");
+      setText(c[8], problem); setTitle(c[8], problem); c[8].className = r.last_error ? "err" : (problem ? "warn" : "");
+      if (r.heartbeat_rejected && !r.online) {
+        setText(status, "rejected");
+        status.className = "state " + cls("state-", "failed");
+        setTitle(c[1], "heartbeat rejected (HTTP " + r.heartbeat_rejected.status + "): " + r.heartbeat_rejected.reason);
+      } else {
+        setTitle(c[1], "");
+      }
     });
   }
 
@@ -201,7 +227,7 @@
     });
   }
 
-  const UPLOAD_LABELS = ["File", "Robot", "State", "Progress", "Bytes", "Rate", "ETA", "Retries", "Stored"];
+  const UPLOAD_LABELS = ["File", "Robot", "State", "Progress", "Bytes", "Rate", "ETA", "Retries", "Started", "Finished", "Stored"];
   function renderUploads(uploads, fleet, states) {
     const robotSelect = document.getElementById("f-robot");
     const wanted = [""].concat(fleet.map((r) => r.robot_id));
@@ -227,6 +253,9 @@
     sync(document.getElementById("up-rows"), uploads.items, (u) => u.key, () => {
       const tr = row(UPLOAD_LABELS);
       for (const i of [4, 5, 6, 7]) tr.children[i].className = "num";
+      tr.children[0].className = "file";
+      tr.children[0].append(el("span", { class: "bag" }), el("span", { class: "name" }));
+      for (const i of [8, 9]) tr.children[i].className = "time";
       tr.children[2].append(el("span", { class: "state" }), el("span", { class: "reason" }));
       tr.children[3].className = "progress-col";
       tr.children[3].append(el("div", { class: "bar", role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100" }, [el("div", { class: "fill" })]), el("span", { class: "pct" }));
@@ -234,10 +263,18 @@
     }, (tr, u) => {
       const c = tr.children;
       tr.dataset.state = u.state;
-      setText(c[0], u.filename || "–"); setTitle(c[0], u.filename);
+      // A bag's files share a group: the first row names the bag (its split number ends the name), the
+      // others (metadata.yaml) sit indented under it. Names are shown whole, wrapped, never cut.
+      const member = u.group && u.group_index > 0;
+      tr.classList.toggle("grouped", Boolean(member));
+      tr.dataset.group = u.group || "";
+      setText(c[0].children[0], u.group && !member ? u.group + (u.split !== null && u.split !== undefined ? " (split " + u.split + ")" : "") : "");
+      setText(c[0].children[1], (member ? "└ " : "") + (u.filename || "–"));
+      setTitle(c[0], u.group ? u.group + "/" + u.filename : u.filename);
       setText(c[1], u.robot_id); setTitle(c[1], u.robot_id);
       setText(c[2].children[0], u.state); c[2].children[0].className = "state " + cls("state-", u.state);
-      setText(c[2].children[1], u.reason || ""); setTitle(c[2], u.reason);
+      const reason = u.blocked_reason ? waiting(u.blocked_reason, u.retry_at) : u.reason || "";
+      setText(c[2].children[1], reason); setTitle(c[2], reason);
       const pct = u.progress === null || u.progress === undefined ? null : Math.round(u.progress * 1000) / 10;
       const bar = c[3].querySelector(".bar");
       bar.setAttribute("aria-valuenow", pct === null ? "0" : String(pct));
@@ -249,7 +286,9 @@
       setText(c[5], u.state === "uploading" ? rate(u.rate) : "–");
       setText(c[6], u.state === "uploading" ? duration(u.eta) : "–");
       setText(c[7], num(u.retries));
-      const stored = c[8];
+      setText(c[8], clock(u.started_at)); setTitle(c[8], isoTitle(u.started_at));
+      setText(c[9], clock(u.finished_at)); setTitle(c[9], isoTitle(u.finished_at));
+      const stored = c[10];
       if (u.download && u.upload_id) {
         let link = stored.querySelector("a");
         if (!link) { stored.replaceChildren(); link = el("a", {}, ["download"]); stored.append(el("span"), " ", link); }
@@ -307,7 +346,8 @@
   }
   async function poll() {
     try {
-      const response = await fetch(stateUrl + "?" + query(), { credentials: "same-origin", headers: { Accept: "application/json" } });
+      // live=1: the server's shared per-process snapshot, not a fresh read per viewer.
+      const response = await fetch(stateUrl + "?" + query() + "&live=1", { credentials: "same-origin", headers: { Accept: "application/json" } });
       if (response.status === 401) { window.location.reload(); return; }
       if (response.ok) render(await response.json());
     } catch (err) {
@@ -332,6 +372,15 @@
     });
     // The server ends each stream after a while so it never pins a worker; reconnect at once.
     source.addEventListener("bye", () => { source.close(); connect(); });
+    // The server has as many streams open as it allows (DASHBOARD_SSE_MAX_STREAMS): poll, try again later.
+    source.addEventListener("poll", (event) => {
+      source.close();
+      let retry = 30;
+      try { retry = JSON.parse(event.data).retry_seconds || retry; } catch (err) { /* keep the default */ }
+      setConn("polling");
+      startPolling();
+      reconnectTimer = setTimeout(connect, retry * 1000 * (0.75 + Math.random() / 2));
+    });
     source.onerror = () => {
       source.close();
       setConn(pollTimer ? "polling" : "reconnecting");

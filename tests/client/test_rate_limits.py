@@ -31,8 +31,8 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GunicornServer
     """One worker: memory:// counters are per worker, so this is exactly the configured limit."""
     env = {
         "RATELIMIT_ENABLED": "1",
-        "RATELIMIT_CHUNK": f"{CHUNK_LIMIT} per {WINDOW} second",
-        "RATELIMIT_STATUS": f"10 per {WINDOW} second",
+        "RATELIMIT_KEY_CHUNK": f"{CHUNK_LIMIT} per {WINDOW} second",
+        "RATELIMIT_KEY_STATUS": f"10 per {WINDOW} second",
     }
     with GunicornServer(tmp_path_factory.mktemp("limited") / "uploads", workers=1, auth=True, env=env) as server:
         yield server

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -12,6 +14,7 @@ import pytest
 import requests
 from playwright.sync_api import Locator, Page, expect
 
+from core.protocol import HEADER_CHUNK_SHA256
 from tests.dashboard.browser import LAPTOP, PHONE, chromium, screenshot
 from tests.helpers.fault_proxy import FaultProxy
 from tests.helpers.processes import PYTHON, ManagedProcess
@@ -33,6 +36,7 @@ def server(tmp_path: Path) -> Iterator[GunicornServer]:
         yield running
 
 
+NO_VALUE = "\u2013"  # the page's en dash for "no value"
 BYTES = re.compile(r"^\d+(\.\d)? (B|KiB|MiB|GiB)$")
 
 
@@ -209,3 +213,115 @@ def test_polling_takes_over_when_the_event_stream_is_blocked(server: GunicornSer
             f"{server.url}/robots/late-robot/heartbeat", json={}, headers=server.headers(server.admin_key), timeout=5
         ).raise_for_status()
         expect(page.locator('#fleet-rows tr[data-key="late-robot"]')).to_be_visible(timeout=15_000)
+
+
+def upload_file(server: GunicornServer, name: str, data: bytes, metadata: dict[str, object]) -> str:
+    """One complete upload through the real API with the robot's key; its upload id."""
+    headers = server.headers(server.robot_key)
+    init = requests.post(
+        f"{server.url}/upload/init",
+        json={
+            "filename": name,
+            "filesize": len(data),
+            "chunks": 1,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "metadata": metadata,
+        },
+        headers=headers,
+        timeout=10,
+    )
+    init.raise_for_status()
+    upload_id = str(init.json()["upload_id"])
+    put_headers = {**headers, HEADER_CHUNK_SHA256: hashlib.sha256(data).hexdigest()}
+    chunk_url = f"{server.url}/upload/{upload_id}/chunk/0"
+    requests.put(chunk_url, data=data, headers=put_headers, timeout=10).raise_for_status()
+    requests.post(f"{server.url}/upload/{upload_id}/finalize", headers=headers, timeout=10).raise_for_status()
+    return upload_id
+
+
+def test_uploads_table_groups_a_bags_files_with_full_names_times_and_waits(
+    server: GunicornServer, tmp_path: Path
+) -> None:
+    bag = "robot-1_20261201T080000Z-ab12_0012"  # the split number ends the name: it must stay visible
+    bag_meta = {"bag": bag, "split_index": 12, "session": "20261201T080000Z-ab12", "source_robot": "robot-1"}
+    storage_id = upload_file(server, f"{bag}_0.mcap", b"m" * 5000, {**bag_meta, "part": "storage"})
+    upload_file(server, "metadata.yaml", b"rosbag2_bagfile_information: {}\n", {**bag_meta, "part": "metadata"})
+    retry_at = time.time() + 600
+    waiting = {
+        "job_id": "job-429",
+        "path": "/bags/robot-1_20261201T080000Z-ab12_0013/robot-1_20261201T080000Z-ab12_0013_0.mcap",
+        "state": "queued",
+        "size": 4000,
+        "bytes_sent": 0,
+        "blocked_reason": "rate_limited",
+        "retry_at": retry_at,
+        "metadata": {**bag_meta, "bag": "robot-1_20261201T080000Z-ab12_0013", "split_index": 13, "part": "storage"},
+    }
+    beat = requests.post(
+        f"{server.url}/robots/robot-1/heartbeat",
+        json={"recorder": {"state": "recording"}, "uploads": [waiting]},
+        headers=server.headers(server.robot_key),
+        timeout=5,
+    )
+    beat.raise_for_status()
+    too_large = requests.post(
+        f"{server.url}/robots/robot-1/heartbeat",
+        data=b"x" * 70_000,
+        headers=server.headers(server.robot_key, **{"Content-Type": "application/json"}),
+        timeout=5,
+    )
+    assert too_large.status_code == 413
+
+    with chromium(tmp_path / "profile", LAPTOP) as browser:
+        page = browser.new_page()
+        sign_in(page, server)
+        head = upload_row(page, storage_id)
+        expect(head).to_have_attribute("data-state", "complete", timeout=30_000)
+        expect(head.locator("td.file .bag")).to_have_text(f"{bag} (split 12)")
+        expect(head.locator("td.file .name")).to_have_text(f"{bag}_0.mcap")
+        # Shown whole: nothing of the name is cut off by the column.
+        assert head.locator("td.file").evaluate("td => td.scrollWidth <= td.clientWidth")
+        assert head.locator("td.file .bag").evaluate("n => n.scrollWidth <= n.clientWidth + 1")
+        # metadata.yaml sits right under its bag's storage file.
+        member = page.locator(f"#up-rows tr[data-key='{storage_id}'] + tr")
+        expect(member).to_have_attribute("data-group", bag)
+        expect(member).to_have_class(re.compile(r"\bgrouped\b"))
+        expect(member.locator("td.file .name")).to_have_text("└ metadata.yaml")
+        expect(member).to_have_attribute("data-state", "complete", timeout=30_000)
+        hhmmss = re.compile(r"^(\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d$")
+        for row in (head, member):
+            expect(row.locator('td[data-label="Started"]')).to_have_text(hhmmss)
+            expect(row.locator('td[data-label="Finished"]')).to_have_text(hhmmss)
+        # The robot waits out a 429: the table and the fleet say so, with the retry time.
+        blocked = upload_row(page, "robot-1:job-429")
+        expect(blocked.locator(".reason")).to_contain_text(re.compile(r"rate_limited, retry in (9|10) min"))
+        expect(blocked.locator('td[data-label="Finished"]')).to_have_text(NO_VALUE)
+        # Its next heartbeat was refused: the fleet row says why instead of going quietly stale.
+        fleet_row = page.locator('#fleet-rows tr[data-key="robot-1"]')
+        expect(fleet_row.locator('td[data-label="Last error"]')).to_contain_text(
+            "heartbeat rejected: payload_too_large"
+        )
+        expect(fleet_row.locator('td[data-label="Status"] .state')).to_have_text("rejected", timeout=20_000)
+        screenshot(page, "laptop-uploads-grouped")
+
+
+def test_viewers_over_the_stream_cap_poll_and_still_see_changes(tmp_path: Path) -> None:
+    """One gunicorn worker allowing one stream: the first tab streams, the second polls the shared snapshot."""
+    env = {**SERVER_ENV, "DASHBOARD_SSE_MAX_STREAMS": "1", "DASHBOARD_SSE_MAX_SECONDS": "120"}
+    with (
+        GunicornServer(tmp_path / "uploads", workers=1, auth=True, env=env) as capped,
+        chromium(tmp_path / "profile") as browser,
+    ):
+        first, second = browser.new_page(), browser.new_page()
+        sign_in(first, capped)
+        second.goto(capped.url + "/dashboard/")
+        expect(second.locator("#conn")).to_have_text("polling", timeout=15_000)
+        expect(first.locator("#conn")).to_have_text("live")
+
+        requests.post(
+            f"{capped.url}/robots/polled-robot/heartbeat", json={}, headers=capped.headers(capped.admin_key), timeout=5
+        ).raise_for_status()
+
+        expect(second.locator('#fleet-rows tr[data-key="polled-robot"]')).to_be_visible(timeout=15_000)
+        expect(first.locator('#fleet-rows tr[data-key="polled-robot"]')).to_be_visible(timeout=15_000)
+        expect(second.locator("#conn")).to_have_text("polling")

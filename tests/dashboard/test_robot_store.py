@@ -9,7 +9,7 @@ import pytest
 
 from core.config import ServerConfig
 from core.protocol import CommandState, RobotAction
-from core.server.robots import MAX_ACK_MESSAGE, Command, RobotStore, SQLRobotStore, open_robot_store
+from core.server.robots import MAX_ACK_MESSAGE, Command, Rejection, RobotStore, SQLRobotStore, open_robot_store
 
 TTL = 60.0
 
@@ -137,3 +137,23 @@ def test_state_store_uri_selects_the_engine_and_sqlite_stays_the_default(state_s
     assert store.engine.dialect.name == ("postgresql" if state_store_uri else "sqlite")
     assert (tmp_path / "root").exists() == (not state_store_uri)
     store.close()
+
+
+def test_a_rejected_heartbeat_is_remembered_with_its_reason_and_replaced_by_the_next(open_store: OpenStore) -> None:
+    store, other_worker = open_store(), open_store()
+    store.put_status("robot-1", {"recorder": {}}, now=100.0)
+    store.put_status("robot-2", {}, now=100.0)
+
+    store.record_rejection("robot-1", Rejection(150.0, 413, "payload_too_large: too big"))
+    store.record_rejection("robot-1", Rejection(160.0, 400, "invalid_json: not JSON"))
+
+    robots = {r.robot_id: r for r in other_worker.robots()}
+    assert robots["robot-1"].rejection == Rejection(160.0, 400, "invalid_json: not JSON")
+    assert robots["robot-1"].last_seen == 100.0  # a refused heartbeat is not a sign of life
+    assert robots["robot-2"].rejection is None
+
+
+def test_rejections_of_robots_never_seen_add_nothing(store: RobotStore) -> None:
+    store.record_rejection("stranger", Rejection(150.0, 401, "unauthorized: no key"))
+
+    assert store.robots() == []

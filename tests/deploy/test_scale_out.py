@@ -35,7 +35,7 @@ pytestmark = [pytest.mark.nginx, pytest.mark.gunicorn, pytest.mark.redis, pytest
 
 CHUNK = 8 * MiB
 DASHBOARD_STATE = "/dashboard/api/state"
-INIT_LIMIT = 20  # the seed's default: 20 init requests per hour per client
+INIT_LIMIT = 20  # a key's init budget here (RATELIMIT_KEY_INIT); below nginx's burst of 40 per address
 ROBOT, OPERATOR = "robot-hb", "operator"
 
 
@@ -130,6 +130,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer) 
             "RATELIMIT_ENABLED": "1",
             "STATE_STORE_URI": state_store_uri,
             "RATELIMIT_STORAGE_URI": redis.url,
+            "RATELIMIT_KEY_INIT": f"{INIT_LIMIT} per hour",
             "TRUSTED_PROXIES": "127.0.0.1",
         }
         logs = [base / "access-a.log", base / "access-b.log"]

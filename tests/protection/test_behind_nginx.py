@@ -72,6 +72,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "RATELIMIT_ENABLED": "1",
         "RATELIMIT_DEFAULT": f"{PUBLIC_LIMIT} per hour",
         "RATELIMIT_STATUS": f"{PUBLIC_LIMIT} per hour",
+        "RATELIMIT_KEY_STATUS": f"{PUBLIC_LIMIT} per hour",
     }
     tls = make_tls_files(base / "tls")
     with GunicornServer(base / "uploads", workers=1, auth=True, env=env) as app:

@@ -1,4 +1,4 @@
-"""Rate limits: the seed's defaults, per robot key, JSON 429s with headers, and room for a 5 GB upload."""
+"""Rate limits: the seed's defaults per address, robot budgets per key, JSON 429s with headers, room for a robot."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 import core.server.limits
-from core.config import ServerConfig
+from core.config import ConfigError, RecorderConfig, ServerConfig
 from core.protocol import DEFAULT_CHUNK_SIZE, GiB, MiB
 from core.server.app import create_app
 from core.server.keys import KeyStore, key_store_for
@@ -51,11 +51,10 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
     return fake
 
 
-def test_init_limit_answers_json_429_with_headers(make_app: Callable[..., Flask], keys: KeyStore) -> None:
-    client = make_app().test_client()
-    headers = bearer(keys.create("robot-1").token)
+def test_anonymous_init_limit_is_the_seeds_and_answers_json_429_with_headers(make_app: Callable[..., Flask]) -> None:
+    client = make_app(auth_enabled=False).test_client()
 
-    replies = [client.post("/upload/init", json={}, headers=headers) for _ in range(21)]
+    replies = [client.post("/upload/init", json={}) for _ in range(21)]
 
     assert [r.status_code for r in replies] == [201] * 20 + [429]
     limited = replies[-1]
@@ -67,8 +66,21 @@ def test_init_limit_answers_json_429_with_headers(make_app: Callable[..., Flask]
     assert int(replies[0].headers["X-RateLimit-Remaining"]) == 19
 
 
+def test_a_key_gets_the_robot_budget_not_the_seeds_per_address_limit(
+    make_app: Callable[..., Flask], keys: KeyStore
+) -> None:
+    client = make_app().test_client()
+    headers = bearer(keys.create("robot-1").token)
+
+    replies = [client.post("/upload/init", json={}, headers=headers) for _ in range(61)]
+
+    assert [r.status_code for r in replies] == [201] * 60 + [429]
+    assert replies[0].headers["X-RateLimit-Limit"] == "60"
+    assert ServerConfig().ratelimit_key_init == "60 per minute"
+
+
 def test_robots_behind_one_address_have_their_own_budgets(make_app: Callable[..., Flask], keys: KeyStore) -> None:
-    client = make_app(ratelimit_init="2 per hour").test_client()
+    client = make_app(ratelimit_key_init="2 per hour").test_client()
     robot_a, robot_b = bearer(keys.create("robot-a").token), bearer(keys.create("robot-b").token)
 
     a = [client.post("/upload/init", json={}, headers=robot_a).status_code for _ in range(3)]
@@ -88,7 +100,7 @@ def test_anonymous_clients_are_counted_by_address(make_app: Callable[..., Flask]
 
 
 def test_routes_without_a_limit_of_their_own_get_the_default(make_app: Callable[..., Flask], keys: KeyStore) -> None:
-    client = make_app(ratelimit_default="3 per hour").test_client()
+    client = make_app(ratelimit_key_default="3 per hour").test_client()
     headers = bearer(keys.create("robot-1").token)
 
     aborts = [client.delete("/upload/u1", headers=headers).status_code for _ in range(4)]
@@ -115,7 +127,7 @@ def test_limits_off_means_no_429_and_no_headers(make_app: Callable[..., Flask], 
 
 
 def test_window_reopens_after_retry_after(make_app: Callable[..., Flask], keys: KeyStore, clock: FakeTime) -> None:
-    client = make_app(ratelimit_chunk="2 per minute").test_client()
+    client = make_app(ratelimit_key_chunk="2 per minute").test_client()
     headers = bearer(keys.create("robot-1").token)
     put = lambda: client.put("/upload/u1/chunk/0", data=b"x", headers=headers)  # noqa: E731
 
@@ -132,7 +144,7 @@ def test_retry_after_in_a_windows_last_second_is_one_not_zero(
     make_app: Callable[..., Flask], keys: KeyStore, clock: FakeTime
 ) -> None:
     """flask-limiter alone truncates to 0 here; a client obeying 0 would be refused again at once."""
-    client = make_app(ratelimit_chunk="2 per minute").test_client()
+    client = make_app(ratelimit_key_chunk="2 per minute").test_client()
     headers = bearer(keys.create("robot-1").token)
     put = lambda: client.put("/upload/u1/chunk/0", data=b"x", headers=headers)  # noqa: E731
     clock.now = 1_700_000_000.7  # the window opens at a fraction of a second and closes 60 s later
@@ -193,8 +205,8 @@ def upload_like_the_project_client(
     return run
 
 
-# 100 chunks/min x 8 MiB = 13.98 MB/s: the chunk limit binds only on links faster than that.
-CHUNK_LIMIT_THROUGHPUT = 100 * DEFAULT_CHUNK_SIZE / 60
+# 600 chunks/min x 8 MiB = 83.9 MB/s per key: the chunk limit binds only on links faster than that.
+CHUNK_LIMIT_THROUGHPUT = 600 * DEFAULT_CHUNK_SIZE / 60
 
 
 @pytest.mark.parametrize("link_mbit", [2, 20, 100])
@@ -224,9 +236,9 @@ def test_5gb_upload_faster_than_the_chunk_limit_is_paced_not_failed(
     )
 
     assert run.rate_limited > 0
-    # 640 chunks at 100 per minute: 6 full windows and part of a 7th, whatever the link.
-    assert 6 * 60 <= run.seconds <= 8 * 60
-    assert ServerConfig().ratelimit_chunk == "100 per minute"
+    # 640 chunks at 600 per minute: one full window and part of a second, then ~58 s of finalize polling.
+    assert 60 <= run.seconds <= 3 * 60
+    assert ServerConfig().ratelimit_key_chunk == "600 per minute"
     assert 5 * GiB / DEFAULT_CHUNK_SIZE == 640
     assert 8 * MiB == DEFAULT_CHUNK_SIZE
 
@@ -259,23 +271,72 @@ def test_server_starts_without_flask_limiter_and_says_so(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "limit"),
+    ("method", "path", "per_key", "per_address"),
     [
-        ("POST", "/upload/init", "20"),
-        ("PUT", "/upload/nope/chunk/0", "100"),
-        ("GET", "/upload/nope", "300"),
-        ("POST", "/upload/nope/finalize", "60"),
-        ("GET", "/uploads", "120"),
-        ("POST", "/robots/robot-1/heartbeat", "120"),
-        ("DELETE", "/upload/nope", "50"),  # RATELIMIT_DEFAULT: the tighter 50/hour is the one reported
-        ("GET", "/uploads/nope/file", "50"),
+        ("POST", "/upload/init", "60", "20"),
+        ("PUT", "/upload/nope/chunk/0", "600", "100"),
+        ("GET", "/upload/nope", "600", "300"),
+        ("POST", "/upload/nope/finalize", "60", "60"),  # per key 60/minute, per address the seed-derived 60/hour
+        ("GET", "/uploads", "120", "120"),
+        ("POST", "/robots/robot-1/heartbeat", "120", "120"),
+        ("DELETE", "/upload/nope", "120", "50"),  # RATELIMIT_DEFAULT: the tighter 50/hour is the one reported
+        ("GET", "/uploads/nope/file", "120", "50"),
     ],
 )
-def test_the_real_app_gives_each_upload_route_its_own_limit(tmp_path: Path, method: str, path: str, limit: str) -> None:
-    app = create_app({"upload_dir": tmp_path / "uploads", "background_jobs": False})
+def test_the_real_app_gives_each_upload_route_its_own_limit(
+    tmp_path: Path, method: str, path: str, per_key: str, per_address: str
+) -> None:
+    settings = {"upload_dir": tmp_path / "uploads", "background_jobs": False}
     token = key_store_for(tmp_path / "uploads").create("robot-1").token
+    with_key = create_app(settings).test_client().open(path, method=method, json={}, headers=bearer(token))
+    keyless = create_app({**settings, "auth_enabled": False}).test_client().open(path, method=method, json={})
 
-    reply = app.test_client().open(path, method=method, json={}, headers=bearer(token))
+    assert with_key.status_code != 429
+    assert with_key.headers["X-RateLimit-Limit"] == per_key
+    assert keyless.headers["X-RateLimit-Limit"] == per_address
 
-    assert reply.status_code != 429
-    assert reply.headers["X-RateLimit-Limit"] == limit
+
+def record_continuously(
+    client: FlaskClient, headers: dict[str, str], clock: FakeTime, *, split_seconds: float, hours: float
+) -> UploadRun:
+    """A recorder splitting every ``split_seconds``: each split uploads its storage file and its metadata.yaml."""
+    total = UploadRun()
+    start = clock.now
+    while clock.now - start < hours * 3600:
+        split_start = clock.now
+        for size in (20 * MiB, 2 * 1024):  # a small bag file, then metadata.yaml
+            run = upload_like_the_project_client(client, headers, clock, file_size=size, link_bytes_per_s=10**7)
+            total.requests += run.requests
+            total.rate_limited += run.rate_limited
+        clock.now = max(clock.now, split_start + split_seconds)
+    total.seconds = clock.now - start
+    return total
+
+
+@pytest.mark.parametrize(
+    ("split_seconds", "hours"),
+    [
+        (RecorderConfig().max_bag_duration, 26.0),  # the recorder's RECORDER_MAX_BAG_DURATION, a day+
+        (10.0, 3.0),  # the demo's DEMO_SPLIT_SECONDS: every per-minute and per-hour window many times over
+    ],
+)
+def test_a_robot_recording_continuously_on_the_defaults_never_meets_a_429(
+    make_app: Callable[..., Flask], keys: KeyStore, clock: FakeTime, split_seconds: float, hours: float
+) -> None:
+    client = make_app().test_client()  # every RATELIMIT_* at its default
+
+    run = record_continuously(
+        client, bearer(keys.create("robot-1").token), clock, split_seconds=split_seconds, hours=hours
+    )
+
+    assert run.rate_limited == 0
+    assert run.requests >= 2 * 5 * hours * 3600 / split_seconds  # init, status, chunk, finalize, poll per upload
+
+
+@pytest.mark.parametrize("setting", ["ratelimit_key_init", "ratelimit_default"])
+def test_a_limit_that_does_not_parse_stops_the_start_naming_the_variable(
+    make_app: Callable[..., Flask], setting: str
+) -> None:
+    env = ServerConfig.__dataclass_fields__[setting].metadata["env"]
+    with pytest.raises(ConfigError, match=env):
+        make_app(**{setting: "lots per fortnight"})

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from core.config import ServerConfig
 from tests.helpers.redis_server import RedisServer
 from tests.helpers.servers import GunicornServer
 
@@ -25,8 +26,8 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory, redis: RedisServer) -> Iterator[GunicornServer]:
-    """4 workers, the default limits but a small status limit, counters in redis."""
-    env = {"RATELIMIT_ENABLED": "1", "RATELIMIT_STORAGE_URI": redis.url, "RATELIMIT_STATUS": "10 per hour"}
+    """4 workers, the default limits but a small per-key status limit, counters in redis."""
+    env = {"RATELIMIT_ENABLED": "1", "RATELIMIT_STORAGE_URI": redis.url, "RATELIMIT_KEY_STATUS": "10 per hour"}
     with GunicornServer(tmp_path_factory.mktemp("limited") / "uploads", workers=4, auth=True, env=env) as server:
         yield server
 
@@ -42,22 +43,33 @@ def test_limit_holds_exactly_across_four_workers(limited: GunicornServer) -> Non
     assert codes == {404: 10, 429: 30}
 
 
-def test_seed_curl_loop_meets_429_after_twenty_inits(limited: GunicornServer, tmp_path: Path) -> None:
-    """DEPLOYMENT.md's loop (with a key): `for i in {1..25}; do curl -X POST …/upload/init …; done`."""
+def seed_curl_loop(url: str, tmp_path: Path, *headers: str) -> list[str]:
+    """DEPLOYMENT.md's check, the seed's loop: `for i in {1..100}; do curl -X POST …/upload/init …; done`."""
+    extra = "".join(f" -H '{h}'" for h in headers)
     script = tmp_path / "loop.sh"
     script.write_text(
-        "for i in $(seq 1 25); do\n"
-        f"  curl -s -o /dev/null -w '%{{http_code}}\\n' -X POST {limited.url}/upload/init \\\n"
-        f"    -H 'Authorization: Bearer {limited.admin_key}' -H 'Content-Type: application/json' \\\n"
-        """    -d '{"filename":"test.bag","filesize":1000,"chunks":1}'\n"""
+        "for i in $(seq 1 100); do\n"
+        f"  curl -s -o /dev/null -w '%{{http_code}}\\n' -X POST {url}/upload/init{extra} \\\n"
+        """    -H 'Content-Type: application/json' -d '{"filename":"test.bag","filesize":1000,"chunks":1}'\n"""
         "done\n"
     )
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120, check=True)
+    return done.stdout.split()
 
-    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60, check=True)
 
-    codes = done.stdout.split()
-    assert set(codes[:20]) <= {"200", "201"}
-    assert codes[20:] == ["429"] * 5
+def test_seed_curl_loop_without_a_key_meets_429(limited: GunicornServer, tmp_path: Path) -> None:
+    codes = seed_curl_loop(limited.url, tmp_path)
+
+    budget = int(ServerConfig().ratelimit_unauthenticated.split()[0])
+    assert codes == ["401"] * budget + ["429"] * (100 - budget)
+
+
+def test_seed_curl_loop_with_a_robot_key_meets_the_per_key_budget_only(limited: GunicornServer, tmp_path: Path) -> None:
+    codes = seed_curl_loop(limited.url, tmp_path, f"Authorization: Bearer {limited.admin_key}")
+
+    budget = int(ServerConfig().ratelimit_key_init.split()[0])
+    assert set(codes[:budget]) <= {"200", "201"}
+    assert codes[budget:] == ["429"] * (100 - budget)
 
 
 def test_429_is_json_with_retry_after_and_ratelimit_headers(limited: GunicornServer) -> None:

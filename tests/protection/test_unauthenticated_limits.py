@@ -6,8 +6,9 @@ from collections.abc import Callable
 
 import pytest
 from flask import Flask
+from limits import parse
 
-from core.config import ConfigError
+from core.config import ConfigError, ServerConfig
 from core.server.keys import KeyStore
 from tests.protection.conftest import bearer
 
@@ -76,7 +77,7 @@ def test_a_valid_key_from_a_throttled_address_is_still_served(throttled_app: Fla
     assert served.status_code == 201
     assert served.json["name"] == "robot-1"
     # Its headers are its own key's init budget, not the address's failure budget.
-    assert served.headers["X-RateLimit-Limit"] == "20"
+    assert served.headers["X-RateLimit-Limit"] == str(parse(ServerConfig().ratelimit_key_init).amount)
 
 
 def test_authenticated_requests_do_not_spend_the_failure_budget(throttled_app: Flask, keys: KeyStore) -> None:
