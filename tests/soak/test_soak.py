@@ -7,19 +7,10 @@ from pathlib import Path
 import pytest
 
 from bench import soak
-from core.network_manager import NetworkManager
 
 pytestmark = [pytest.mark.gunicorn, pytest.mark.slow]
 
-# Until the client's heartbeat stops carrying the whole journal (issue 10 item 2: a bounded window,
-# NetworkManager.heartbeat_status()), heartbeats outgrow the 64 KiB cap after ~25 bags and the
-# server answers 413: this soak reproduces it. The mark lifts itself once that client lands.
-HEARTBEAT_CARRIES_HISTORY = not hasattr(NetworkManager, "heartbeat_status")
 
-
-@pytest.mark.xfail(
-    HEARTBEAT_CARRIES_HISTORY, reason="heartbeat carries the whole journal: 413 after ~25 bags", strict=True
-)
 def test_three_minutes_of_five_robots_on_the_defaults(tmp_path: Path) -> None:
     report = soak.main(["--robots", "5", "--minutes", "3", "--split", "5", "--keep", str(tmp_path / "soak")])
 
