@@ -280,6 +280,12 @@ class ServerConfig:
         "str",
         "Uploads, robots, API keys, counters: empty = SQLite in UPLOAD_DIR; redis://host:6379/1 for several hosts",
     )
+    blob_store_uri: str = setting(
+        "",
+        "BLOB_STORE_URI",
+        "str",
+        "Chunks and stored files: empty = UPLOAD_DIR, file:///path, or s3://BUCKET/PREFIX (endpoint, keys: AWS_* vars)",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
@@ -302,6 +308,9 @@ class ServerConfig:
             raise ConfigError(msg)
         if self.state_store_uri and not self.state_store_uri.startswith(("redis://", "rediss://", "unix://")):
             msg = f"STATE_STORE_URI={self.state_store_uri!r} must be empty (SQLite) or a redis:// URL"
+            raise ConfigError(msg)
+        if self.blob_store_uri and not self.blob_store_uri.startswith(("file:///", "s3://")):
+            msg = f"BLOB_STORE_URI={self.blob_store_uri!r} must be empty, file:///path or s3://BUCKET/PREFIX"
             raise ConfigError(msg)
 
 

@@ -13,7 +13,7 @@ import dashboard
 from core.config import ServerConfig
 from core.server import auth, backup, cli, health, jobs, limits, logs, metrics, openapi, proxies, redis_store, security
 from core.server.api import api
-from core.server.blob_store import BlobStore
+from core.server.blobs import open_blob_store
 from core.server.errors import register_error_handlers
 from core.server.finalize import Finalizer
 from core.server.service import UploadService
@@ -52,7 +52,7 @@ def create_app(config: ServerConfig | Mapping[str, Any] | None = None) -> Flask:
     app.extensions["server_config"] = settings
 
     state = redis_store.open_state_store(settings, settings.upload_dir / STATE_FILE)  # STATE_STORE_URI
-    blobs = BlobStore(settings.upload_dir)
+    blobs = open_blob_store(settings.blob_store_uri, settings.upload_dir)  # BLOB_STORE_URI
     service = UploadService(settings, state, blobs)
     app.extensions["state_store"] = state
     app.extensions["blob_store"] = blobs

@@ -39,7 +39,7 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from core.config import ServerConfig
-from core.server.blob_store import fsync_dir
+from core.server.blobs.local import fsync_dir
 
 log = logging.getLogger("upload_server.backup")
 

@@ -17,7 +17,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException
 
-from core.protocol import HEADER_RETRY_AFTER, ErrorCode
+from core.protocol import HEADER_CONTENT_RANGE, HEADER_RETRY_AFTER, ErrorCode
+from core.server.blobs.base import StoreUnavailable
 
 log = logging.getLogger("upload_server")
 
@@ -124,6 +125,25 @@ class InsufficientStorage(ApiError):
     error_code = ErrorCode.INSUFFICIENT_STORAGE
 
 
+class PartDataLost(ApiError):
+    """The server lost an unfinished upload's received data: 410 makes the client start a new upload."""
+
+    code = 410
+    error_code = ErrorCode.PART_MISSING
+
+
+class RangeNotSatisfiable(ApiError):
+    code = 416
+    error_code = ErrorCode.RANGE_NOT_SATISFIABLE
+
+    def __init__(self, message: str, *, length: int) -> None:
+        super().__init__(message, details={"length": length})
+        self.length = length
+
+    def get_headers(self, *_args: Any, **_kwargs: Any) -> list[tuple[str, str]]:
+        return [*super().get_headers(), (HEADER_CONTENT_RANGE, f"bytes */{self.length}")]
+
+
 def error_body(code: ErrorCode | str, message: str, **details: Any) -> dict[str, Any]:
     return {"success": False, "error": {"code": str(getattr(code, "value", code)), "message": message, **details}}
 
@@ -161,6 +181,14 @@ def _render_backend_unavailable(err: Exception) -> Response:
     return response
 
 
+def _render_store_unavailable(err: StoreUnavailable) -> Response:
+    # The object store down mid-upload: nothing was acknowledged, the client retries after Retry-After.
+    log.error("Blob store unavailable: %s", err)
+    response = error_response(503, ErrorCode.SERVICE_UNAVAILABLE, "storage backend unavailable; retry later")
+    response.headers[HEADER_RETRY_AFTER] = str(BACKEND_RETRY_AFTER)
+    return response
+
+
 def _render_sqlite_error(err: sqlite3.OperationalError) -> Response:
     # "database is locked" after the busy timeout is contention, retryable; anything else is a bug.
     if "locked" in str(err) or "busy" in str(err):
@@ -178,4 +206,5 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(RedisConnectionError, _render_backend_unavailable)
     app.register_error_handler(RedisTimeoutError, _render_backend_unavailable)
     app.register_error_handler(sqlite3.OperationalError, _render_sqlite_error)
+    app.register_error_handler(StoreUnavailable, _render_store_unavailable)
     app.register_error_handler(Exception, _render_unexpected)

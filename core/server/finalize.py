@@ -1,8 +1,9 @@
 """Finalize one upload: re-hash the assembled bytes, compress them when it pays, store atomically with a sidecar.
 
-The part file is read exactly once: hashing and compressing share the pass.
-Running it again after a crash is safe: nothing is committed until the
-verified result is renamed into the store and the state moves to complete.
+The assembled bytes (the part file, or the completed S3 multipart upload) are read
+exactly once: hashing and compressing share the pass. Running it again after a crash
+is safe: nothing is committed until the verified result is in the store and the
+state moves to complete.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-from core.checksums import hex_digests_equal, iter_file
+from core.checksums import hex_digests_equal
 from core.config import ServerConfig
 from core.protocol import Codec, ErrorCode, UploadState
 from core.server import events
-from core.server.blob_store import BlobStore
-from core.server.compression import SAMPLE_SIZE, open_writer, worth_compressing
+from core.server.blobs import BlobStore, PartMissing
+from core.server.compression import SAMPLE_SIZE, iter_decompressed, open_writer, worth_compressing
 from core.server.service import isoformat
 from core.server.state_store import StateStore, UploadRecord
 
@@ -71,24 +71,24 @@ class Finalizer:
         if record is None or record.state is not UploadState.FINALIZING:
             return  # aborted meanwhile, or finished by an earlier attempt
         started = time.monotonic()
-        source = self._source(record)
-        # A raw file already moved into the store by a crashed attempt stays raw.
-        codec = self._choose_codec(record, source) if source == self.blobs.part_path(upload_id) else Codec.NONE
         blob_id = record.upload_id
         try:
-            digests = self._store(record, source, blob_id, codec, progress)
+            # False: a crashed attempt already stored the verified file raw; it stays raw.
+            compressible = self.blobs.assemble(upload_id, blob_id, chunks=record.chunks)
+            codec = self._choose_codec(record, blob_id) if compressible else Codec.NONE
+            digests = self._store(record, blob_id, codec, progress)
         except VerificationFailed as err:
             self._fail(record, str(err))
             return
-        except FileNotFoundError:
+        except PartMissing as err:
             current = self.state.get_upload(upload_id)
             if current is not None and current.state is UploadState.FINALIZING:
-                raise
-            # DELETE /upload/<id> while we read: abort removed the part file; nothing to store.
+                self._lost(record, err)
+                return
+            # DELETE /upload/<id> while we read: abort removed the part; nothing to store.
             log.info("Finalize of %s stopped: the upload was aborted meanwhile", upload_id)
             return
-        stored = self.blobs.blob_path(blob_id, codec)
-        stored_size = stored.stat().st_size
+        stored_size = self.blobs.stored_size(blob_id, codec) or 0
         verified = bool(record.md5 or record.sha256)
         self.blobs.write_sidecar(blob_id, self._sidecar(record, digests, codec, stored_size, verified))
         done = self.state.transition(
@@ -105,22 +105,17 @@ class Finalizer:
             progress=record.filesize,
         )
         if done is None:  # aborted while we worked: drop what we stored
-            stored.unlink(missing_ok=True)
-            self.blobs.sidecar_path(blob_id).unlink(missing_ok=True)
+            self.blobs.delete(blob_id)
             return
+        if codec is not Codec.NONE:
+            self.blobs.discard_assembled(upload_id, blob_id)  # the compressed copy replaces it
         self.blobs.remove_part(upload_id)
         self._report(done, time.monotonic() - started)
 
-    def _source(self, record: UploadRecord) -> Path:
-        """The part file, or the stored raw file if a crashed attempt already moved it there."""
-        part = self.blobs.part_path(record.upload_id)
-        moved = self.blobs.blob_path(record.upload_id, Codec.NONE)
-        return moved if not part.exists() and moved.exists() else part
-
-    def _choose_codec(self, record: UploadRecord, source: Path) -> Codec:
+    def _choose_codec(self, record: UploadRecord, blob_id: str) -> Codec:
         if record.compression is Codec.NONE or record.filesize < self.config.compression_threshold:
             return Codec.NONE
-        with source.open("rb") as fh:
+        with self.blobs.open_assembled(record.upload_id, blob_id, SAMPLE_SIZE) as fh:
             sample = fh.read(SAMPLE_SIZE)
         level, saving = self.config.compression_level, self.config.compression_min_saving
         if worth_compressing(record.compression, level, sample, saving):
@@ -128,19 +123,19 @@ class Finalizer:
         log.info("Not compressing %s: a %s sample did not shrink enough", record.filename, record.compression.value)
         return Codec.NONE
 
-    def _store(self, record: UploadRecord, source: Path, blob_id: str, codec: Codec, progress: Progress) -> Digests:
+    def _store(self, record: UploadRecord, blob_id: str, codec: Codec, progress: Progress) -> Digests:
         digests = _Hasher(md5=record.md5 is not None)
         if codec is Codec.NONE:
-            for piece in iter_file(source):
-                digests.update(piece)
-                progress(digests.size)
+            with self.blobs.open_assembled(record.upload_id, blob_id) as source:
+                for piece in iter_decompressed(source, Codec.NONE):
+                    digests.update(piece)
+                    progress(digests.size)
             self._verify(record, digests.result())
-            if source == self.blobs.part_path(record.upload_id):
-                self.blobs.store_part(record.upload_id, blob_id)
+            self.blobs.keep_assembled(record.upload_id, blob_id)
             return digests.result()
-        with self.blobs.staging(blob_id, codec) as fh:
+        with self.blobs.staging(blob_id, codec) as fh, self.blobs.open_assembled(record.upload_id, blob_id) as source:
             writer = open_writer(codec, fh, level=self.config.compression_level, size=record.filesize)
-            for piece in iter_file(source):
+            for piece in iter_decompressed(source, Codec.NONE):
                 digests.update(piece)
                 writer.write(piece)
                 progress(digests.size)
@@ -170,7 +165,7 @@ class Finalizer:
         if failed is None:
             return
         self.blobs.remove_part(record.upload_id)
-        self.blobs.blob_path(record.upload_id, Codec.NONE).unlink(missing_ok=True)  # left by a crashed attempt
+        self.blobs.discard_assembled(record.upload_id, record.upload_id)  # the assembled raw bytes, or a crash's
         log.warning("Verification failed for %s - ID: %s - %s", record.filename, record.upload_id, message)
         events.upload_failed.send(
             self,
@@ -178,6 +173,25 @@ class Finalizer:
             owner=record.owner,
             code=ErrorCode.CHECKSUM_MISMATCH.value,
             message=message,
+        )
+
+    def _lost(self, record: UploadRecord, err: PartMissing) -> None:
+        """Received bytes are gone (a part lost): end the upload so the client, which still has the file, restarts."""
+        lost = self.state.transition(
+            record.upload_id,
+            (UploadState.FINALIZING,),
+            self.clock(),
+            state=UploadState.ABORTED,
+            error_code=ErrorCode.PART_MISSING.value,
+            error_message=str(err),
+        )
+        if lost is None:
+            return
+        self.blobs.remove_part(record.upload_id)
+        self.blobs.discard_assembled(record.upload_id, record.upload_id)
+        log.error("Lost upload data: %s - ID: %s - %s", record.filename, record.upload_id, err)
+        events.upload_failed.send(
+            self, upload_id=record.upload_id, owner=record.owner, code=ErrorCode.PART_MISSING.value, message=str(err)
         )
 
     def _sidecar(

@@ -11,13 +11,13 @@ import contextlib
 import errno
 import hashlib
 import logging
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from core.checksums import hex_digests_equal
 from core.config import ServerConfig
@@ -27,11 +27,12 @@ from core.protocol import (
     Codec,
     ErrorCode,
     KiB,
+    MiB,
     UploadState,
     chunk_length,
 )
 from core.server import events
-from core.server.blob_store import BlobStore, is_valid_id
+from core.server.blobs import BlobStore, PartMissing, is_valid_id
 from core.server.compression import iter_decompressed
 from core.server.errors import (
     ChecksumMismatch,
@@ -41,6 +42,7 @@ from core.server.errors import (
     InsufficientStorage,
     LengthRequired,
     NotFound,
+    PartDataLost,
     UploadExpired,
     UploadIncomplete,
 )
@@ -54,6 +56,9 @@ _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 # Request bodies are read in 256 KiB pieces: under gunicorn's gthread body reader this measured
 # ~1.5x the throughput of 64 KiB pieces at ~40% less CPU per GiB (bench/server_throughput.py).
 BODY_READ_SIZE = 256 * KiB
+# A chunk body is read and verified into a temporary buffer before any lock is taken: chunks up to
+# this size stay in memory (the default 8 MiB chunk does), larger ones spill to a temporary file.
+SPOOL_IN_MEMORY = 16 * MiB
 
 
 @contextlib.contextmanager
@@ -74,6 +79,11 @@ def isoformat(timestamp: float | None) -> str | None:
 
 def is_expired(record: UploadRecord) -> bool:
     return record.state is UploadState.ABORTED and record.error_code == ErrorCode.UPLOAD_EXPIRED.value
+
+
+def is_lost(record: UploadRecord) -> bool:
+    """Aborted because the server lost its received data (a part file or multipart upload vanished)."""
+    return record.state is UploadState.ABORTED and record.error_code == ErrorCode.PART_MISSING.value
 
 
 def compression_ratio(record: UploadRecord) -> float | None:
@@ -99,10 +109,10 @@ class ChunkResult:
 
 @dataclass(frozen=True)
 class Download:
-    """A stored file ready to stream: ``path`` for raw bytes, ``chunks`` for the original bytes."""
+    """A stored file ready to stream from its store: the stored bytes (``raw``) or the original bytes."""
 
     record: UploadRecord
-    path: Path
+    blobs: BlobStore
     raw: bool
 
     @property
@@ -114,8 +124,30 @@ class Download:
         suffix = {Codec.ZSTD: ".zst", Codec.GZIP: ".gz"}.get(self.record.codec or Codec.NONE, "")
         return self.record.filename + (suffix if self.raw else "")
 
-    def chunks(self) -> Iterator[bytes]:
-        return iter_decompressed(self.path, Codec.NONE if self.raw else (self.record.codec or Codec.NONE))
+    def chunks(self, start: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """The bytes from ``start`` (``length`` of them, or to the end), streamed from the store.
+
+        Stored bytes are read with a ranged read; original bytes of a compressed file are
+        decompressed from the beginning and the bytes before ``start`` skipped.
+        """
+        codec = self.record.codec or Codec.NONE
+        blob_id = str(self.record.blob_id)
+        if self.raw or codec is Codec.NONE:
+            with self.blobs.open_blob(blob_id, codec, start, length) as stream:
+                yield from iter_decompressed(stream, Codec.NONE)
+            return
+        left = self.size - start if length is None else length
+        with self.blobs.open_blob(blob_id, codec) as stream:
+            for piece in iter_decompressed(stream, codec):
+                if start >= len(piece):
+                    start -= len(piece)
+                    continue
+                piece = piece[start : start + left]
+                start = 0
+                left -= len(piece)
+                yield piece
+                if left <= 0:
+                    return
 
 
 class UploadService:
@@ -133,6 +165,7 @@ class UploadService:
         self.state = state
         self.blobs = blobs
         self.clock = clock
+        self.wall_clock: Callable[[], float] = time.time
         # Set by the job runner so a finalize request wakes the local worker thread at once.
         self.on_job_queued: Callable[[], None] = lambda: None
 
@@ -146,6 +179,9 @@ class UploadService:
         if is_expired(record):
             msg = f"upload {upload_id} expired after {self.config.upload_ttl:.0f}s without activity; start a new one"
             raise UploadExpired(msg)
+        if is_lost(record):
+            msg = f"the server lost the received data of upload {upload_id} ({record.error_message}); start a new one"
+            raise PartDataLost(msg)
         return record
 
     def _require_state(self, record: UploadRecord, *states: UploadState) -> None:
@@ -190,7 +226,7 @@ class UploadService:
         if duplicate is not None and duplicate.filesize == spec.filesize:
             return self._init_deduplicated(record, duplicate)
         with storage_errors():
-            self.blobs.create_part(record.upload_id, record.filesize)
+            self.blobs.create_part(record.upload_id, record.filesize, record.chunk_size)
         try:
             with storage_errors():
                 self.state.create_upload(record)
@@ -272,24 +308,23 @@ class UploadService:
             msg = f"chunk {index} must be {expected} bytes, got {content_length}"
             raise ChunkSizeMismatch(msg, details={"expected": expected})
         started = time.monotonic()
-        with self.blobs.chunk_lock(upload_id, index):
-            stored = self.state.chunk_sha256(upload_id, index)
-            if stored is not None:
-                return self._resent_chunk(record, index, body, expected, stored, sha256=sha256, md5=md5)
-            try:
-                with storage_errors(), self.blobs.open_part(upload_id) as part:
-                    offset = index * record.chunk_size
-                    sha_hex, md5_hex = self._receive(
-                        body, expected, want_md5=md5 is not None, write=part.write_at, offset=offset
-                    )
-                    _check_chunk(index, sha_hex, md5_hex, sha256=sha256, md5=md5)
-                    # fsync before ack: an acknowledged chunk must survive a crash or power loss.
-                    part.sync()
-            except FileNotFoundError:  # aborted or swept since we looked: say so (409/410), not 500
-                self._require_state(self.get(identity, upload_id), UploadState.UPLOADING)
-                raise
-            with storage_errors():
-                received = self.state.record_chunk(upload_id, index, sha_hex, self.clock())
+        # Read and verify before locking: a slow robot link must not hold the chunk's lock (and a
+        # retry of the same chunk from a reconnected robot must not wait for the dead request).
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as buffer:
+            sha_hex, md5_hex = self._receive(body, expected, want_md5=md5 is not None, write=_appender(buffer))
+            _check_chunk(index, sha_hex, md5_hex, sha256=sha256, md5=md5)
+            with self.blobs.chunk_lock(upload_id, index):
+                stored = self.state.chunk_sha256(upload_id, index)
+                if stored is not None:
+                    return self._resent_chunk(record, index, sha_hex, stored)
+                buffer.seek(0)
+                try:
+                    with storage_errors():
+                        self.blobs.write_chunk(upload_id, index, index * record.chunk_size, buffer, expected)
+                except PartMissing as err:
+                    self._part_missing(identity, record, err)
+                with storage_errors():
+                    received = self.state.record_chunk(upload_id, index, sha_hex, self.clock())
         if received is None:
             self._require_state(self.get(identity, upload_id), UploadState.UPLOADING)
             msg = f"upload {upload_id} changed state while chunk {index} was stored"
@@ -307,12 +342,30 @@ class UploadService:
         )
         return ChunkResult(record, index, received, duplicate=False)
 
-    def _resent_chunk(
-        self, record: UploadRecord, index: int, body: BinaryIO, length: int, stored: str, **claimed: str | None
-    ) -> ChunkResult:
+    def _part_missing(self, identity: Identity, record: UploadRecord, err: PartMissing) -> None:
+        """The part is gone: aborted or swept since we looked (409/410), or lost (410 part_missing, start over).
+
+        A lost part cannot be rebuilt from receipts, so the upload ends aborted with PART_MISSING
+        and the client, which still holds the file, starts a new upload.
+        """
+        self._require_state(self.get(identity, record.upload_id), UploadState.UPLOADING)
+        lost = self.state.transition(
+            record.upload_id,
+            (UploadState.UPLOADING,),
+            self.clock(),
+            state=UploadState.ABORTED,
+            error_code=ErrorCode.PART_MISSING.value,
+            error_message=str(err),
+        )
+        if lost is not None:
+            self.blobs.remove_part(record.upload_id)
+            log.error("Lost upload data: %s - ID: %s - %s", record.filename, record.upload_id, err)
+            events.upload_aborted.send(self, upload_id=record.upload_id, owner=record.owner)
+        self.get(identity, record.upload_id)  # raises the 409/410 that now applies
+        raise Conflict(str(err))  # unreachable unless the state changed again meanwhile
+
+    def _resent_chunk(self, record: UploadRecord, index: int, sha_hex: str, stored: str) -> ChunkResult:
         """A chunk already acknowledged is never overwritten: same bytes are a no-op, different bytes a conflict."""
-        sha_hex, md5_hex = self._receive(body, length, want_md5=claimed["md5"] is not None)
-        _check_chunk(index, sha_hex, md5_hex, sha256=claimed["sha256"], md5=claimed["md5"])
         if not hex_digests_equal(sha_hex, stored):
             msg = f"chunk {index} was already stored with different content; re-initialize if the file changed"
             raise Conflict(msg)
@@ -442,11 +495,10 @@ class UploadService:
         record = self.get(identity, upload_id)
         self._require_state(record, UploadState.COMPLETE)
         assert record.blob_id is not None  # noqa: S101 - complete uploads always reference a blob
-        path = self.blobs.blob_path(record.blob_id, record.codec or Codec.NONE)
-        if not path.is_file():
+        if self.blobs.stored_size(record.blob_id, record.codec or Codec.NONE) is None:
             msg = f"the stored file of upload {upload_id} is missing"
             raise NotFound(msg)
-        return Download(record, path, raw=raw)
+        return Download(record, self.blobs, raw=raw)
 
     # --- sweep --------------------------------------------------------------------------------
     def sweep(self) -> int:
@@ -477,8 +529,34 @@ class UploadService:
                     record.chunks,
                 )
                 events.upload_expired.send(self, upload_id=record.upload_id, owner=record.owner, bytes_received=nbytes)
-        log.log(logging.INFO if expired else logging.DEBUG, "Sweep finished: %d expired upload(s)", expired)
+        # Store timestamps are wall-clock time (file mtimes, S3 LastModified): compare them with the wall clock.
+        orphans = self._sweep_orphaned_parts(self.wall_clock() - self.config.upload_ttl)
+        log.log(
+            logging.INFO if expired or orphans else logging.DEBUG,
+            "Sweep finished: %d expired upload(s), %d orphaned part(s) removed",
+            expired,
+            orphans,
+        )
         return expired
+
+    def _sweep_orphaned_parts(self, idle_before: float) -> int:
+        """Remove received data no live upload owns: abandoned multipart uploads, parts of ended uploads."""
+        removed = 0
+        for upload_id in list(self.blobs.parts_idle_since(idle_before)):
+            record = self.state.get_upload(upload_id)
+            if record is not None and record.state in (UploadState.UPLOADING, UploadState.FINALIZING):
+                continue
+            self.blobs.remove_part(upload_id)
+            removed += 1
+            log.info("Removed orphaned part data of %s (%s)", upload_id, record.state.value if record else "unknown")
+        return removed
+
+
+def _appender(buffer: IO[bytes]) -> Callable[[bytes, int], None]:
+    def write(piece: bytes, _offset: int) -> None:
+        buffer.write(piece)
+
+    return write
 
 
 def _check_chunk(index: int, sha_hex: str, md5_hex: str | None, *, sha256: str | None, md5: str | None) -> None:
