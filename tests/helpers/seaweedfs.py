@@ -79,7 +79,10 @@ class SeaweedFS:
             f"-filer.port={self.ports['filer']}",
             "-s3",
             f"-s3.port={self.ports['s3']}",
-            "-volume.max=0",
+            # Every bucket is a collection with volumes of its own: small volumes and room for many,
+            # so tests can take a fresh bucket each (the default auto-limit runs out after two).
+            "-volume.max=300",
+            "-master.volumeSizeLimitMB=64",
         ]
 
     def answers(self) -> bool:
