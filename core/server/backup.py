@@ -16,6 +16,12 @@ leaves something that looks like a finished backup.
 
 ``backup restore SRC`` fills an empty UPLOAD_DIR, checking every byte against the
 manifest; any mismatch stops the restore with the file's name.
+
+With ``BLOB_STORE_URI=s3://…`` the stored files live in the bucket: step 2 copies every
+object of its ``store/`` area into the backup's ``store/`` (same names, same manifest),
+and a restore writes them back into the bucket. Unfinished uploads' multipart parts
+are not copied; after a restore into another bucket those uploads answer 410
+``part_missing`` and the robots send them again.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from core.config import ServerConfig
+from core.server.blobs import BlobStore, LocalBlobStore, open_blob_store
 from core.server.blobs.local import fsync_dir
 
 log = logging.getLogger("upload_server.backup")
@@ -218,7 +225,44 @@ def _plain_files(root: Path, databases: list[Path]) -> Iterator[Path]:
 
 
 # --- create ------------------------------------------------------------------------------------
-def create_backup(upload_dir: Path, dest: Path, *, previous: Path | None = None) -> Manifest:
+def _remote(blobs: BlobStore | None) -> BlobStore | None:
+    """The blob store when its stored files are not under UPLOAD_DIR (S3); None for the local store."""
+    return None if blobs is None or isinstance(blobs, LocalBlobStore) else blobs
+
+
+def _copy_remote_blobs(
+    blobs: BlobStore, partial: Path, manifest: Manifest, old: dict[str, Entry], previous: Path | None
+) -> int:
+    """Every stored object of the bucket into ``partial/store/``; unchanged ones hard-linked. Returns links made."""
+    linked = 0
+    for obj in blobs.list_stored():
+        relative = f"{IMMUTABLE_DIR}/{obj.name}"
+        target = partial / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        before = old.get(relative)
+        if before is not None and previous is not None and before.size == obj.size:
+            try:
+                os.link(previous / relative, target)
+            except OSError:
+                pass
+            else:
+                manifest.entries.append(before)
+                linked += 1
+                continue
+        digest = hashlib.sha256()
+        with blobs.read_stored(obj.name) as source, target.open("wb") as out:
+            while block := source.read(BLOCK):
+                digest.update(block)
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        manifest.entries.append(Entry(relative, target.stat().st_size, digest.hexdigest(), "file"))
+    return linked
+
+
+def create_backup(
+    upload_dir: Path, dest: Path, *, previous: Path | None = None, blobs: BlobStore | None = None
+) -> Manifest:
     """Snapshot ``upload_dir`` into the new directory ``dest`` (see the module docstring for the guarantees)."""
     root = upload_dir.resolve()
     if not root.is_dir():
@@ -246,6 +290,9 @@ def create_backup(upload_dir: Path, dest: Path, *, previous: Path | None = None)
         else:
             linked += 1
         manifest.entries.append(entry)
+    remote = _remote(blobs)
+    if remote is not None:
+        linked += _copy_remote_blobs(remote, partial, manifest, old, previous)
     manifest.dump(partial / MANIFEST)
     _publish(partial, dest)
     log.info(
@@ -324,18 +371,27 @@ def _check_entry(entry: Entry, path: Path, sha: str | None) -> None:
         raise BackupError(msg)
 
 
-def restore_backup(src: Path, upload_dir: Path) -> Manifest:
-    """Fill an empty (or missing) ``upload_dir`` from ``src``; every file is checked against the manifest."""
+def restore_backup(src: Path, upload_dir: Path, *, blobs: BlobStore | None = None) -> Manifest:
+    """Fill an empty (or missing) ``upload_dir`` from ``src``; every file is checked against the manifest.
+
+    With an S3 blob store, stored files go back into the bucket, each checked before it is written.
+    """
     manifest = Manifest.load(src / MANIFEST)
     if upload_dir.exists() and any(upload_dir.iterdir()):
         msg = f"restore target {upload_dir} is not empty; restore only into an empty UPLOAD_DIR (server stopped)"
         raise BackupError(msg)
     staging = _fresh_staging(upload_dir, ".restoring")
     started = time.monotonic()
+    remote = _remote(blobs)
     for entry in manifest.entries:
         source = src / entry.path
         if not source.is_file():
             _check_entry(entry, source, None)
+        if remote is not None and entry.path.startswith(IMMUTABLE_DIR + "/"):
+            _check_entry(entry, source, _sha256(source))
+            with source.open("rb") as fh:
+                remote.write_stored(entry.path.removeprefix(IMMUTABLE_DIR + "/"), fh)
+            continue
         target = staging / entry.path
         target.parent.mkdir(parents=True, exist_ok=True)
         _check_entry(entry, source, _copy_hashing(source, target))
@@ -365,6 +421,10 @@ def _check_database(path: Path) -> None:
 
 
 # --- command line ------------------------------------------------------------------------------
+def _blob_store(config: ServerConfig) -> BlobStore | None:
+    return open_blob_store(config.blob_store_uri, config.upload_dir) if config.blob_store_uri else None
+
+
 def backup_cli(config: ServerConfig) -> AppGroup:
     group = AppGroup("backup", help="Back up and restore the storage root (state databases + stored files).")
 
@@ -380,7 +440,8 @@ def backup_cli(config: ServerConfig) -> AppGroup:
             existing = snapshots(dest)
             previous = existing[-1] if existing else None
             dest = timestamped(dest)
-        manifest = _run(lambda: create_backup(config.upload_dir, dest, previous=previous))
+        blobs = _blob_store(config)
+        manifest = _run(lambda: create_backup(config.upload_dir, dest, previous=previous, blobs=blobs))
         if in_parent and keep:
             prune(dest.parent, keep)
         click.echo(f"backup {dest}: {len(manifest.entries)} files, {manifest.total_bytes} bytes")
@@ -391,7 +452,8 @@ def backup_cli(config: ServerConfig) -> AppGroup:
     @click.option("--upload-dir", type=click.Path(path_type=Path), default=None, help="Default: UPLOAD_DIR.")
     def restore(src: Path, upload_dir: Path | None) -> None:
         target = upload_dir or config.upload_dir
-        manifest = _run(lambda: restore_backup(src, target))
+        blobs = _blob_store(config)
+        manifest = _run(lambda: restore_backup(src, target, blobs=blobs))
         click.echo(f"restored {len(manifest.entries)} files ({manifest.total_bytes} bytes) into {target}; all verified")
 
     @group.command("verify")

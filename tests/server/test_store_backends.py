@@ -14,11 +14,14 @@ import pytest
 from flask import Flask
 
 from core.protocol import HEADER_ACCEPT_RANGES, HEADER_CONTENT_RANGE, HEADER_RETRY_AFTER
+from core.server import backup
+from core.server.app import create_app
 from core.server.blobs import LocalBlobStore, StoreMisconfigured
 from core.server.blobs.s3 import MIN_PART_SIZE, S3BlobStore
 from core.server.identity import Identity
 from tests.helpers.fault_proxy import FaultProxy
 from tests.helpers.seaweedfs import SeaweedFS
+from tests.server.conftest import settings_for
 from tests.server.test_blob_stores import lose_part
 from tests.server.uploads import Upload
 
@@ -299,3 +302,35 @@ def test_the_default_store_is_upload_dir_and_file_uris_name_another_directory(
     assert make_app().extensions["blob_store"].root == tmp_path / "uploads"
     other = make_app(blob_store_uri=f"file://{tmp_path / 'bytes'}").extensions["blob_store"]
     assert (other.root, (tmp_path / "bytes" / "store").is_dir()) == (tmp_path / "bytes", True)
+
+
+def test_backup_and_restore_round_trip_on_both_stores(
+    backend: Flask, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Stored files in the bucket are copied into the backup and written back into an empty bucket on restore."""
+    texts = b"".join(f"/imu seq {i}\n".encode() for i in range(30_000))
+    done = [_complete(backend, texts, compression=True), _complete(backend, os.urandom(5000))]
+    config = backend.extensions["server_config"]
+    blobs = backend.extensions["blob_store"]
+    first = backup.create_backup(config.upload_dir, tmp_path / "b1", blobs=blobs)
+    again = backup.create_backup(config.upload_dir, tmp_path / "b2", previous=tmp_path / "b1", blobs=blobs)
+    stored = sorted(e.path for e in first.entries if e.path.startswith("store/"))
+    assert len(stored) == 4  # two blobs, two sidecars
+    assert (tmp_path / "b2" / stored[0]).stat().st_ino == (tmp_path / "b1" / stored[0]).stat().st_ino
+    assert sorted(e.path for e in again.entries) == sorted(e.path for e in first.entries)
+
+    overrides: dict[str, Any] = {}
+    target: Any = None
+    if isinstance(blobs, S3BlobStore):
+        seaweedfs: SeaweedFS = request.getfixturevalue("seaweedfs")
+        bucket = seaweedfs.new_bucket()
+        overrides["blob_store_uri"] = f"s3://{bucket}/restored"
+        target = S3BlobStore(bucket, "restored", client=seaweedfs.client())
+    backup.restore_backup(tmp_path / "b1", tmp_path / "restored", blobs=target)
+    restored = create_app(settings_for(tmp_path / "restored", **overrides))
+    try:
+        for upload in done:
+            upload.client = restored.test_client()
+            assert upload.download().data == upload.data
+    finally:
+        restored.extensions["state_store"].close()
