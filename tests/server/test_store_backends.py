@@ -334,3 +334,11 @@ def test_backup_and_restore_round_trip_on_both_stores(
             assert upload.download().data == upload.data
     finally:
         restored.extensions["state_store"].close()
+
+
+def test_detailed_health_reports_the_blob_store(backend: Flask) -> None:
+    reply = backend.test_client().get("/health/detailed")
+
+    check = reply.get_json()["checks"]["blob_store"]
+    assert check["ok"] is True
+    assert check["kind"] == backend.extensions["blob_store"].kind
