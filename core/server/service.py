@@ -360,7 +360,13 @@ class UploadService:
         if lost is not None:
             self.blobs.remove_part(record.upload_id)
             log.error("Lost upload data: %s - ID: %s - %s", record.filename, record.upload_id, err)
-            events.upload_aborted.send(self, upload_id=record.upload_id, owner=record.owner)
+            events.upload_failed.send(
+                self,
+                upload_id=record.upload_id,
+                owner=record.owner,
+                code=ErrorCode.PART_MISSING.value,
+                message=str(err),
+            )
         self.get(identity, record.upload_id)  # raises the 409/410 that now applies
         raise Conflict(str(err))  # unreachable unless the state changed again meanwhile
 
