@@ -92,7 +92,12 @@ class SeaweedFS:
             return False
 
     def start(self, timeout: float = 60.0) -> SeaweedFS:
-        self.process = ManagedProcess(self.argv(), log_path=self.directory / "weed.log").start()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # weed reads master.toml from its working directory: one volume per new collection (bucket)
+        # instead of seven, so a test session can take hundreds of fresh buckets.
+        (self.directory / "master.toml").write_text("[master.volume_growth]\ncopy_1 = 1\n")
+        argv, log_path = self.argv(), self.directory / "weed.log"
+        self.process = ManagedProcess(argv, log_path=log_path, cwd=self.directory).start()
         try:
             wait_until(self.answers, timeout, 0.2, f"SeaweedFS S3 on port {self.ports['s3']}")
         except TimeoutError:

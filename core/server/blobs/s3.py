@@ -392,14 +392,13 @@ class S3BlobStore(BlobStore):
 
     @contextlib.contextmanager
     def _writer(self, key: str) -> Iterator[_MultipartWriter]:
-        """A streamed multipart upload of ``key``, completed on success and aborted on error."""
-        started = self._call("create multipart upload", self.client.create_multipart_upload, Key=key)
-        writer = _MultipartWriter(self, key, started["UploadId"])
+        """A streamed upload of ``key``: completed on success, aborted on error, one PUT if it stays small."""
+        writer = _MultipartWriter(self, key)
         try:
             yield writer
             writer.complete()
         except BaseException:
-            self._abort(key, started["UploadId"])
+            writer.abort()
             raise
 
     # --- stored blobs ------------------------------------------------------------------------
@@ -472,10 +471,10 @@ class _Empty:
 class _MultipartWriter:
     """File-like sink that sends every ASSEMBLY_PART_SIZE bytes as one part: never a whole file in memory."""
 
-    def __init__(self, store: S3BlobStore, key: str, multipart_upload_id: str) -> None:
+    def __init__(self, store: S3BlobStore, key: str) -> None:
         self._store = store
         self._key = key
-        self._id = multipart_upload_id
+        self._id = ""  # the multipart upload starts with the first full part
         self._buffer = bytearray()
         self._parts: list[dict[str, Any]] = []
 
@@ -490,6 +489,11 @@ class _MultipartWriter:
         """Parts go out when full; ``complete`` sends the rest (zstd and gzip call flush while writing)."""
 
     def _send(self, data: bytes) -> None:
+        if not self._id:
+            started = self._store._call(
+                "create multipart upload", self._store.client.create_multipart_upload, Key=self._key
+            )
+            self._id = started["UploadId"]
         number = len(self._parts) + 1
         reply = self._store._call(
             f"upload part {number}",
@@ -502,7 +506,10 @@ class _MultipartWriter:
         self._parts.append({"PartNumber": number, "ETag": reply["ETag"]})
 
     def complete(self) -> None:
-        if self._buffer or not self._parts:
+        if not self._id:  # smaller than one part: a single PUT
+            self._store._call("put", self._store.client.put_object, Key=self._key, Body=bytes(self._buffer))
+            return
+        if self._buffer:
             self._send(bytes(self._buffer))
             self._buffer.clear()
         self._store._call(
@@ -512,3 +519,7 @@ class _MultipartWriter:
             UploadId=self._id,
             MultipartUpload={"Parts": self._parts},
         )
+
+    def abort(self) -> None:
+        if self._id:
+            self._store._abort(self._key, self._id)
