@@ -257,6 +257,8 @@ def test_the_sweep_can_abort_an_abandoned_multipart_upload(seaweedfs: SeaweedFS)
     store = S3BlobStore(seaweedfs.new_bucket(), "", client=client)
     store.create_part(UPLOAD, 2 * MIN_PART_SIZE, MIN_PART_SIZE)
     store.write_chunk(UPLOAD, 0, 0, io.BytesIO(bytes(MIN_PART_SIZE)), MIN_PART_SIZE)
+    # A finalize that crashed while streaming the compressed copy leaves its multipart upload too.
+    client.create_multipart_upload(Bucket=store.bucket, Key=f"store/01/{UPLOAD}.zst")
 
     assert list(store.parts_idle_since(time.time() + 60)) == [UPLOAD]
     store.remove_part(UPLOAD)

@@ -42,6 +42,7 @@ from core.server.blobs.base import (
     StoreMisconfigured,
     StoreUnavailable,
     checked,
+    is_valid_id,
 )
 
 log = logging.getLogger("upload_server")
@@ -247,17 +248,16 @@ class S3BlobStore(BlobStore):
             self._layouts.pop(upload_id, None)
 
     def remove_part(self, upload_id: str) -> None:
-        """Abort every multipart upload of the raw key, delete chunk objects and the marker."""
+        """Abort every unfinished multipart upload of this id (raw, compressed), delete chunk objects and marker."""
         raw = self._raw_key(upload_id)
         for upload in self._multipart_uploads(raw):
-            if upload["Key"] == raw:
-                with contextlib.suppress(ClientError):  # already completed or aborted elsewhere
-                    self._call(
-                        "abort multipart upload",
-                        self.client.abort_multipart_upload,
-                        Key=raw,
-                        UploadId=upload["UploadId"],
-                    )
+            with contextlib.suppress(ClientError):  # already completed or aborted elsewhere
+                self._call(
+                    "abort multipart upload",
+                    self.client.abort_multipart_upload,
+                    Key=upload["Key"],
+                    UploadId=upload["UploadId"],
+                )
         chunk_keys = [o["Key"] for o in self._list(self._key("chunks", checked(upload_id)) + "/")]
         self._delete(*chunk_keys, self._marker_key(upload_id))
         self._forget(upload_id)
@@ -277,21 +277,19 @@ class S3BlobStore(BlobStore):
 
     def parts_idle_since(self, before: float) -> Iterator[str]:
         """Uploads whose marker, chunk objects or multipart upload were last written before ``before``."""
-        seen: set[str] = set()
         candidates: list[tuple[str, float]] = []
         for obj in self._list(self._key("uploads") + "/"):
             candidates.append((obj["Key"].rsplit("/", 1)[-1].removesuffix(".json"), obj["LastModified"].timestamp()))
         for obj in self._list(self._key("chunks") + "/"):
             candidates.append((obj["Key"].split("/")[-2], obj["LastModified"].timestamp()))
         for upload in self._multipart_uploads(self._key("store") + "/"):
-            name = upload["Key"].rsplit("/", 1)[-1]
+            name = upload["Key"].rsplit("/", 1)[-1].split(".")[0]  # <id>, <id>.zst, <id>.gz
             candidates.append((name, upload["Initiated"].timestamp()))
         newest: dict[str, float] = {}
         for upload_id, when in candidates:
             newest[upload_id] = max(when, newest.get(upload_id, 0.0))
         for upload_id, when in newest.items():
-            if when < before and upload_id not in seen and len(upload_id) == 32:
-                seen.add(upload_id)
+            if when < before and is_valid_id(upload_id):
                 yield upload_id
 
     # --- finalize ----------------------------------------------------------------------------
