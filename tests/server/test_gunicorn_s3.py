@@ -89,3 +89,14 @@ def test_chunks_across_workers_survive_a_sigkill_and_ranges_come_from_s3(
     assert (ranged.status_code, ranged.content) == (206, client.data[8388600:8388616])
     assert ranged.headers[HEADER_CONTENT_RANGE] == f"bytes 8388600-8388615/{len(client.data)}"
     assert _local_bytes(server.upload_dir) == []
+
+
+def test_gunicorn_refuses_to_start_on_a_missing_bucket_and_says_why(
+    seaweedfs: SeaweedFS, gunicorn_server: Callable[..., GunicornServer], tmp_path: Path
+) -> None:
+    env = {**seaweedfs.env(), "BLOB_STORE_URI": "s3://never-created/fleet"}
+
+    with pytest.raises(RuntimeError, match=r"gunicorn exited early") as failed:
+        gunicorn_server(tmp_path / "uploads", env=env, workers=1)
+
+    assert "bucket 'never-created', which does not exist at the S3 endpoint" in str(failed.value)
