@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -204,6 +205,114 @@ def test_idle_parts_are_listed_for_the_orphan_sweep(store: BlobStore) -> None:
     assert UPLOAD in set(store.parts_idle_since(time.time() + 3600))
     store.remove_part(UPLOAD)
     assert UPLOAD not in set(store.parts_idle_since(time.time() + 3600))
+
+
+def test_has_blob_holds_only_for_the_stored_size(store: BlobStore) -> None:
+    """What deduplication relies on: a stored file that is there with the size its record says."""
+    assert store.has_blob(UPLOAD, Codec.ZSTD, 5) is False
+    with store.staging(UPLOAD, Codec.ZSTD) as out:
+        out.write(b"12345")
+
+    assert store.has_blob(UPLOAD, Codec.ZSTD, 5) is True
+    assert store.has_blob(UPLOAD, Codec.ZSTD, 4) is False
+    assert store.has_blob(UPLOAD, Codec.NONE, 5) is False
+
+
+def test_part_ages_name_every_upload_with_received_data(store: BlobStore) -> None:
+    store.create_part(UPLOAD, 10, 10)
+    store.write_chunk(UPLOAD, 0, 0, io.BytesIO(b"x" * 10), 10)
+
+    now = time.time()
+    assert 0 <= store.part_ages(now + 3600)[UPLOAD] - 3600 < 600  # a few seconds old, plus the hour
+    assert set(store.part_ages()) == {UPLOAD}
+    store.remove_part(UPLOAD)
+    assert store.part_ages() == {}
+
+
+def test_an_attempt_that_fails_never_touches_another_attempts_staged_output(store: BlobStore) -> None:
+    """Two finalize attempts of one blob at once (one stalled past its lease): each stages on its own."""
+    stale = store.staging(UPLOAD, Codec.GZIP, attempt=1)
+    stale.__enter__().write(b"a" * 9 * MiB)  # over one 8 MiB multipart part on S3
+
+    with store.staging(UPLOAD, Codec.GZIP, attempt=2) as out:
+        out.write(b"b" * 9 * MiB)
+    stale.__exit__(RuntimeError, RuntimeError("fenced"), None)  # the stale attempt gives up
+
+    with store.open_blob(UPLOAD, Codec.GZIP) as fh:
+        assert fh.read() == b"b" * 9 * MiB
+    store.write_sidecar(UPLOAD, {"attempt": 1}, attempt=1)
+    store.write_sidecar(UPLOAD, {"attempt": 2}, attempt=2)
+    assert store.read_sidecar(UPLOAD) == {"attempt": 2}
+
+
+def test_stale_staging_is_removed_but_received_data_is_kept(store: BlobStore) -> None:
+    """What a killed finalize attempt leaves (its staged output, never completed) goes; an upload's chunks stay."""
+    data = os.urandom(MIN_PART_SIZE + 10)
+    store.create_part(OTHER, len(data), MIN_PART_SIZE)  # chunk i is multipart part i+1 on S3
+    store.write_chunk(OTHER, 0, 0, io.BytesIO(data[:MIN_PART_SIZE]), MIN_PART_SIZE)
+    killed = store.staging(UPLOAD, Codec.ZSTD, attempt=3)
+    killed.__enter__().write(b"z" * 9 * MiB)  # the process dies here: no exit, no cleanup
+
+    assert store.remove_stale_staging(3600) == 0  # a live attempt writes on
+    assert store.remove_stale_staging(-60) == 1  # every cut-off passed
+    assert store.remove_stale_staging(-60) == 0
+
+    store.write_chunk(OTHER, 1, MIN_PART_SIZE, io.BytesIO(data[MIN_PART_SIZE:]), 10)
+    store.assemble(OTHER, OTHER, chunks=2)
+    assert _assembled(store, OTHER) == data
+    assert store.stored_size(UPLOAD, Codec.ZSTD) is None
+    killed.__exit__(RuntimeError, RuntimeError("killed"), None)
+
+
+def test_a_fence_that_refuses_keeps_the_assembled_file_out_of_the_store(store: BlobStore) -> None:
+    """A finalize attempt taken over while assembling makes nothing visible; the current attempt then can."""
+    data = os.urandom(3000)
+    store.create_part(UPLOAD, len(data), 1000)
+    _put_all(store, data, 1000, [1, 2, 0])
+
+    def taken_over() -> None:
+        raise RuntimeError("stale")
+
+    with contextlib.suppress(RuntimeError):  # the local store has nothing to make visible: no fence needed
+        store.assemble(UPLOAD, UPLOAD, chunks=3, fence=taken_over)
+    assert store.stored_size(UPLOAD, Codec.NONE) is None
+
+    assert store.assemble(UPLOAD, UPLOAD, chunks=3) is True
+    assert _assembled(store) == data
+
+
+def test_received_bytes_read_back_across_chunks(store: BlobStore) -> None:
+    data = os.urandom(2500)
+    store.create_part(UPLOAD, len(data), 1000)  # on S3: chunk objects, which can be read back
+    _put_all(store, data, 1000, [2, 0, 1])
+
+    assert b"".join(store.read_part(UPLOAD, 900, 1200)) == data[900:2100]
+    assert b"".join(store.read_part(UPLOAD, 0, 2500)) == data
+    store.remove_part(UPLOAD)
+    with pytest.raises(PartMissing):
+        b"".join(store.read_part(UPLOAD, 0, 10))
+
+
+def test_pieces_land_in_place_where_the_store_takes_them(store: BlobStore) -> None:
+    """Local disk keeps a partial chunk; S3 cannot (a multipart part is sent whole), so it refuses pieces."""
+    store.create_part(UPLOAD, 20, 20)
+    if not store.supports_pieces:
+        with pytest.raises(NotImplementedError, match="whole chunks"):
+            store.write_piece(UPLOAD, 0, io.BytesIO(b"x" * 10), 10)
+        return
+    store.write_piece(UPLOAD, 10, io.BytesIO(b"b" * 10), 10)
+    store.write_piece(UPLOAD, 0, io.BytesIO(b"a" * 10), 10)
+
+    assert b"".join(store.read_part(UPLOAD, 0, 20)) == b"a" * 10 + b"b" * 10
+
+
+def test_s3_cannot_read_back_the_parts_of_an_unfinished_multipart_upload(seaweedfs: SeaweedFS) -> None:
+    store = S3BlobStore(seaweedfs.new_bucket(), client=seaweedfs.client())
+    store.create_part(UPLOAD, MIN_PART_SIZE + 1, MIN_PART_SIZE)
+
+    assert store.supports_pieces is False
+    with pytest.raises(NotImplementedError):
+        b"".join(store.read_part(UPLOAD, 0, 10))
 
 
 # --- S3 only: what an object store can do that a disk cannot --------------------------------------------

@@ -6,21 +6,33 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from flask import Flask
 
-from core.protocol import HEADER_ACCEPT_RANGES, HEADER_CONTENT_RANGE, HEADER_RETRY_AFTER
-from core.server import backup
+from core.client.job import _PIECE_REFUSALS
+from core.protocol import (
+    HEADER_ACCEPT_RANGES,
+    HEADER_CHUNK_OFFSET,
+    HEADER_CHUNK_SHA256,
+    HEADER_CONTENT_RANGE,
+    HEADER_PIECE_SHA256,
+    HEADER_RETRY_AFTER,
+    MIN_PIECE_SIZE,
+    Codec,
+    ErrorCode,
+)
+from core.server import backup, finalize
 from core.server.app import create_app
 from core.server.blobs import LocalBlobStore, StoreMisconfigured
 from core.server.blobs.s3 import MIN_PART_SIZE, S3BlobStore
 from core.server.identity import Identity
 from tests.helpers.fault_proxy import FaultProxy
 from tests.helpers.seaweedfs import SeaweedFS
+from tests.helpers.state import pass_database_time
 from tests.server.conftest import settings_for
 from tests.server.test_blob_stores import lose_part
 from tests.server.uploads import Upload
@@ -342,3 +354,88 @@ def test_detailed_health_reports_the_blob_store(backend: Flask) -> None:
     check = reply.get_json()["checks"]["blob_store"]
     assert check["ok"] is True
     assert check["kind"] == backend.extensions["blob_store"].kind
+
+
+# --- what the other branches added, over both stores ------------------------------------------------------
+@pytest.fixture(params=["local", "s3"])
+def two_hosts(
+    request: pytest.FixtureRequest, make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> tuple[Flask, Flask]:
+    """Two app instances on one state database and one blob store (one storage root, or one bucket)."""
+    if request.param == "local":
+        return make_app(), make_app()
+    seaweedfs: SeaweedFS = request.getfixturevalue("seaweedfs")
+    for name, value in seaweedfs.env().items():
+        monkeypatch.setenv(name, value)
+    uri = f"s3://{seaweedfs.new_bucket()}/server"
+    return make_app(blob_store_uri=uri), make_app(blob_store_uri=uri)
+
+
+@pytest.mark.parametrize(
+    ("size", "chunk_size"),
+    [(300_000, 16 * 1024), (2 * MIN_PART_SIZE + 77, MIN_PART_SIZE)],  # S3: chunk objects; multipart parts
+)
+def test_a_finalize_attempt_taken_over_midway_changes_and_deletes_nothing(
+    two_hosts: tuple[Flask, Flask], monkeypatch: pytest.MonkeyPatch, size: int, chunk_size: int
+) -> None:
+    """A stalls while compressing; B takes over and completes; A wakes: its copy never becomes visible."""
+    first, second = two_hosts
+    data = (b"robot telemetry 0123456789 " * (size // 27 + 1))[:size]
+    upload = _upload(first, data, chunk_size, compression=True)
+    _send(upload)
+    assert upload.finalize().status_code == 202
+    real_iter = finalize.iter_decompressed
+    taken_over: list[bool] = []
+
+    def stall_once(source: IO[bytes], codec: Codec) -> Iterator[bytes]:
+        for piece in real_iter(source, codec):
+            if not taken_over:  # A's first read: its lease runs out, B runs the whole job meanwhile
+                taken_over.append(True)
+                pass_database_time(first.extensions["state_store"], first.extensions["server_config"].job_lease + 1)
+                assert second.extensions["job_runner"].run_once() is True
+            yield piece
+
+    monkeypatch.setattr(finalize, "iter_decompressed", stall_once)
+
+    assert first.extensions["job_runner"].run_once() is True  # A's stale attempt ends without a trace
+    assert taken_over == [True]
+
+    status = upload.status()
+    assert (status["state"], status["codec"], status["verified"]) == ("complete", "zstd", True)
+    assert upload.download().data == data
+    blobs = first.extensions["blob_store"]
+    assert sorted(o.name for o in blobs.list_stored()) == [
+        f"{upload.upload_id[:2]}/{upload.upload_id}.json",
+        f"{upload.upload_id[:2]}/{upload.upload_id}.zst",
+    ]
+    assert blobs.part_ages() == {}
+    if isinstance(blobs, S3BlobStore):  # A's staged multipart upload was aborted, not left behind
+        assert blobs.client.list_multipart_uploads(Bucket=blobs.bucket).get("Uploads", []) == []
+    else:
+        assert list(blobs.staging_dir.iterdir()) == []
+
+
+def test_chunk_pieces_where_the_store_takes_them_and_whole_chunks_where_it_does_not(backend: Flask) -> None:
+    """S3 refuses pieces with the 400 the client answers by sending whole chunks (core/client/job.py)."""
+    data = os.urandom(4 * MIN_PIECE_SIZE + 100)
+    upload = _upload(backend, data, 4 * MIN_PIECE_SIZE)
+    chunk = upload.piece(0)
+    headers = {
+        HEADER_CHUNK_OFFSET: "0",
+        HEADER_PIECE_SHA256: hashlib.sha256(chunk[:MIN_PIECE_SIZE]).hexdigest(),
+        HEADER_CHUNK_SHA256: hashlib.sha256(chunk).hexdigest(),
+    }
+
+    piece = upload.client.put(f"/upload/{upload.upload_id}/chunk/0", data=chunk[:MIN_PIECE_SIZE], headers=headers)
+
+    if backend.extensions["blob_store"].supports_pieces:
+        assert (piece.status_code, piece.get_json()["chunk_complete"]) == (201, False)
+    else:
+        error = piece.get_json()["error"]
+        assert (piece.status_code, error["code"], error["expected"]) == (400, "chunk_size_mismatch", len(chunk))
+        assert ErrorCode.CHUNK_SIZE_MISMATCH.value in _PIECE_REFUSALS
+        assert upload.status()["received"] == []
+    _send(upload)  # whole chunks, as the client falls back to
+    assert upload.finalize().status_code == 202
+    assert backend.extensions["job_runner"].run_once() is True
+    assert upload.download().data == data
