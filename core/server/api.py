@@ -71,6 +71,12 @@ def _ok(status: int = 200, **fields: Any) -> tuple[Response, int]:
     return jsonify({"success": True, **fields}), status
 
 
+def _features() -> list[str]:
+    """Chunk pieces only where the blob store can hold a partial chunk (local disk, not S3)."""
+    pieces = _service().blobs.supports_pieces
+    return [feature for feature in FEATURES if feature != FEATURE_CHUNK_PIECES or pieces]
+
+
 @api.get(HEALTH_PATH)
 def health() -> tuple[Response, int]:
     return jsonify(
@@ -78,7 +84,7 @@ def health() -> tuple[Response, int]:
             "status": "ok",
             "timestamp": datetime.now(timezone.utc).isoformat(),
             "version": core.__version__,
-            "features": list(FEATURES),
+            "features": _features(),
         }
     ), 200
 

@@ -428,13 +428,16 @@ def test_chunk_pieces_where_the_store_takes_them_and_whole_chunks_where_it_does_
 
     piece = upload.client.put(f"/upload/{upload.upload_id}/chunk/0", data=chunk[:MIN_PIECE_SIZE], headers=headers)
 
+    features = upload.client.get("/health").get_json()["features"]
     if backend.extensions["blob_store"].supports_pieces:
         assert (piece.status_code, piece.get_json()["chunk_complete"]) == (201, False)
+        assert "chunk-pieces" in features
     else:
         error = piece.get_json()["error"]
         assert (piece.status_code, error["code"], error["expected"]) == (400, "chunk_size_mismatch", len(chunk))
         assert ErrorCode.CHUNK_SIZE_MISMATCH.value in _PIECE_REFUSALS
         assert upload.status()["received"] == []
+        assert "chunk-pieces" not in features
     _send(upload)  # whole chunks, as the client falls back to
     assert upload.finalize().status_code == 202
     assert backend.extensions["job_runner"].run_once() is True
