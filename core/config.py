@@ -337,6 +337,12 @@ class ServerConfig:
     state_pool_size: int = setting(
         5, "STATE_POOL_SIZE", "int", "PostgreSQL connections each server process keeps open (gthread threads + 1)"
     )
+    blob_store_uri: str = setting(
+        "",
+        "BLOB_STORE_URI",
+        "str",
+        "Chunks and stored files: empty = UPLOAD_DIR, file:///path, or s3://BUCKET/PREFIX (endpoint, keys: AWS_* vars)",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServerConfig:
@@ -365,6 +371,9 @@ class ServerConfig:
             raise ConfigError(msg)
         if self.state_pool_size < 1:
             msg = f"STATE_POOL_SIZE must be at least 1, got {self.state_pool_size}"
+            raise ConfigError(msg)
+        if self.blob_store_uri and not self.blob_store_uri.startswith(("file:///", "s3://")):
+            msg = f"BLOB_STORE_URI={self.blob_store_uri!r} must be empty, file:///path or s3://BUCKET/PREFIX"
             raise ConfigError(msg)
 
 

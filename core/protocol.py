@@ -39,6 +39,11 @@ HEADER_API_KEY = "X-API-Key"
 HEADER_AUTHORIZATION = "Authorization"
 AUTH_SCHEME = "Bearer"
 HEADER_RETRY_AFTER = "Retry-After"
+# Byte ranges of downloads (RFC 9110 14): both stores answer them.
+HEADER_RANGE = "Range"
+HEADER_IF_RANGE = "If-Range"
+HEADER_ACCEPT_RANGES = "Accept-Ranges"
+HEADER_CONTENT_RANGE = "Content-Range"
 HEADER_REQUEST_ID = "X-Request-ID"
 # flask-limiter's default names; every limited reply carries them.
 HEADER_RATELIMIT_LIMIT = "X-RateLimit-Limit"
@@ -115,6 +120,8 @@ class ErrorCode(str, enum.Enum):
     UPLOAD_INCOMPLETE = "upload_incomplete"
     RATE_LIMITED = "rate_limited"
     INSUFFICIENT_STORAGE = "insufficient_storage"
+    PART_MISSING = "part_missing"  # the server lost an unfinished upload's data: start a new upload
+    RANGE_NOT_SATISFIABLE = "range_not_satisfiable"
     INTERNAL_ERROR = "internal_error"
     SERVICE_UNAVAILABLE = "service_unavailable"
 

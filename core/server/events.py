@@ -9,8 +9,8 @@ The sender is the component that saw the event (the ``UploadService``, or the fi
 - ``upload_failed``: ``upload_id, owner, code, message``
 - ``upload_aborted``: ``upload_id, owner``
 - ``upload_expired``: ``upload_id, owner, bytes_received``
-- ``finalize_retried``: ``upload_id, attempt, reason`` (``disk_full``: not counted against JOB_MAX_ATTEMPTS;
-  ``error``: counted)
+- ``finalize_retried``: ``upload_id, attempt, reason`` (``disk_full``, ``store_unavailable``: not counted
+  against JOB_MAX_ATTEMPTS; ``error``: counted)
 - ``upload_deleted``: ``upload_id, owner, by, bytes_freed`` (a stored upload deleted by an admin or retention)
 """
 

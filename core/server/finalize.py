@@ -1,12 +1,13 @@
 """Finalize one upload: re-hash the assembled bytes, compress them when it pays, store atomically with a sidecar.
 
-The part file is read exactly once: hashing and compressing share the pass.
-Running it again after a crash is safe: nothing is committed until the
-verified result is renamed into the store and the state moves to complete.
-Every attempt is fenced by its attempt number: it stages into a file of its own,
-checks it still holds the job before it moves anything into the store, and its
-final transition names the attempt, so an attempt that another has taken over
-(after its lease ran out) changes and deletes nothing.
+The assembled bytes (the part file, or the completed S3 multipart upload) are read
+exactly once: hashing and compressing share the pass. Running it again after a crash
+is safe: nothing is committed until the verified result is in the store and the
+state moves to complete.
+Every attempt is fenced by its attempt number: it stages on its own (a file, or an
+S3 multipart upload, per attempt), checks it still holds the job before it moves
+anything into the store, and its final transition names the attempt, so an attempt
+that another has taken over (after its lease ran out) changes and deletes nothing.
 """
 
 from __future__ import annotations
@@ -16,14 +17,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-from core.checksums import hex_digests_equal, iter_file
+from core.checksums import hex_digests_equal
 from core.config import ServerConfig
 from core.protocol import Codec, ErrorCode, UploadState
 from core.server import events
-from core.server.blob_store import BlobStore
-from core.server.compression import SAMPLE_SIZE, open_writer, worth_compressing
+from core.server.blobs import BlobStore, PartMissing
+from core.server.compression import SAMPLE_SIZE, iter_decompressed, open_writer, worth_compressing
 from core.server.service import isoformat
 from core.server.state_store import StateStore, UploadRecord
 
@@ -80,24 +80,27 @@ class Finalizer:
         if record is None or record.state is not UploadState.FINALIZING:
             return  # aborted meanwhile, or finished by an earlier attempt
         started = time.monotonic()
-        source = self._source(record)
-        # A raw file already moved into the store by a crashed attempt stays raw.
-        codec = self._choose_codec(record, source) if source == self.blobs.part_path(upload_id) else Codec.NONE
         blob_id = record.upload_id
         try:
-            digests = self._store(record, source, blob_id, codec, progress, attempt)
+            # False: a crashed attempt already stored the verified file raw; it stays raw.
+            # Assembling may make the raw file visible in the store (S3 completes the multipart upload).
+            fence = self._fence(upload_id, attempt)
+            fence()
+            compressible = self.blobs.assemble(upload_id, blob_id, chunks=record.chunks, fence=fence)
+            codec = self._choose_codec(record, blob_id) if compressible else Codec.NONE
+            digests = self._store(record, blob_id, codec, progress, attempt)
         except VerificationFailed as err:
             self._fail(record, str(err), attempt)
             return
-        except FileNotFoundError:
+        except PartMissing as err:
             current = self.state.get_upload(upload_id)
             if current is not None and current.state is UploadState.FINALIZING:
-                raise
-            # DELETE /upload/<id> while we read: abort removed the part file; nothing to store.
+                self._lost(record, err, attempt)
+                return
+            # DELETE /upload/<id> while we read: abort removed the part; nothing to store.
             log.info("Finalize of %s stopped: the upload was aborted meanwhile", upload_id)
             return
-        stored = self.blobs.blob_path(blob_id, codec)
-        stored_size = stored.stat().st_size
+        stored_size = self.blobs.stored_size(blob_id, codec) or 0
         verified = bool(record.md5 or record.sha256)
         self._check_current(upload_id, attempt)
         self.blobs.write_sidecar(blob_id, self._sidecar(record, digests, codec, stored_size, verified), attempt=attempt)
@@ -119,22 +122,17 @@ class Finalizer:
             # Taken over: the other attempt owns the stored file now (it may be complete already).
             self._check_current(upload_id, attempt)
             # Still ours, so the upload was aborted while we worked: nothing refers to what we stored.
-            stored.unlink(missing_ok=True)
-            self.blobs.sidecar_path(blob_id).unlink(missing_ok=True)
+            self.blobs.delete(blob_id)
             return
+        if codec is not Codec.NONE:
+            self.blobs.discard_assembled(upload_id, blob_id)  # the compressed copy replaces it
         self.blobs.remove_part(upload_id)
         self._report(done, time.monotonic() - started)
 
-    def _source(self, record: UploadRecord) -> Path:
-        """The part file, or the stored raw file if a crashed attempt already moved it there."""
-        part = self.blobs.part_path(record.upload_id)
-        moved = self.blobs.blob_path(record.upload_id, Codec.NONE)
-        return moved if not part.exists() and moved.exists() else part
-
-    def _choose_codec(self, record: UploadRecord, source: Path) -> Codec:
+    def _choose_codec(self, record: UploadRecord, blob_id: str) -> Codec:
         if record.compression is Codec.NONE or record.filesize < self.config.compression_threshold:
             return Codec.NONE
-        with source.open("rb") as fh:
+        with self.blobs.open_assembled(record.upload_id, blob_id, SAMPLE_SIZE) as fh:
             sample = fh.read(SAMPLE_SIZE)
         level, saving = self.config.compression_level, self.config.compression_min_saving
         if worth_compressing(record.compression, level, sample, saving):
@@ -147,21 +145,23 @@ class Finalizer:
         if self.state.job_attempt(upload_id) != attempt:
             raise StaleAttempt(upload_id)
 
-    def _store(
-        self, record: UploadRecord, source: Path, blob_id: str, codec: Codec, progress: Progress, attempt: int
-    ) -> Digests:
+    def _fence(self, upload_id: str, attempt: int) -> Callable[[], None]:
+        return lambda: self._check_current(upload_id, attempt)
+
+    def _store(self, record: UploadRecord, blob_id: str, codec: Codec, progress: Progress, attempt: int) -> Digests:
         digests = _Hasher(md5=record.md5 is not None)
         if codec is Codec.NONE:
-            for piece in iter_file(source):
-                digests.update(piece)
-                progress(digests.size)
+            with self.blobs.open_assembled(record.upload_id, blob_id) as source:
+                for piece in iter_decompressed(source, Codec.NONE):
+                    digests.update(piece)
+                    progress(digests.size)
             self._verify(record, digests.result())
-            if source == self.blobs.part_path(record.upload_id):
-                self._check_current(record.upload_id, attempt)
-                self.blobs.store_part(record.upload_id, blob_id)
+            self._check_current(record.upload_id, attempt)
+            self.blobs.keep_assembled(record.upload_id, blob_id)
             return digests.result()
-        # A staging file per attempt: a second attempt never truncates the file the first is writing.
-        with self.blobs.staging(blob_id, codec, attempt=attempt) as fh:
+        # Staging per attempt: a second attempt never truncates (or completes) the output the first is writing.
+        staged = self.blobs.staging(blob_id, codec, attempt=attempt)
+        with staged as fh, self.blobs.open_assembled(record.upload_id, blob_id) as source:
             writer = open_writer(
                 codec,
                 fh,
@@ -169,7 +169,7 @@ class Finalizer:
                 size=record.filesize,
                 threads=self.config.compression_threads,
             )
-            for piece in iter_file(source):
+            for piece in iter_decompressed(source, Codec.NONE):
                 digests.update(piece)
                 writer.write(piece)
                 progress(digests.size)
@@ -202,7 +202,7 @@ class Finalizer:
             self._check_current(record.upload_id, attempt)
             return
         self.blobs.remove_part(record.upload_id)
-        self.blobs.blob_path(record.upload_id, Codec.NONE).unlink(missing_ok=True)  # left by a crashed attempt
+        self.blobs.discard_assembled(record.upload_id, record.upload_id)  # the assembled raw bytes, or a crash's
         log.warning("Verification failed for %s - ID: %s - %s", record.filename, record.upload_id, message)
         events.upload_failed.send(
             self,
@@ -210,6 +210,31 @@ class Finalizer:
             owner=record.owner,
             code=ErrorCode.CHECKSUM_MISMATCH.value,
             message=message,
+        )
+
+    def _lost(self, record: UploadRecord, err: PartMissing, attempt: int) -> None:
+        """Received bytes are gone (a part lost): end the upload so the client, which still has the file, restarts.
+
+        Fenced like every final transition: a stale attempt that finds the bytes gone (the current
+        attempt stored them compressed meanwhile) must not declare them lost.
+        """
+        lost = self.state.finish_attempt(
+            record.upload_id,
+            attempt,
+            self.clock(),
+            (UploadState.FINALIZING,),
+            state=UploadState.ABORTED,
+            error_code=ErrorCode.PART_MISSING.value,
+            error_message=str(err),
+        )
+        if lost is None:
+            self._check_current(record.upload_id, attempt)
+            return
+        self.blobs.remove_part(record.upload_id)
+        self.blobs.discard_assembled(record.upload_id, record.upload_id)
+        log.error("Lost upload data: %s - ID: %s - %s", record.filename, record.upload_id, err)
+        events.upload_failed.send(
+            self, upload_id=record.upload_id, owner=record.owner, code=ErrorCode.PART_MISSING.value, message=str(err)
         )
 
     def _sidecar(

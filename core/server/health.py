@@ -23,6 +23,7 @@ from flask import Flask, Response, current_app, jsonify
 
 from core.config import ServerConfig
 from core.protocol import ErrorCode, UploadState
+from core.server.blobs import BlobStore, StoreUnavailable
 from core.server.jobs import JobRunner
 from core.server.limits import EXTENSION as LIMITER_EXTENSION
 from core.server.limits import exempt
@@ -157,6 +158,21 @@ def database_check(app: Flask) -> Check:
     return check
 
 
+def blob_store_check(app: Flask) -> Check:
+    """The blob store answers (S3: a HEAD of the bucket); the local store is covered by the storage check."""
+
+    def check() -> CheckResult:
+        blobs: BlobStore = app.extensions["blob_store"]
+        details = {"kind": blobs.kind, "location": blobs.location}
+        try:
+            blobs.check()
+        except StoreUnavailable as err:
+            return CheckResult(False, str(err), details)
+        return CheckResult(True, details=details)
+
+    return check
+
+
 def jobs_check(app: Flask, config: ServerConfig, clock: Callable[[], float] = time.time) -> Check:
     """The background runner of this process is alive and no finalize job is stuck far past its lease."""
 
@@ -191,5 +207,6 @@ def init_app(app: Flask, config: ServerConfig) -> None:
             limiter_check(lambda: app.extensions.get(LIMITER_EXTENSION), config.ratelimit_storage_uri)
         ),
         "jobs": timed(jobs_check(app, config)),
+        "blob_store": timed(blob_store_check(app)),
     }
     app.add_url_rule(DETAILED_HEALTH_PATH, "detailed_health", detailed_health, methods=["GET"])

@@ -21,8 +21,9 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from core.protocol import Codec, ErrorCode, UploadState
+from core.protocol import ErrorCode, UploadState
 from core.server import events
+from core.server.blobs import StoreUnavailable
 from core.server.finalize import Finalizer, StaleAttempt
 from core.server.service import DISK_FULL, UploadService
 
@@ -91,20 +92,23 @@ class JobRunner:
         return report
 
     def _retry_or_give_up(self, upload_id: str, attempt: int, err: Exception) -> None:
-        """Back off and retry; only real failures (not a full disk) count toward JOB_MAX_ATTEMPTS.
+        """Back off and retry; only real failures (not a full disk, not an unreachable store) count toward
+        JOB_MAX_ATTEMPTS.
 
         A worker that crashed or stalled never gets here: its job is simply claimed again when
         its lease runs out, without touching the budget either.
         """
-        transient = isinstance(err, OSError) and err.errno in DISK_FULL
+        full = isinstance(err, OSError) and err.errno in DISK_FULL
+        transient = full or isinstance(err, StoreUnavailable)
         delay = min(60.0, 2.0 ** min(attempt, 6))
         failures = self.state.release_job(upload_id, attempt, delay, failed=not transient)
         if failures is None:
             return  # taken over meanwhile: the new attempt decides
-        reason = "disk_full" if transient else "error"
+        reason = "disk_full" if full else "store_unavailable" if transient else "error"
         events.finalize_retried.send(self, upload_id=upload_id, attempt=attempt, reason=reason)
         if transient:
-            log.warning("Finalize attempt %d of %s: storage full; retrying in %.0fs", attempt, upload_id, delay)
+            what = "storage full" if full else f"blob store unavailable ({err})"
+            log.warning("Finalize attempt %d of %s: %s; retrying in %.0fs", attempt, upload_id, what, delay)
         elif failures >= self.config.job_max_attempts:
             log.error("Finalize attempt %d of %s failed", attempt, upload_id, exc_info=err)
             self._give_up(upload_id, attempt, failures)
@@ -127,7 +131,7 @@ class JobRunner:
         if failed is not None:
             # Release the disk: the client re-initialises the upload (a failed upload is never resumed).
             self.service.blobs.remove_part(upload_id)
-            self.service.blobs.blob_path(upload_id, Codec.NONE).unlink(missing_ok=True)  # moved by an attempt
+            self.service.blobs.discard_assembled(upload_id, upload_id)  # stored raw by an attempt
             log.error("Giving up on upload %s: %s", upload_id, message)
             events.upload_failed.send(
                 self, upload_id=upload_id, owner=failed.owner, code=ErrorCode.INTERNAL_ERROR.value, message=message

@@ -47,7 +47,7 @@ UPLOADS_ABORTED = Counter(f"{PREFIX}_uploads_aborted_total", "Uploads aborted by
 UPLOADS_EXPIRED = Counter(f"{PREFIX}_uploads_expired_total", "Incomplete uploads removed by the TTL sweep")
 FINALIZE_RETRIES = Counter(
     f"{PREFIX}_finalize_retries_total",
-    "Finalize attempts given back for a retry, by reason (disk_full does not count toward JOB_MAX_ATTEMPTS)",
+    "Finalize attempts given back for a retry, by reason (disk_full, store_unavailable: not counted toward the limit)",
     ["reason"],
 )
 BYTES_RECEIVED = Counter(f"{PREFIX}_bytes_received_total", "Chunk bytes stored (fsynced and acknowledged)")

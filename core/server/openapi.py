@@ -24,7 +24,10 @@ from core.protocol import (
     HEADER_CHUNK_OFFSET,
     HEADER_CHUNK_SHA256,
     HEADER_CONTENT_MD5,
+    HEADER_CONTENT_RANGE,
+    HEADER_IF_RANGE,
     HEADER_PIECE_SHA256,
+    HEADER_RANGE,
     HEADER_RATELIMIT_LIMIT,
     HEADER_RATELIMIT_REMAINING,
     HEADER_RATELIMIT_RESET,
@@ -248,16 +251,19 @@ SCHEMAS: dict[str, Schema] = {
     },
 }
 
+BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+
 ERROR_MEANINGS = {
     400: "Invalid JSON, field, parameter or header",
     401: "Missing, invalid or revoked API key",
     403: "The key may not do this",
     404: "No such upload for this key (another robot's upload is reported as missing too)",
     409: "The upload is not in a state that allows this",
-    410: "The upload expired (TTL sweep); start over with a new init",
+    410: "The upload expired (TTL sweep, upload_expired) or the server lost its data (part_missing); init again",
     411: "Content-Length required",
     413: "Body, chunk or file larger than allowed",
     415: "Unsupported media type",
+    416: "The Range starts beyond the end of the file (Content-Range: bytes */length)",
     429: "Rate limit exceeded; see Retry-After and X-RateLimit-*",
     507: "The server's storage is full",
 }
@@ -486,16 +492,23 @@ PATHS: dict[str, dict[str, Schema]] = {
     },
     DOWNLOAD_PATH: {
         "get": operation(
-            "Download a stored file (decompressed unless raw=1)",
+            "Download a stored file (decompressed unless raw=1); one byte Range is answered with 206",
             {
-                200: {
-                    "description": "The file",
-                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-                }
+                200: {"description": "The file", "content": BINARY},
+                206: {
+                    "description": "The requested byte range of the file",
+                    "content": BINARY,
+                    "headers": {HEADER_CONTENT_RANGE: {"schema": STRING, "description": "bytes START-END/LENGTH"}},
+                },
             },
             operation_id=DOWNLOAD,
-            errors=(400, 404, 409),
-            parameters=(UPLOAD_ID, query_param(PARAM_RAW, STRING, "1: the stored (compressed) bytes")),
+            errors=(400, 404, 409, 416),
+            parameters=(
+                UPLOAD_ID,
+                query_param(PARAM_RAW, STRING, "1: the stored (compressed) bytes"),
+                header_param(HEADER_RANGE, STRING, "bytes=START-END, START- or -SUFFIX (one range)"),
+                header_param(HEADER_IF_RANGE, STRING, "The ETag of the copy the client has; else the whole file"),
+            ),
         ),
         "delete": operation(
             "Delete a complete upload's stored file (admin key); the record stays as aborted/upload_deleted",

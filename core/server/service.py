@@ -12,17 +12,18 @@ import errno
 import hashlib
 import logging
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO, NoReturn
 
 from core.checksums import hex_digests_equal
 from core.config import ServerConfig
 from core.protocol import (
+    HEADER_CHUNK_OFFSET,
     HEADER_CHUNK_SHA256,
     HEADER_CONTENT_MD5,
     HEADER_PIECE_SHA256,
@@ -30,11 +31,12 @@ from core.protocol import (
     Codec,
     ErrorCode,
     KiB,
+    MiB,
     UploadState,
     chunk_length,
 )
 from core.server import events
-from core.server.blob_store import BlobStore, is_valid_id
+from core.server.blobs import BlobStore, PartMissing, is_valid_id
 from core.server.compression import iter_decompressed
 from core.server.errors import (
     ChecksumMismatch,
@@ -45,6 +47,7 @@ from core.server.errors import (
     InsufficientStorage,
     LengthRequired,
     NotFound,
+    PartDataLost,
     UploadExpired,
     UploadIncomplete,
 )
@@ -61,6 +64,9 @@ RETENTION_IDENTITY = Identity(name="retention", admin=True)
 # Request bodies are read in 256 KiB pieces: under gunicorn's gthread body reader this measured
 # ~1.5x the throughput of 64 KiB pieces at ~40% less CPU per GiB (bench/server_throughput.py).
 BODY_READ_SIZE = 256 * KiB
+# A chunk body is read and verified into a temporary buffer before any lock is taken: chunks up to
+# this size stay in memory (the default 8 MiB chunk does), larger ones spill to a temporary file.
+SPOOL_IN_MEMORY = 16 * MiB
 
 
 @contextlib.contextmanager
@@ -90,6 +96,11 @@ class Deletion:
     record: UploadRecord
     bytes_freed: int
     shared_with: str | None
+
+
+def is_lost(record: UploadRecord) -> bool:
+    """Aborted because the server lost its received data (a part file or multipart upload vanished)."""
+    return record.state is UploadState.ABORTED and record.error_code == ErrorCode.PART_MISSING.value
 
 
 def compression_ratio(record: UploadRecord) -> float | None:
@@ -128,10 +139,10 @@ class PieceResult:
 
 @dataclass(frozen=True)
 class Download:
-    """A stored file ready to stream: ``path`` for raw bytes, ``chunks`` for the original bytes."""
+    """A stored file ready to stream from its store: the stored bytes (``raw``) or the original bytes."""
 
     record: UploadRecord
-    path: Path
+    blobs: BlobStore
     raw: bool
 
     @property
@@ -143,8 +154,30 @@ class Download:
         suffix = {Codec.ZSTD: ".zst", Codec.GZIP: ".gz"}.get(self.record.codec or Codec.NONE, "")
         return self.record.filename + (suffix if self.raw else "")
 
-    def chunks(self) -> Iterator[bytes]:
-        return iter_decompressed(self.path, Codec.NONE if self.raw else (self.record.codec or Codec.NONE))
+    def chunks(self, start: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """The bytes from ``start`` (``length`` of them, or to the end), streamed from the store.
+
+        Stored bytes are read with a ranged read; original bytes of a compressed file are
+        decompressed from the beginning and the bytes before ``start`` skipped.
+        """
+        codec = self.record.codec or Codec.NONE
+        blob_id = str(self.record.blob_id)
+        if self.raw or codec is Codec.NONE:
+            with self.blobs.open_blob(blob_id, codec, start, length) as stream:
+                yield from iter_decompressed(stream, Codec.NONE)
+            return
+        left = self.size - start if length is None else length
+        with self.blobs.open_blob(blob_id, codec) as stream:
+            for piece in iter_decompressed(stream, codec):
+                if start >= len(piece):
+                    start -= len(piece)
+                    continue
+                piece = piece[start : start + left]
+                start = 0
+                left -= len(piece)
+                yield piece
+                if left <= 0:
+                    return
 
 
 class UploadService:
@@ -162,6 +195,7 @@ class UploadService:
         self.state = state
         self.blobs = blobs
         self.clock = clock
+        self.wall_clock: Callable[[], float] = time.time
         # Set by the job runner so a finalize request wakes the local worker thread at once.
         self.on_job_queued: Callable[[], None] = lambda: None
         # Other stores' pruning, run by each sweep: each deletes rows older than its argument, returns how many.
@@ -177,6 +211,9 @@ class UploadService:
         if is_expired(record):
             msg = f"upload {upload_id} expired after {self.config.upload_ttl:.0f}s without activity; start a new one"
             raise UploadExpired(msg)
+        if is_lost(record):
+            msg = f"the server lost the received data of upload {upload_id} ({record.error_message}); start a new one"
+            raise PartDataLost(msg)
         return record
 
     def _require_state(self, record: UploadRecord, *states: UploadState) -> None:
@@ -220,7 +257,7 @@ class UploadService:
             return self._init_deduplicated(record, duplicate)
         self._require_free_disk(record)
         with storage_errors():
-            self.blobs.create_part(record.upload_id, record.filesize)
+            self.blobs.create_part(record.upload_id, record.filesize, record.chunk_size)
         try:
             with storage_errors():
                 self.state.create_upload(record)
@@ -261,13 +298,17 @@ class UploadService:
 
         A full disk fails chunk writes of every upload at once and can corrupt
         the state database; refusing new work early keeps room for the uploads
-        already under way, and the robot keeps its bag and retries later.
+        already under way, and the robot keeps its bag and retries later. With an
+        off-host blob store (S3) the bytes never land here: the floor then guards
+        UPLOAD_DIR (the SQLite state, temporary files) without counting the file.
         """
         floor = self.config.min_free_disk
-        if floor <= 0:
+        root = self.blobs.local_root
+        where, needed = (root, record.filesize) if root is not None else (self.config.upload_dir, 0)
+        if floor <= 0 or not where.is_dir():
             return
-        free = shutil.disk_usage(self.blobs.root).free
-        if free - record.filesize >= floor:
+        free = shutil.disk_usage(where).free
+        if free - needed >= floor:
             return
         log.warning(
             "Refused upload: %s (%d bytes) from %s - free disk %d bytes, floor MIN_FREE_DISK %d bytes",
@@ -342,24 +383,23 @@ class UploadService:
             msg = f"chunk {index} must be {expected} bytes, got {content_length}"
             raise ChunkSizeMismatch(msg, details={"expected": expected})
         started = time.monotonic()
-        with self.blobs.chunk_lock(upload_id, index):
-            stored = self.state.chunk_sha256(upload_id, index)
-            if stored is not None:
-                return self._resent_chunk(record, index, body, expected, stored, sha256=sha256, md5=md5)
-            try:
-                with storage_errors(), self.blobs.open_part(upload_id) as part:
-                    offset = index * record.chunk_size
-                    sha_hex, md5_hex = self._receive(
-                        body, expected, want_md5=md5 is not None, write=part.write_at, offset=offset
-                    )
-                    _check_chunk(index, sha_hex, md5_hex, sha256=sha256, md5=md5)
-                    # fsync before ack: an acknowledged chunk must survive a crash or power loss.
-                    part.sync()
-            except FileNotFoundError:  # aborted or swept since we looked: say so (409/410), not 500
-                self._require_state(self.get(identity, upload_id), UploadState.UPLOADING)
-                raise
-            with storage_errors():
-                received = self.state.record_chunk(upload_id, index, sha_hex, self.clock())
+        # Read and verify before locking: a slow robot link must not hold the chunk's lock (and a
+        # retry of the same chunk from a reconnected robot must not wait for the dead request).
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as buffer:
+            sha_hex, md5_hex = self._receive(body, expected, want_md5=md5 is not None, write=_appender(buffer))
+            _check_chunk(index, sha_hex, md5_hex, sha256=sha256, md5=md5)
+            with self.blobs.chunk_lock(upload_id, index):
+                stored = self.state.chunk_sha256(upload_id, index)
+                if stored is not None:
+                    return self._resent_chunk(record, index, sha_hex, stored)
+                buffer.seek(0)
+                try:
+                    with storage_errors():
+                        self.blobs.write_chunk(upload_id, index, index * record.chunk_size, buffer, expected)
+                except PartMissing as err:
+                    self._part_missing(identity, record, err)
+                with storage_errors():
+                    received = self.state.record_chunk(upload_id, index, sha_hex, self.clock())
         if received is None:
             self._require_state(self.get(identity, upload_id), UploadState.UPLOADING)
             msg = f"upload {upload_id} changed state while chunk {index} was stored"
@@ -405,8 +445,18 @@ class UploadService:
         acknowledged (recorded as received) only when the piece ending it arrives and the whole chunk,
         read back from disk, matches ``chunk_sha256``: the server keeps no per-piece state, so pieces
         may be resent or overwritten freely until then.
+
+        Only stores that can hold a partial chunk take pieces (local disk, not S3): the others
+        answer 400 ``chunk_size_mismatch`` naming the whole chunk's length, and the client sends
+        whole chunks from then on.
         """
         record, expected = self._open_chunk(identity, upload_id, index)
+        if not self.blobs.supports_pieces:
+            msg = (
+                f"this server's {self.blobs.kind} blob store takes whole chunks only: send chunk {index} "
+                f"({expected} bytes) in one request, without {HEADER_CHUNK_OFFSET}"
+            )
+            raise ChunkSizeMismatch(msg, details={"expected": expected})
         if content_length is None:
             msg = "Content-Length is required for a chunk piece"
             raise LengthRequired(msg, details={"expected": expected - offset})
@@ -419,29 +469,30 @@ class UploadService:
             raise ChunkSizeMismatch(msg, details={"expected": expected - offset})
         start = index * record.chunk_size
         started = time.monotonic()
-        with self.blobs.chunk_lock(upload_id, index):
-            stored = self.state.chunk_sha256(upload_id, index)
-            if stored is not None:
-                return self._resent_piece(
-                    record, index, body, offset, content_length, stored, piece_sha256, chunk_sha256
-                )
-            try:
-                with storage_errors(), self.blobs.open_part(upload_id) as part:
-                    sha_hex, _ = self._receive(
-                        body, content_length, want_md5=False, write=part.write_at, offset=start + offset
-                    )
-                    _check_digest(index, HEADER_PIECE_SHA256, piece_sha256, sha_hex)
-                    # fsync before ack: an acknowledged piece must survive a crash or power loss.
-                    part.sync()
-                if end < expected:
-                    received = len(self.state.received_chunks(upload_id))
-                    return PieceResult(record, index, offset, content_length, received, complete=False, duplicate=False)
-                _check_digest(index, HEADER_CHUNK_SHA256, chunk_sha256, self._stored_sha256(upload_id, start, expected))
-            except FileNotFoundError:  # aborted or swept since we looked: say so (409/410), not 500
-                self._require_state(self.get(identity, upload_id), UploadState.UPLOADING)
-                raise
-            with storage_errors():
-                received = self.state.record_chunk(upload_id, index, chunk_sha256, self.clock())
+        # Read and verify before locking, like whole chunks: a stalled link must not hold the chunk's lock.
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as buffer:
+            sha_hex, _ = self._receive(body, content_length, want_md5=False, write=_appender(buffer))
+            _check_digest(index, HEADER_PIECE_SHA256, piece_sha256, sha_hex)
+            with self.blobs.chunk_lock(upload_id, index):
+                stored = self.state.chunk_sha256(upload_id, index)
+                try:
+                    if stored is not None:
+                        return self._resent_piece(record, index, offset, content_length, stored, sha_hex, chunk_sha256)
+                    buffer.seek(0)
+                    with storage_errors():
+                        # fsync before ack: an acknowledged piece must survive a crash or power loss.
+                        self.blobs.write_piece(upload_id, start + offset, buffer, content_length)
+                    if end < expected:
+                        received = len(self.state.received_chunks(upload_id))
+                        return PieceResult(
+                            record, index, offset, content_length, received, complete=False, duplicate=False
+                        )
+                    on_disk = self._stored_sha256(upload_id, start, expected)
+                except PartMissing as err:
+                    self._part_missing(identity, record, err)
+                _check_digest(index, HEADER_CHUNK_SHA256, chunk_sha256, on_disk)
+                with storage_errors():
+                    received = self.state.record_chunk(upload_id, index, chunk_sha256, self.clock())
         if received is None:
             self._require_state(self.get(identity, upload_id), UploadState.UPLOADING)
             msg = f"upload {upload_id} changed state while chunk {index} was stored"
@@ -468,16 +519,13 @@ class UploadService:
         self,
         record: UploadRecord,
         index: int,
-        body: BinaryIO,
         offset: int,
         length: int,
         stored: str,
-        piece_sha256: str,
+        sha_hex: str,
         chunk_sha256: str,
     ) -> PieceResult:
-        """A piece of an acknowledged chunk (its reply was lost): a no-op if the bytes are the stored ones."""
-        sha_hex, _ = self._receive(body, length, want_md5=False)
-        _check_digest(index, HEADER_PIECE_SHA256, piece_sha256, sha_hex)
+        """A verified piece of an acknowledged chunk (its reply was lost): a no-op if the bytes are the stored ones."""
         start = index * record.chunk_size + offset
         on_disk = self._stored_sha256(record.upload_id, start, length)
         if not (hex_digests_equal(stored, chunk_sha256) and hex_digests_equal(on_disk, sha_hex)):
@@ -493,12 +541,36 @@ class UploadService:
             digest.update(data)
         return digest.hexdigest()
 
-    def _resent_chunk(
-        self, record: UploadRecord, index: int, body: BinaryIO, length: int, stored: str, **claimed: str | None
-    ) -> ChunkResult:
+    def _part_missing(self, identity: Identity, record: UploadRecord, err: PartMissing) -> NoReturn:
+        """The part is gone: aborted or swept since we looked (409/410), or lost (410 part_missing, start over).
+
+        A lost part cannot be rebuilt from receipts, so the upload ends aborted with PART_MISSING
+        and the client, which still holds the file, starts a new upload.
+        """
+        self._require_state(self.get(identity, record.upload_id), UploadState.UPLOADING)
+        lost = self.state.transition(
+            record.upload_id,
+            (UploadState.UPLOADING,),
+            self.clock(),
+            state=UploadState.ABORTED,
+            error_code=ErrorCode.PART_MISSING.value,
+            error_message=str(err),
+        )
+        if lost is not None:
+            self.blobs.remove_part(record.upload_id)
+            log.error("Lost upload data: %s - ID: %s - %s", record.filename, record.upload_id, err)
+            events.upload_failed.send(
+                self,
+                upload_id=record.upload_id,
+                owner=record.owner,
+                code=ErrorCode.PART_MISSING.value,
+                message=str(err),
+            )
+        self.get(identity, record.upload_id)  # raises the 409/410 that now applies
+        raise Conflict(str(err))  # unreachable unless the state changed again meanwhile
+
+    def _resent_chunk(self, record: UploadRecord, index: int, sha_hex: str, stored: str) -> ChunkResult:
         """A chunk already acknowledged is never overwritten: same bytes are a no-op, different bytes a conflict."""
-        sha_hex, md5_hex = self._receive(body, length, want_md5=claimed["md5"] is not None)
-        _check_chunk(index, sha_hex, md5_hex, sha256=claimed["sha256"], md5=claimed["md5"])
         if not hex_digests_equal(sha_hex, stored):
             msg = f"chunk {index} was already stored with different content; re-initialize if the file changed"
             raise Conflict(msg)
@@ -628,11 +700,10 @@ class UploadService:
         record = self.get(identity, upload_id)
         self._require_state(record, UploadState.COMPLETE)
         assert record.blob_id is not None  # noqa: S101 - complete uploads always reference a blob
-        path = self.blobs.blob_path(record.blob_id, record.codec or Codec.NONE)
-        if not path.is_file():
+        if self.blobs.stored_size(record.blob_id, record.codec or Codec.NONE) is None:
             msg = f"the stored file of upload {upload_id} is missing"
             raise NotFound(msg)
-        return Download(record, path, raw=raw)
+        return Download(record, self.blobs, raw=raw)
 
     # --- delete (admin), retention ---------------------------------------------------------------
     def delete_stored(self, identity: Identity, upload_id: str, *, reason: str = "admin") -> Deletion:
@@ -664,7 +735,8 @@ class UploadService:
         freed = 0
         if sharing is None and record.blob_id is not None:
             with storage_errors():
-                freed = self.blobs.delete_blob(record.blob_id)
+                self.blobs.delete(record.blob_id)
+            freed = record.stored_size or 0
         log.warning(
             "Deleted upload: %s (%d bytes, %d bytes freed) - ID: %s - owner %s - by %s (%s)%s",
             record.filename,
@@ -760,7 +832,8 @@ class UploadService:
         record; only once it is older than UPLOAD_TTL, so an init in progress keeps its part), and
         staging files of finalize attempts that died (older than two leases: a live attempt writes on).
         """
-        ages = self.blobs.part_ages()
+        # Store timestamps are wall-clock time (file mtimes, S3 LastModified): age them by the wall clock.
+        ages = self.blobs.part_ages(self.wall_clock())
         states = self.state.states_of(list(ages))
         removed = 0
         for upload_id, age in ages.items():
@@ -769,7 +842,7 @@ class UploadService:
             if finished or (state is None and age > self.config.upload_ttl):
                 self.blobs.remove_part(upload_id)
                 log.info(
-                    "Removed orphaned part file of upload %s (%s)", upload_id, state.value if state else "no record"
+                    "Removed orphaned part data of upload %s (%s)", upload_id, state.value if state else "no record"
                 )
                 removed += 1
         return removed + self.blobs.remove_stale_staging(max(60.0, 2 * self.config.job_lease))
@@ -780,6 +853,13 @@ def _check_digest(index: int, header: str, claimed: str, actual: str) -> None:
         what = "the whole chunk as stored" if header == HEADER_CHUNK_SHA256 else "the piece"
         msg = f"chunk {index}: {what} does not match its {header}; it was not acknowledged"
         raise ChecksumMismatch(msg, details={"header": header})
+
+
+def _appender(buffer: IO[bytes]) -> Callable[[bytes, int], None]:
+    def write(piece: bytes, _offset: int) -> None:
+        buffer.write(piece)
+
+    return write
 
 
 def _check_chunk(index: int, sha_hex: str, md5_hex: str | None, *, sha256: str | None, md5: str | None) -> None:

@@ -26,7 +26,7 @@ def test_healthy_server_reports_every_check_ok(tmp_path: Path) -> None:
     assert reply.status_code == 200
     body = reply.get_json()
     assert body["status"] == "ok"
-    assert set(body["checks"]) == {"database", "storage", "rate_limiter", "jobs"}
+    assert set(body["checks"]) == {"database", "storage", "rate_limiter", "jobs", "blob_store"}
     assert body["checks"]["storage"]["free_bytes"] > 0
 
 

@@ -13,7 +13,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from flask import Flask
@@ -95,12 +95,12 @@ def test_takeover_during_compression_keeps_the_stored_copy_intact(
     """
     first, second = instances
     upload = queued_upload(first, dna(4 * 1024 * 1024), compression="gzip", chunk_size=256 * 1024)
-    real_iter_file = finalize.iter_file
+    real_iter = finalize.iter_decompressed
     b_is_midway, a_is_done = threading.Event(), threading.Event()
     taken_over: list[threading.Thread] = []
 
-    def read_with_stalls(path: Path) -> Iterator[bytes]:
-        for n, piece in enumerate(real_iter_file(path)):
+    def read_with_stalls(source: IO[bytes], codec: Codec) -> Iterator[bytes]:
+        for n, piece in enumerate(real_iter(source, codec)):
             if n == 20 and not taken_over:  # A has written compressed blocks when it stalls
                 pass_database_time(first.extensions["state_store"], LEASE + 1)
                 taken_over.append(threading.Thread(target=runner(second).run_once))
@@ -111,7 +111,7 @@ def test_takeover_during_compression_keeps_the_stored_copy_intact(
                 assert a_is_done.wait(30)
             yield piece
 
-    monkeypatch.setattr(finalize, "iter_file", read_with_stalls)
+    monkeypatch.setattr(finalize, "iter_decompressed", read_with_stalls)
 
     assert runner(first).run_once() is True  # A wakes up and finishes its (stale) attempt
     # B holds the job: A must not have completed the upload (before, it stored a file B had truncated).

