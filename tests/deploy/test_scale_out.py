@@ -1,8 +1,8 @@
-"""Scale-out as DEPLOYMENT.md describes it: nginx (TLS) → two gunicorns sharing one PostgreSQL (state),
-one Redis (rate-limit counters only) and one UPLOAD_DIR.
+"""Scale-out as DEPLOYMENT.md describes it: nginx (TLS, round robin) → two gunicorns that share no disk.
 
-UPLOAD_DIR stands for the network filesystem several hosts would mount: with PostgreSQL
-no SQLite file may live there (SQLite's WAL locking works on one host only).
+They share one PostgreSQL (state), one S3-compatible object store (SeaweedFS here: every chunk and
+stored bag) and one Redis (rate-limit counters only). Each instance has its own empty UPLOAD_DIR,
+as two hosts would: no bag byte and no SQLite file may land there.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from tests.helpers.nginx import NginxServer
 from tests.helpers.postgres import PostgresServer
 from tests.helpers.processes import PYTHON, REPO_ROOT
 from tests.helpers.redis_server import RedisServer
+from tests.helpers.seaweedfs import SeaweedFS
 from tests.helpers.servers import GunicornServer
 from tests.helpers.tls import TLSFiles, make_tls_files
 
@@ -37,6 +38,7 @@ CHUNK = 8 * MiB
 DASHBOARD_STATE = "/dashboard/api/state"
 INIT_LIMIT = 20  # a key's init budget here (RATELIMIT_KEY_INIT); below nginx's burst of 40 per address
 ROBOT, OPERATOR = "robot-hb", "operator"
+S3_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
 
 
 @dataclass
@@ -57,8 +59,10 @@ class Cluster:
         state: dict[str, Any] = reply.json()
         return state
 
-    def client(self, key_name: str) -> UploadClient:
-        client = UploadClient(self.nginx.url, verify=str(self.tls.ca), retries=8)
+    def client(self, key_name: str, app: int | None = None) -> UploadClient:
+        """A client through nginx, or straight to instance ``app``."""
+        url = self.nginx.url if app is None else self.apps[app].url
+        client = UploadClient(url, verify=str(self.tls.ca), retries=8)
         client.session.headers["Authorization"] = f"Bearer {self.keys[key_name]}"
         return client
 
@@ -83,7 +87,7 @@ def kill_instance(app: GunicornServer) -> None:
 
 def flask_keys(app: GunicornServer, *args: str) -> str:
     """``flask --app upload_server keys …`` on ``app``'s host: its environment, so its key store."""
-    env = {name: app.env[name] for name in ("UPLOAD_DIR", "STATE_STORE_URI")}
+    env = {name: app.env[name] for name in ("UPLOAD_DIR", "STATE_STORE_URI", "BLOB_STORE_URI", *S3_ENV)}
     result = subprocess.run(
         [PYTHON, "-m", "flask", "--app", "upload_server", "keys", *args],
         cwd=REPO_ROOT,
@@ -100,6 +104,11 @@ def create_key(app: GunicornServer, name: str, *, admin: bool = False) -> str:
     return flask_keys(app, "create", name, *(["--admin"] if admin else [])).strip().splitlines()[-1]
 
 
+def host_bytes(app: GunicornServer) -> int:
+    """Bytes of every file in an instance's own local folder (its logs and the bags live elsewhere)."""
+    return sum(p.stat().st_size for p in app.upload_dir.rglob("*") if p.is_file())
+
+
 def sqlite_files_in_use(app: GunicornServer) -> list[str]:
     """SQLite files (and their -wal/-shm) the master or any worker of ``app`` holds open."""
     assert app.process is not None
@@ -110,22 +119,27 @@ def sqlite_files_in_use(app: GunicornServer) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer) -> Iterator[Cluster]:
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer, seaweedfs: SeaweedFS
+) -> Iterator[Cluster]:
     base = tmp_path_factory.mktemp("cluster")
-    upload_dir = base / "uploads"  # the storage both instances reach (one disk here, a shared mount in production)
-    upload_dir.mkdir()
+    hosts = [base / "host-a", base / "host-b"]  # each instance's own local folder, empty at start
+    for host in hosts:
+        host.mkdir()
     state_store_uri = postgres.create_database()
+    blobs = {**seaweedfs.env(), "BLOB_STORE_URI": f"s3://{seaweedfs.new_bucket()}/fleet"}
     # As DEPLOYMENT.md says: create the schema before the first server starts.
     subprocess.run(
         [PYTHON, "-m", "flask", "--app", "upload_server", "db", "upgrade"],
         cwd=REPO_ROOT,
-        env={"PATH": "/usr/bin:/bin", "UPLOAD_DIR": str(upload_dir), "STATE_STORE_URI": state_store_uri},
+        env={"PATH": "/usr/bin:/bin", "UPLOAD_DIR": str(hosts[0]), "STATE_STORE_URI": state_store_uri, **blobs},
         capture_output=True,
         timeout=60,
         check=True,
     )
     with RedisServer(base / "redis") as redis:
         shared = {
+            **blobs,
             "AUTH_ENABLED": "1",
             "RATELIMIT_ENABLED": "1",
             "STATE_STORE_URI": state_store_uri,
@@ -135,8 +149,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer) 
         }
         logs = [base / "access-a.log", base / "access-b.log"]
         apps = [
-            GunicornServer(upload_dir, workers=2, env={**shared, "GUNICORN_ACCESS_LOG": str(log)}, log_dir=base)
-            for log in logs
+            GunicornServer(host, workers=2, env={**shared, "GUNICORN_ACCESS_LOG": str(log)}, log_dir=base)
+            for host, log in zip(hosts, logs, strict=True)
         ]
         # Keys are created with the CLI before the servers start, as DEPLOYMENT.md says: they go to PostgreSQL.
         keys = {name: create_key(apps[0], name) for name in ("robot-big", "robot-burst", ROBOT)}
@@ -229,7 +243,7 @@ def test_a_key_made_with_one_hosts_cli_works_on_both_and_revoking_it_on_the_othe
     assert "robot-rotated" not in flask_keys(cluster.apps[0], "list")
 
 
-def test_no_sqlite_file_is_created_or_used_on_the_shared_storage(cluster: Cluster, tmp_path: Path) -> None:
+def test_no_bag_byte_and_no_sqlite_file_lands_on_either_host(cluster: Cluster, tmp_path: Path) -> None:
     key = "robot-small"
     cluster.keys[key] = create_key(cluster.apps[1], key)
     source = write_source(tmp_path / "small.mcap", 3 * MiB)
@@ -239,9 +253,10 @@ def test_no_sqlite_file_is_created_or_used_on_the_shared_storage(cluster: Cluste
     for app in (0, 1):
         HeartbeatReporter(cluster.apps[app].url, key, sources={}, api_key=cluster.keys[key]).beat()
         assert cluster.dashboard_state(app)["server"]["requests"]["requests"] > 0
-    upload_dir = cluster.apps[0].upload_dir
 
-    assert sorted(p.name for p in upload_dir.rglob("*.sqlite3*")) == []
+    for app in cluster.apps:
+        assert sorted(p.name for p in app.upload_dir.rglob("*.sqlite3*")) == []
+        assert host_bytes(app) < MiB  # the 3 MiB bag went to the object store, not to a host's disk
     assert [sqlite_files_in_use(app) for app in cluster.apps] == [[], []]
 
 
@@ -272,3 +287,7 @@ def test_500_mb_upload_alternates_instances_and_survives_losing_one(cluster: Clu
     assert client.downloaded_sha256(upload_id) == source.sha256
     health = requests.get(cluster.apps[1].url + "/health", timeout=5)
     assert health.status_code == 200
+    # The lost host comes back with nothing of its own and serves the same bytes as the survivor.
+    cluster.apps[0].start()
+    assert [cluster.client("robot-big", app).downloaded_sha256(upload_id) for app in (0, 1)] == [source.sha256] * 2
+    assert [host_bytes(app) < MiB for app in cluster.apps] == [True, True]

@@ -79,6 +79,9 @@ class SeaweedFS:
             f"-filer.port={self.ports['filer']}",
             "-s3",
             f"-s3.port={self.ports['s3']}",
+            # Off: they listen on fixed ports (8181, 9101), which a second SeaweedFS or anything else may hold.
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             # Every bucket is a collection with volumes of its own: small volumes and room for many,
             # so tests can take a fresh bucket each (the default auto-limit runs out after two).
             "-volume.max=300",
