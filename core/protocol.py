@@ -110,6 +110,7 @@ class ErrorCode(str, enum.Enum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     CONFLICT = "conflict"
     UPLOAD_EXPIRED = "upload_expired"
+    UPLOAD_ABORTED = "upload_aborted"  # aborted by its client (DELETE /upload/<id>); its status answers 410
     UPLOAD_DELETED = "upload_deleted"  # a stored upload an admin (or RETENTION_DAYS) deleted
     PAYLOAD_TOO_LARGE = "payload_too_large"
     LENGTH_REQUIRED = "length_required"  # a chunk sent without Content-Length (e.g. chunked encoding)

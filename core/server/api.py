@@ -32,6 +32,8 @@ from core.protocol import (
     UPLOAD_PATH,
     UPLOADS_PATH,
     Codec,
+    ErrorCode,
+    UploadState,
 )
 from core.server.errors import InvalidJson, RangeNotSatisfiable
 from core.server.identity import current_identity
@@ -180,7 +182,13 @@ def _put_piece(upload_id: str, index: int, offset: int, piece_sha256: str, chunk
 
 @api.get(UPLOAD_PATH)
 def upload_status(upload_id: str) -> tuple[Response, int]:
-    return _ok(**_service().status(current_identity(), upload_id))
+    status = _service().status(current_identity(), upload_id)
+    if status["state"] != UploadState.ABORTED.value:
+        return _ok(**status)
+    # Gone: an aborted upload takes nothing more. The reply still carries its status document (and
+    # the listing keeps it), so a robot resuming from its journal learns why and starts a new upload.
+    error = status["error"] or {"code": ErrorCode.UPLOAD_ABORTED.value, "message": "the upload was aborted"}
+    return jsonify({**status, "success": False, "error": error}), 410
 
 
 @api.post(FINALIZE_PATH)

@@ -78,10 +78,7 @@ def test_flask_rules_become_openapi_paths(rule: str, path: str) -> None:
 
 
 # Every check schemathesis has; what the document cannot express is listed per operation, with
-# the reason, in this configuration file. But one: use_after_free reads any DELETE as removal,
-# and DELETE /upload/{upload_id} aborts, keeping the record readable with state "aborted" on
-# purpose (a robot resuming from its journal learns its upload was aborted, core/client/job.py).
-# Per-operation settings cannot switch a check off, and this is the API's only DELETE.
+# the reason, in this configuration file.
 CONFIG_FILE = Path(__file__).with_name("schemathesis.toml")
 
 
@@ -129,7 +126,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path) -> No
         argv = [
             str(Path(PYTHON).parent / "st"), "--config-file", str(CONFIG_FILE), "run", server.url + OPENAPI_PATH,
             "-H", f"Authorization: Bearer {server.admin_key}",
-            "--checks", "all", "--exclude-checks", "use_after_free",
+            "--checks", "all",
             "--max-examples", "30", "--max-time", "60", "--workers", "2",
             "--seed", "20251125", "--generation-database", "none", "--no-color",
         ]  # fmt: skip

@@ -71,9 +71,11 @@ class Upload:
         return self.client.post(f"/upload/{self.upload_id}/finalize", headers=self.headers)
 
     def status(self) -> dict[str, Any]:
+        """The status document; an aborted (expired, deleted) upload is gone: 410, the document still in the reply."""
         response = self.client.get(f"/upload/{self.upload_id}", headers=self.headers)
-        assert response.status_code == 200, response.get_json()
-        return dict(response.get_json())
+        body = dict(response.get_json())
+        assert response.status_code == (410 if body.get("state") == "aborted" else 200), body
+        return body
 
     def download(self, *, raw: bool = False) -> TestResponse:
         suffix = "?raw=1" if raw else ""
