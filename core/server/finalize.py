@@ -21,7 +21,7 @@ from pathlib import Path
 from core.checksums import hex_digests_equal, iter_file
 from core.config import ServerConfig
 from core.protocol import Codec, ErrorCode, UploadState
-from core.server import events
+from core.server import catalog, events
 from core.server.blob_store import BlobStore
 from core.server.compression import SAMPLE_SIZE, open_writer, worth_compressing
 from core.server.service import isoformat
@@ -123,6 +123,7 @@ class Finalizer:
             self.blobs.sidecar_path(blob_id).unlink(missing_ok=True)
             return
         self.blobs.remove_part(upload_id)
+        catalog.record_upload(self.state, self.blobs, done, self.clock())
         self._report(done, time.monotonic() - started)
 
     def _source(self, record: UploadRecord) -> Path:

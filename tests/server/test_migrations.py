@@ -26,7 +26,7 @@ from tests.helpers.processes import PYTHON, REPO_ROOT
 
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "legacy_state"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
-HEAD = "0003"
+HEAD = "0004"
 
 
 @pytest.fixture
