@@ -17,6 +17,9 @@ from flask import Flask, Response, current_app, jsonify
 import core
 from core.config import ServerConfig
 from core.protocol import (
+    BAG_DOWNLOAD_PATH,
+    BAG_PATH,
+    BAGS_PATH,
     CHUNK_PATH,
     DOWNLOAD_PATH,
     FINALIZE_PATH,
@@ -35,9 +38,18 @@ from core.protocol import (
     MIN_PIECE_SIZE,
     PARAM_CLIENT,
     PARAM_LIMIT,
+    PARAM_MESSAGE_TYPE,
     PARAM_OFFSET,
+    PARAM_ORDER,
     PARAM_RAW,
+    PARAM_RECOVERED,
+    PARAM_ROBOT,
+    PARAM_SESSION,
+    PARAM_SINCE_NS,
     PARAM_STATE,
+    PARAM_TOPIC,
+    PARAM_TOPIC_PREFIX,
+    PARAM_UNTIL_NS,
     UPLOAD_PATH,
     UPLOADS_PATH,
     Codec,
@@ -206,6 +218,59 @@ SCHEMAS: dict[str, Schema] = {
             "offset": INTEGER,
         },
     },
+    "BagTopic": {
+        "type": "object",
+        "required": ["name", "type", "message_count"],
+        "properties": {"name": STRING, "type": STRING, "message_count": INTEGER},
+    },
+    "BagFile": {
+        "type": "object",
+        "properties": {
+            "upload_id": STRING,
+            "filename": STRING,
+            "kind": {"type": "string", "enum": ["storage", "metadata", "other"]},
+            "size": INTEGER,
+            "stored_size": INTEGER,
+            "sha256": nullable(STRING),
+            "parsed": {**BOOLEAN, "description": "Whether the server could read the file's contents"},
+            "download": {**STRING, "description": "Path of the file's download"},
+        },
+    },
+    "Bag": {
+        "type": "object",
+        "description": "A recording: its identifiers as the robot declared them, its contents as read from the "
+        "bag at finalize (MCAP summary, else metadata.yaml). Times are nanoseconds since the epoch.",
+        "properties": {
+            "bag_id": STRING,
+            "name": STRING,
+            "owner": STRING,
+            "robot_id": STRING,
+            "session": STRING,
+            "split_index": INTEGER,
+            "storage": STRING,
+            "recovered": BOOLEAN,
+            "start_ns": INTEGER,
+            "end_ns": INTEGER,
+            "duration_ns": INTEGER,
+            "message_count": INTEGER,
+            "size": INTEGER,
+            "stored_size": INTEGER,
+            "updated_at": nullable(STRING),
+            "topics": {"type": "array", "items": ref("BagTopic")},
+            "files": {"type": "array", "items": ref("BagFile"), "description": "Only in a bag's detail"},
+        },
+    },
+    "BagList": {
+        "type": "object",
+        "required": ["success", "bags", "total", "limit", "offset"],
+        "properties": {
+            "success": BOOLEAN,
+            "bags": {"type": "array", "items": ref("Bag")},
+            "total": INTEGER,
+            "limit": INTEGER,
+            "offset": INTEGER,
+        },
+    },
     "HeartbeatRequest": {
         "type": "object",
         "properties": {
@@ -348,6 +413,9 @@ def header_param(name: str, schema: Schema, description: str) -> Schema:
 
 
 UPLOAD_ID = path_param("upload_id")
+BAG_ID = path_param("bag_id")
+NANOSECONDS = {"type": "integer", "minimum": 0, "maximum": (1 << 63) - 1}
+FLAG = {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]}
 JSON_BODY = {"required": True, "content": {"application/json": {"schema": ref("InitRequest")}}}
 HTML = {"text/html": {"schema": STRING}}
 REDIRECT = {"description": "Redirect (to the sign-in page or the dashboard)"}
@@ -483,6 +551,57 @@ PATHS: dict[str, dict[str, Schema]] = {
             operation_id=DOWNLOAD,
             errors=(400, 404, 409),
             parameters=(UPLOAD_ID, query_param(PARAM_RAW, STRING, "1: the stored (compressed) bytes")),
+        )
+    },
+    BAGS_PATH: {
+        "get": operation(
+            "The bag catalogue: bags of this key (an admin key: of every robot), sorted by start time",
+            {200: json_reply("One page of bags", ref("BagList"))},
+            errors=(400,),
+            parameters=(
+                query_param(PARAM_ROBOT, STRING, "Robot id"),
+                query_param(PARAM_SESSION, STRING, "Recording session"),
+                query_param(PARAM_SINCE_NS, NANOSECONDS, "Bags that end at or after this time"),
+                query_param(PARAM_UNTIL_NS, NANOSECONDS, "Bags that start at or before this time"),
+                query_param(PARAM_TOPIC, STRING, "Bags with this topic"),
+                query_param(PARAM_TOPIC_PREFIX, FLAG, f"true: `{PARAM_TOPIC}` is a prefix of the topic name"),
+                query_param(PARAM_MESSAGE_TYPE, STRING, "Bags with a topic of this message type"),
+                query_param(PARAM_RECOVERED, FLAG, "Only bags recovered after a crash (true) or not (false)"),
+                query_param(PARAM_ORDER, {"type": "string", "enum": ["desc", "asc"]}, "By start time; desc first"),
+                query_param(PARAM_LIMIT, {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_SIZE}, "Page size"),
+                query_param(PARAM_OFFSET, {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_OFFSET}, "Page start"),
+            ),
+            tag="bags",
+        )
+    },
+    BAG_PATH: {
+        "get": operation(
+            "One bag with its topics and files",
+            {200: json_reply("The bag", ref("Bag"))},
+            errors=(404,),
+            parameters=(BAG_ID,),
+            tag="bags",
+        ),
+        "delete": operation(
+            "Delete a bag: its uploads and their stored files (admin keys)",
+            {200: json_reply("Deleted; `deleted` is the bag as it was", OBJECT)},
+            errors=(403, 404),
+            parameters=(BAG_ID,),
+            tag="bags",
+        ),
+    },
+    BAG_DOWNLOAD_PATH: {
+        "get": operation(
+            "The whole bag folder as one tar (`<bag>/<file>`), streamed",
+            {
+                200: {
+                    "description": "An uncompressed tar (exact Content-Length)",
+                    "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
+                }
+            },
+            errors=(404, 409),
+            parameters=(BAG_ID,),
+            tag="bags",
         )
     },
     HEARTBEAT_PATH: {
