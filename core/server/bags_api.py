@@ -238,10 +238,15 @@ def bag_service() -> BagService:
 
 @bags_api.get(BAGS_PATH)
 def list_bags() -> tuple[Response, int]:
-    query = parse_query(request.args, current_identity())
+    return jsonify(bag_page(current_identity())), 200
+
+
+def bag_page(identity: Identity) -> dict[str, Any]:
+    """One page of ``GET /bags`` for the request's filters (the API's listing and the dashboard's)."""
+    query = parse_query(request.args, identity)
     found, total = bag_service().uploads.state.list_bags(query)
     bags = [describe(bag, detailed=False) for bag in found]
-    return jsonify({"success": True, "bags": bags, "total": total, "limit": query.limit, "offset": query.offset}), 200
+    return {"success": True, "bags": bags, "total": total, "limit": query.limit, "offset": query.offset}
 
 
 @bags_api.get(BAG_PATH)
@@ -256,10 +261,9 @@ def delete_bag(bag_id: str) -> tuple[Response, int]:
     return jsonify({"success": True, "deleted": describe(bag, detailed=True)}), 200
 
 
-@bags_api.get(BAG_DOWNLOAD_PATH)
-def download_bag(bag_id: str) -> Response:
+def tar_response(identity: Identity, bag_id: str) -> Response:
+    """The bag as a streamed tar reply (the API's download and the dashboard's)."""
     service = bag_service()
-    identity = current_identity()
     bag = service.get(identity, bag_id)
     downloads = service.downloads(identity, bag)
     folder = bag.name.replace("/", "_") or bag.bag_id
@@ -269,6 +273,11 @@ def download_bag(bag_id: str) -> Response:
     }
     log.info("Bag download %s (%s) by %s: %d file(s)", bag_id, bag.name, identity.name, len(downloads))
     return Response(iter_tar(folder, downloads), mimetype="application/x-tar", headers=headers, direct_passthrough=True)
+
+
+@bags_api.get(BAG_DOWNLOAD_PATH)
+def download_bag(bag_id: str) -> Response:
+    return tar_response(current_identity(), bag_id)
 
 
 @click.group("bags", help="The bag catalogue.")

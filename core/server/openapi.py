@@ -416,6 +416,19 @@ UPLOAD_ID = path_param("upload_id")
 BAG_ID = path_param("bag_id")
 NANOSECONDS = {"type": "integer", "minimum": 0, "maximum": (1 << 63) - 1}
 FLAG = {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]}
+BAG_FILTERS = (
+    query_param(PARAM_ROBOT, STRING, "Robot id"),
+    query_param(PARAM_SESSION, STRING, "Recording session"),
+    query_param(PARAM_SINCE_NS, NANOSECONDS, "Bags that end at or after this time"),
+    query_param(PARAM_UNTIL_NS, NANOSECONDS, "Bags that start at or before this time"),
+    query_param(PARAM_TOPIC, STRING, "Bags with this topic"),
+    query_param(PARAM_TOPIC_PREFIX, FLAG, f"true: `{PARAM_TOPIC}` is a prefix of the topic name"),
+    query_param(PARAM_MESSAGE_TYPE, STRING, "Bags with a topic of this message type"),
+    query_param(PARAM_RECOVERED, FLAG, "Only bags recovered after a crash (true) or not (false)"),
+    query_param(PARAM_ORDER, {"type": "string", "enum": ["desc", "asc"]}, "By start time; desc first"),
+    query_param(PARAM_LIMIT, {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_SIZE}, "Page size"),
+    query_param(PARAM_OFFSET, {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_OFFSET}, "Page start"),
+)
 JSON_BODY = {"required": True, "content": {"application/json": {"schema": ref("InitRequest")}}}
 HTML = {"text/html": {"schema": STRING}}
 REDIRECT = {"description": "Redirect (to the sign-in page or the dashboard)"}
@@ -558,19 +571,7 @@ PATHS: dict[str, dict[str, Schema]] = {
             "The bag catalogue: bags of this key (an admin key: of every robot), sorted by start time",
             {200: json_reply("One page of bags", ref("BagList"))},
             errors=(400,),
-            parameters=(
-                query_param(PARAM_ROBOT, STRING, "Robot id"),
-                query_param(PARAM_SESSION, STRING, "Recording session"),
-                query_param(PARAM_SINCE_NS, NANOSECONDS, "Bags that end at or after this time"),
-                query_param(PARAM_UNTIL_NS, NANOSECONDS, "Bags that start at or before this time"),
-                query_param(PARAM_TOPIC, STRING, "Bags with this topic"),
-                query_param(PARAM_TOPIC_PREFIX, FLAG, f"true: `{PARAM_TOPIC}` is a prefix of the topic name"),
-                query_param(PARAM_MESSAGE_TYPE, STRING, "Bags with a topic of this message type"),
-                query_param(PARAM_RECOVERED, FLAG, "Only bags recovered after a crash (true) or not (false)"),
-                query_param(PARAM_ORDER, {"type": "string", "enum": ["desc", "asc"]}, "By start time; desc first"),
-                query_param(PARAM_LIMIT, {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_SIZE}, "Page size"),
-                query_param(PARAM_OFFSET, {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_OFFSET}, "Page start"),
-            ),
+            parameters=BAG_FILTERS,
             tag="bags",
         )
     },
@@ -658,6 +659,55 @@ PATHS: dict[str, dict[str, Schema]] = {
             "Live updates (server-sent events, ends after DASHBOARD_SSE_MAX_SECONDS)",
             {200: {"description": "Event stream (`event: state`, JSON `data`)", "content": {"text/event-stream": {}}}},
             errors=(400,),
+            limited=False,
+            tag="dashboard",
+        )
+    },
+    "/dashboard/recordings": {
+        "get": operation(
+            "The Recordings page: the bag catalogue (signed-in browsers)",
+            {200: {"description": "Page", "content": HTML}, 302: REDIRECT},
+            is_public=True,
+            limited=False,
+            tag="dashboard",
+        )
+    },
+    "/dashboard/api/bags": {
+        "get": operation(
+            f"`GET {BAGS_PATH}` for the signed-in dashboard (same filters and reply)",
+            {200: json_reply("One page of bags", ref("BagList"))},
+            errors=(400,),
+            parameters=BAG_FILTERS,
+            limited=False,
+            tag="dashboard",
+        )
+    },
+    "/dashboard/api/bags/{bag_id}": {
+        "get": operation(
+            "One bag for the dashboard's detail panel",
+            {200: json_reply("The bag", ref("Bag"))},
+            errors=(404,),
+            parameters=(BAG_ID,),
+            limited=False,
+            tag="dashboard",
+        )
+    },
+    "/dashboard/api/bags/{bag_id}/download": {
+        "get": operation(
+            "The whole bag as a streamed tar, for the dashboard",
+            {200: {"description": "An uncompressed tar", "content": {"application/x-tar": {"schema": STRING}}}},
+            errors=(404, 409),
+            parameters=(BAG_ID,),
+            limited=False,
+            tag="dashboard",
+        )
+    },
+    "/dashboard/api/bags/{bag_id}/delete": {
+        "post": operation(
+            "Delete a bag from the dashboard (admins; the page's CSRF token in X-CSRF-Token)",
+            {200: json_reply("Deleted", OBJECT)},
+            errors=(403, 404),
+            parameters=(BAG_ID,),
             limited=False,
             tag="dashboard",
         )
