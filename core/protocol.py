@@ -27,6 +27,10 @@ DOWNLOAD_PATH = "/uploads/<upload_id>/file"
 BAGS_PATH = "/bags"  # the bag catalogue (core/server/catalog.py)
 BAG_PATH = "/bags/<bag_id>"
 BAG_DOWNLOAD_PATH = "/bags/<bag_id>/download"
+BAG_LINKS_PATH = "/bags/<bag_id>/links"  # short-lived signed download links of a bag's files
+SIGNED_DOWNLOAD_PATH = "/signed/<upload_id>"  # no key: ?expires=<epoch s>&signature=<hex HMAC>
+PARAM_EXPIRES = "expires"
+PARAM_SIGNATURE = "signature"
 # Robots report recorder and upload-queue status here; the reply carries operator commands.
 HEARTBEAT_PATH = "/robots/<robot_id>/heartbeat"
 

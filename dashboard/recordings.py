@@ -7,9 +7,11 @@ The JSON is the API's own (``core.server.bags_api``), so the page and ``GET /bag
 
 from __future__ import annotations
 
+import time
+
 from flask import Response, jsonify, redirect, url_for
 
-from core.server import bags_api
+from core.server import bags_api, signed_links
 from core.server.errors import Forbidden
 from dashboard import access
 from dashboard.views import _page, _require_viewer, bp
@@ -47,8 +49,20 @@ def api_bag_download(bag_id: str) -> Response:
 @bp.post("/api/bags/<bag_id>/delete")
 def api_bag_delete(bag_id: str) -> Response:
     identity = _require_viewer()
+    _require_csrf()
+    bag = bags_api.bag_service().delete(identity, bag_id)
+    return jsonify({"success": True, "deleted": bags_api.describe(bag, detailed=True)})
+
+
+@bp.post("/api/bags/<bag_id>/links")
+def api_bag_links(bag_id: str) -> Response:
+    """Signed links (and Open in Foxglove) for the detail panel; POST with the CSRF token: it mints a credential."""
+    identity = _require_viewer()
+    _require_csrf()
+    return jsonify(signed_links.bag_links(identity, bag_id, time.time()))
+
+
+def _require_csrf() -> None:
     if not access.csrf_exempt() and not access.csrf_ok():
         msg = f"missing or wrong CSRF token (send the page's token in {access.CSRF_HEADER})"
         raise Forbidden(msg)
-    bag = bags_api.bag_service().delete(identity, bag_id)
-    return jsonify({"success": True, "deleted": bags_api.describe(bag, detailed=True)})

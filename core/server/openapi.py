@@ -18,6 +18,7 @@ import core
 from core.config import ServerConfig
 from core.protocol import (
     BAG_DOWNLOAD_PATH,
+    BAG_LINKS_PATH,
     BAG_PATH,
     BAGS_PATH,
     CHUNK_PATH,
@@ -37,6 +38,7 @@ from core.protocol import (
     INIT_PATH,
     MIN_PIECE_SIZE,
     PARAM_CLIENT,
+    PARAM_EXPIRES,
     PARAM_LIMIT,
     PARAM_MESSAGE_TYPE,
     PARAM_OFFSET,
@@ -45,11 +47,13 @@ from core.protocol import (
     PARAM_RECOVERED,
     PARAM_ROBOT,
     PARAM_SESSION,
+    PARAM_SIGNATURE,
     PARAM_SINCE_NS,
     PARAM_STATE,
     PARAM_TOPIC,
     PARAM_TOPIC_PREFIX,
     PARAM_UNTIL_NS,
+    SIGNED_DOWNLOAD_PATH,
     UPLOAD_PATH,
     UPLOADS_PATH,
     Codec,
@@ -310,6 +314,7 @@ ERROR_MEANINGS = {
     411: "Content-Length required",
     413: "Body, chunk or file larger than allowed",
     415: "Unsupported media type",
+    416: "The Range asks for bytes past the end of the file",
     429: "Rate limit exceeded; see Retry-After and X-RateLimit-*",
     507: "The server's storage is full",
 }
@@ -431,6 +436,7 @@ BAG_FILTERS = (
 )
 JSON_BODY = {"required": True, "content": {"application/json": {"schema": ref("InitRequest")}}}
 HTML = {"text/html": {"schema": STRING}}
+BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 REDIRECT = {"description": "Redirect (to the sign-in page or the dashboard)"}
 
 PATHS: dict[str, dict[str, Schema]] = {
@@ -605,6 +611,34 @@ PATHS: dict[str, dict[str, Schema]] = {
             tag="bags",
         )
     },
+    BAG_LINKS_PATH: {
+        "post": operation(
+            "Short-lived signed download links of a bag's files, and an Open in Foxglove link per MCAP file",
+            {200: json_reply("Links valid until `expires` (epoch seconds, SIGNED_URL_TTL)", OBJECT)},
+            errors=(404,),
+            parameters=(BAG_ID,),
+            tag="bags",
+        )
+    },
+    SIGNED_DOWNLOAD_PATH: {
+        "get": operation(
+            "A stored file through a signed link (no key); answers Range requests when stored raw",
+            {
+                200: {"description": "The file", "content": BINARY},
+                206: {"description": "The requested range", "content": BINARY},
+            },
+            errors=(403, 404, 409, 416),
+            parameters=(
+                path_param("upload_id"),
+                query_param(PARAM_EXPIRES, {"type": "integer"}, "Expiry (epoch seconds) the link was signed for"),
+                query_param(PARAM_SIGNATURE, STRING, "HMAC-SHA256 of the upload id and expiry"),
+                header_param("Range", STRING, "bytes=<first>-<last> (RFC 9110)"),
+            ),
+            is_public=True,
+            limited=False,
+            tag="bags",
+        )
+    },
     HEARTBEAT_PATH: {
         "post": operation(
             "A robot's status report; the reply carries operator commands",
@@ -706,6 +740,16 @@ PATHS: dict[str, dict[str, Schema]] = {
         "post": operation(
             "Delete a bag from the dashboard (admins; the page's CSRF token in X-CSRF-Token)",
             {200: json_reply("Deleted", OBJECT)},
+            errors=(403, 404),
+            parameters=(BAG_ID,),
+            limited=False,
+            tag="dashboard",
+        )
+    },
+    "/dashboard/api/bags/{bag_id}/links": {
+        "post": operation(
+            f"`POST {BAG_LINKS_PATH}` for the dashboard (the page's CSRF token in X-CSRF-Token)",
+            {200: json_reply("Signed links", OBJECT)},
             errors=(403, 404),
             parameters=(BAG_ID,),
             limited=False,

@@ -109,6 +109,24 @@
     ])));
     document.getElementById("d-download").setAttribute("href", bagUrl + encodeURIComponent(bagId) + "/download");
     document.getElementById("bag-detail").hidden = false;
+    foxglove(bagId, bag.files.some((f) => f.filename.endsWith(".mcap")));
+  }
+
+  // Open in Foxglove: a short-lived signed link to the MCAP file (no key in it), asked for when a bag is opened.
+  async function foxglove(bagId, hasMcap) {
+    const link = document.getElementById("d-foxglove");
+    link.hidden = true;
+    if (!hasMcap) return;
+    const response = await fetch(bagUrl + encodeURIComponent(bagId) + "/links", {
+      method: "POST", headers: { "X-CSRF-Token": csrf, Accept: "application/json" }, credentials: "same-origin",
+    });
+    if (!response.ok || selected !== bagId) return;
+    const body = await response.json();
+    const mcap = body.files.find((f) => f.foxglove);
+    if (!mcap) return;
+    link.setAttribute("href", mcap.foxglove);
+    link.setAttribute("title", "Valid until " + new Date(body.expires * 1000).toISOString());
+    link.hidden = false;
   }
 
   async function remove() {

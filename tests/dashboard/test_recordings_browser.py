@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
@@ -74,6 +75,14 @@ def test_operator_finds_a_recording_opens_it_and_downloads_it(server: GunicornSe
         expect(page.locator("#d-topics tr", has_text="/imu/data")).to_contain_text("sensor_msgs/msg/Imu")
         expect(page.locator("#d-files li")).to_have_count(2)
         expect(page.locator("#d-files")).to_contain_text("metadata.yaml")
+        foxglove = page.locator("#d-foxglove")
+        expect(foxglove).to_be_visible()
+        href = foxglove.get_attribute("href") or ""
+        signed = parse_qs(urlsplit(href).query)["ds.url"][0]
+        assert href.startswith("https://app.foxglove.dev/~/view?ds=remote-file&")
+        assert server.admin_key not in href
+        # The link works with no key and no cookie, as Foxglove fetches it.
+        assert requests.get(signed, headers={"Range": "bytes=0-7"}, timeout=5).content == b"\x89MCAP0\r\n"
         screenshot(page, "recordings-detail")
 
         with page.expect_download() as download_info:
