@@ -57,7 +57,9 @@ def check(secret: str, upload_id: str, expires_raw: str | None, sent: str | None
         expires = int(expires_raw or "")
     except ValueError:
         expires = -1
-    valid = expires >= 0 and hmac.compare_digest(signature(secret, upload_id, expires), sent or "")
+    # Bytes: compare_digest refuses non-ASCII str, and a link is whatever a browser sends.
+    expected = signature(secret, upload_id, expires).encode()
+    valid = expires >= 0 and hmac.compare_digest(expected, (sent or "").encode())
     if not valid:
         msg = "this download link is not valid: ask for a new one"
         raise Forbidden(msg)

@@ -293,3 +293,18 @@ def test_an_upload_without_a_bag_is_not_catalogued(new_upload: Callable[..., Upl
     assert jobs.run_once()
 
     assert app.extensions["state_store"].list_bags(BagQuery()) == ([], 0)
+
+
+def test_a_deduplicated_upload_is_catalogued_too(
+    new_upload: Callable[..., Upload], jobs: Any, app: Flask, real_bag: Path
+) -> None:
+    upload_bag(new_upload, jobs, real_bag)
+    for file in sorted(real_bag.iterdir()):  # the same bytes again, declared as another bag
+        upload = new_upload(file.read_bytes(), filename=file.name)
+        assert upload.init(metadata={"bag": "copy_of_run_0", "robot_id": "robot1"}).get_json()["deduplicated"]
+
+    copy = app.extensions["state_store"].get_bag(bag_id_of("anonymous", "copy_of_run_0"))
+
+    assert copy is not None
+    assert copy.topics == EXPECTED_TOPICS
+    assert len(copy.files) == 2
