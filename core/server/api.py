@@ -31,6 +31,7 @@ from core.protocol import (
 )
 from core.server.errors import InvalidJson
 from core.server.identity import current_identity
+from core.server.ranges import file_response
 from core.server.service import InitResult, UploadService
 from core.server.validation import (
     MAX_PAGE_OFFSET,
@@ -205,6 +206,8 @@ def _attachment(filename: str) -> str:
 def download(upload_id: str) -> Response:
     raw = request.args.get(PARAM_RAW, "0").lower() in {"1", "true", "yes"}
     stored = _service().download(current_identity(), upload_id, raw=raw)
+    if not raw:  # the original bytes answer Range requests (an MCAP reader seeks)
+        return file_response(stored, {"Content-Disposition": _attachment(stored.filename)})
     headers = {
         "Content-Length": str(stored.size),
         "Content-Disposition": _attachment(stored.filename),

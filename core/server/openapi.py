@@ -436,6 +436,7 @@ BAG_FILTERS = (
 )
 JSON_BODY = {"required": True, "content": {"application/json": {"schema": ref("InitRequest")}}}
 HTML = {"text/html": {"schema": STRING}}
+RANGE_HEADER = header_param("Range", STRING, "bytes=<first>-<last> (RFC 9110): 206, when the file is stored raw")
 BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 REDIRECT = {"description": "Redirect (to the sign-in page or the dashboard)"}
 
@@ -560,16 +561,14 @@ PATHS: dict[str, dict[str, Schema]] = {
     },
     DOWNLOAD_PATH: {
         "get": operation(
-            "Download a stored file (decompressed unless raw=1)",
+            "Download a stored file (decompressed unless raw=1); answers Range when stored raw",
             {
-                200: {
-                    "description": "The file",
-                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-                }
+                200: {"description": "The file", "content": BINARY},
+                206: {"description": "The requested range", "content": BINARY},
             },
             operation_id=DOWNLOAD,
-            errors=(400, 404, 409),
-            parameters=(UPLOAD_ID, query_param(PARAM_RAW, STRING, "1: the stored (compressed) bytes")),
+            errors=(400, 404, 409, 416),
+            parameters=(UPLOAD_ID, query_param(PARAM_RAW, STRING, "1: the stored (compressed) bytes"), RANGE_HEADER),
         )
     },
     BAGS_PATH: {
@@ -632,7 +631,7 @@ PATHS: dict[str, dict[str, Schema]] = {
                 path_param("upload_id"),
                 query_param(PARAM_EXPIRES, {"type": "integer"}, "Expiry (epoch seconds) the link was signed for"),
                 query_param(PARAM_SIGNATURE, STRING, "HMAC-SHA256 of the upload id and expiry"),
-                header_param("Range", STRING, "bytes=<first>-<last> (RFC 9110)"),
+                RANGE_HEADER,
             ),
             is_public=True,
             limited=False,

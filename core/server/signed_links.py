@@ -14,13 +14,10 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
-from werkzeug.exceptions import RequestedRangeNotSatisfiable
 
 from core.config import ServerConfig
 from core.protocol import (
@@ -28,17 +25,15 @@ from core.protocol import (
     PARAM_EXPIRES,
     PARAM_SIGNATURE,
     SIGNED_DOWNLOAD_PATH,
-    Codec,
 )
 from core.server import auth, bags_api, limits
 from core.server.errors import Forbidden
 from core.server.identity import ANONYMOUS, Identity, current_identity
-from core.server.service import Download
+from core.server.ranges import file_response
 
 log = logging.getLogger("upload_server")
 
 _PURPOSE = b"signed-download\n"  # domain separation: a session signature is never a valid link
-_PIECE = 1 << 20
 
 
 def signature(secret: str, upload_id: str, expires: int) -> str:
@@ -88,44 +83,6 @@ def bag_links(identity: Identity, bag_id: str, now: float) -> dict[str, Any]:
         files.append(entry)
     log.info("Signed links for bag %s (%s) by %s, valid until %d", bag_id, bag.name, identity.name, expires)
     return {"success": True, "bag_id": bag_id, "expires": expires, "files": files}
-
-
-def _byte_range(download: Download) -> tuple[int, int] | None:
-    """The requested (start, stop), None for the whole file; only a raw stored file can seek."""
-    if request.range is None or download.record.codec not in (None, Codec.NONE):
-        return None
-    found = request.range.range_for_length(download.size)
-    if found is None:
-        raise RequestedRangeNotSatisfiable(length=download.size)
-    return found
-
-
-def _read(path: Path, start: int, stop: int) -> Iterator[bytes]:
-    with path.open("rb") as fh:
-        fh.seek(start)
-        left = stop - start
-        while left > 0 and (piece := fh.read(min(_PIECE, left))):
-            left -= len(piece)
-            yield piece
-
-
-def file_response(download: Download) -> Response:
-    """The original bytes with ``ETag``; a 206 for a satisfiable ``Range`` when the file is stored raw."""
-    etag = f'"{download.record.sha256}"'
-    seekable = download.record.codec in (None, Codec.NONE)
-    headers = {"ETag": etag, "Accept-Ranges": "bytes" if seekable else "none"}
-    wanted = _byte_range(download) if request.if_range.etag in (None, download.record.sha256) else None
-    if wanted is None:
-        headers["Content-Length"] = str(download.size)
-        body: Iterator[bytes] = download.chunks()
-        status = 200
-    else:
-        start, stop = wanted
-        headers["Content-Length"] = str(stop - start)
-        headers["Content-Range"] = f"bytes {start}-{stop - 1}/{download.size}"
-        body = _read(download.path, start, stop)
-        status = 206
-    return Response(body, status=status, mimetype="application/octet-stream", headers=headers, direct_passthrough=True)
 
 
 links_api = Blueprint("signed_links", __name__)

@@ -178,3 +178,32 @@ def test_the_download_origin_is_configurable(make_app: Callable[..., Flask], bag
         "https://viewer.example"
     )
     assert "Access-Control-Allow-Origin" not in custom.get(url, headers={"Origin": FOXGLOVE}).headers
+
+
+def test_keyed_file_downloads_answer_ranges_too(client: FlaskClient, bag: Path) -> None:
+    upload_id = urlsplit(mcap_link(client)).path.rsplit("/", 1)[1]
+    data = (bag / "run_0.mcap").read_bytes()
+
+    response = client.get(f"/uploads/{upload_id}/file", headers={"Range": "bytes=8-15"})
+
+    assert response.status_code == 206
+    assert response.data == data[8:16]
+    assert response.headers["Content-Disposition"].startswith("attachment;")
+
+
+def test_a_compressed_file_is_sent_whole_and_says_it_cannot_seek(
+    new_upload: Callable[..., Upload], jobs: Any, client: FlaskClient
+) -> None:
+    data = b"compressible " * 4096
+    upload = new_upload(data, filename="notes.txt")
+    upload.init(compression="zstd")
+    upload.send_all()
+    upload.finalize()
+    assert jobs.run_once()
+    assert upload.status()["codec"] == "zstd"
+
+    response = client.get(f"/uploads/{upload.upload_id}/file", headers={"Range": "bytes=0-3"})
+
+    assert response.status_code == 200
+    assert response.headers["Accept-Ranges"] == "none"
+    assert response.data == data
