@@ -53,7 +53,7 @@ _TRUE, _FALSE = {"1", "true", "yes"}, {"0", "false", "no"}
 
 def _flag(args: Mapping[str, str], name: str) -> bool | None:
     raw = args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
     if raw.lower() in _TRUE | _FALSE:
         return raw.lower() in _TRUE
@@ -63,7 +63,7 @@ def _flag(args: Mapping[str, str], name: str) -> bool | None:
 
 def _nanoseconds(args: Mapping[str, str], name: str) -> int | None:
     raw = args.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
     try:
         value = int(raw)

@@ -86,7 +86,16 @@ def test_a_robot_key_lists_only_its_own_bags(client: FlaskClient, two_robots: di
 
 
 @pytest.mark.parametrize(
-    "query", ["?since_ns=yesterday", "?until_ns=-1", "?recovered=maybe", "?order=sideways", "?limit=100000"]
+    "query",
+    [
+        "?since_ns=yesterday",
+        "?until_ns=-1",
+        "?since_ns=",
+        "?recovered=maybe",
+        "?topic_prefix=",
+        "?order=",
+        "?limit=100000",
+    ],
 )
 def test_bad_filters_are_a_clear_400(client: FlaskClient, query: str) -> None:
     response = client.get(f"/bags{query}", headers=ADMIN)
