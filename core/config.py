@@ -274,6 +274,21 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = setting(
         (), "CORS_ORIGINS", "list", "Browser origins allowed to call the API cross-origin (empty: none)"
     )
+    signed_url_ttl: float = setting(
+        900.0, "SIGNED_URL_TTL", "float", "Seconds a signed download link (Open in Foxglove) stays valid"
+    )
+    download_cors_origins: tuple[str, ...] = setting(
+        ("https://app.foxglove.dev",),
+        "DOWNLOAD_CORS_ORIGINS",
+        "list",
+        "Browser origins that may fetch signed download links cross-origin (Foxglove; empty: none)",
+    )
+    foxglove_url: str = setting(
+        "https://app.foxglove.dev/~/view",
+        "FOXGLOVE_URL",
+        "str",
+        "Foxglove viewer the dashboard's Open in Foxglove link points at (it fetches the signed link)",
+    )
     max_json_size: int = setting(
         64 * KiB, "MAX_JSON_SIZE", "size", "Largest request body on every route but chunk PUTs (MAX_CHUNK_SIZE)"
     )

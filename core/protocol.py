@@ -24,6 +24,13 @@ CHUNK_PATH = "/upload/<upload_id>/chunk/<int(signed=True):index>"  # signed: -1 
 FINALIZE_PATH = "/upload/<upload_id>/finalize"
 UPLOADS_PATH = "/uploads"
 DOWNLOAD_PATH = "/uploads/<upload_id>/file"
+BAGS_PATH = "/bags"  # the bag catalogue (core/server/catalog.py)
+BAG_PATH = "/bags/<bag_id>"
+BAG_DOWNLOAD_PATH = "/bags/<bag_id>/download"
+BAG_LINKS_PATH = "/bags/<bag_id>/links"  # short-lived signed download links of a bag's files
+SIGNED_DOWNLOAD_PATH = "/signed/<upload_id>"  # no key: ?expires=<epoch s>&signature=<hex HMAC>
+PARAM_EXPIRES = "expires"
+PARAM_SIGNATURE = "signature"
 # Robots report recorder and upload-queue status here; the reply carries operator commands.
 HEARTBEAT_PATH = "/robots/<robot_id>/heartbeat"
 
@@ -57,6 +64,16 @@ PARAM_OFFSET = "offset"
 PARAM_STATE = "state"
 PARAM_CLIENT = "client"
 PARAM_RAW = "raw"  # ?raw=1 on DOWNLOAD_PATH returns the stored (compressed) bytes
+# Filters of BAGS_PATH (times are nanoseconds since the epoch, like rosbag2's).
+PARAM_ROBOT = "robot"
+PARAM_SESSION = "session"
+PARAM_SINCE_NS = "since_ns"
+PARAM_UNTIL_NS = "until_ns"
+PARAM_TOPIC = "topic"
+PARAM_TOPIC_PREFIX = "topic_prefix"
+PARAM_MESSAGE_TYPE = "type"
+PARAM_RECOVERED = "recovered"
+PARAM_ORDER = "order"  # "desc" (newest first, the default) or "asc"
 
 # --- Sizes ------------------------------------------------------------------
 KiB = 1024
@@ -112,6 +129,7 @@ class ErrorCode(str, enum.Enum):
     UPLOAD_EXPIRED = "upload_expired"
     UPLOAD_ABORTED = "upload_aborted"  # aborted by its client (DELETE /upload/<id>); its status answers 410
     UPLOAD_DELETED = "upload_deleted"  # a stored upload an admin (or RETENTION_DAYS) deleted
+    BAG_DELETED = "bag_deleted"  # the error_code of an upload whose bag an admin deleted
     PAYLOAD_TOO_LARGE = "payload_too_large"
     LENGTH_REQUIRED = "length_required"  # a chunk sent without Content-Length (e.g. chunked encoding)
     FILE_TOO_LARGE = "file_too_large"

@@ -7,7 +7,11 @@ from flask import Flask, Response, request
 from core.config import ServerConfig
 from core.server import db, robots
 from core.server.state_store import StateStore
-from dashboard import access, views
+from dashboard import (
+    access,
+    recordings,  # noqa: F401 - its routes hang on views.bp
+    views,
+)
 from dashboard.metrics import open_request_metrics
 
 URL_PREFIX = "/dashboard"

@@ -14,14 +14,10 @@ from core.protocol import (
     DOWNLOAD_PATH,
     FEATURE_CHUNK_PIECES,
     FINALIZE_PATH,
-    HEADER_ACCEPT_RANGES,
     HEADER_CHUNK_OFFSET,
     HEADER_CHUNK_SHA256,
     HEADER_CONTENT_MD5,
-    HEADER_CONTENT_RANGE,
-    HEADER_IF_RANGE,
     HEADER_PIECE_SHA256,
-    HEADER_RANGE,
     HEALTH_PATH,
     INIT_PATH,
     PARAM_CLIENT,
@@ -35,8 +31,9 @@ from core.protocol import (
     ErrorCode,
     UploadState,
 )
-from core.server.errors import InvalidJson, RangeNotSatisfiable
+from core.server.errors import InvalidJson
 from core.server.identity import current_identity
+from core.server.ranges import file_response
 from core.server.service import InitResult, UploadService
 from core.server.validation import (
     MAX_PAGE_OFFSET,
@@ -230,43 +227,8 @@ def delete_stored(upload_id: str) -> tuple[Response, int]:
     )
 
 
-def _requested_range(size: int, etag: str) -> tuple[int, int] | None:
-    """(start, stop) of a single satisfiable ``Range``; None for the whole file (no Range, several, stale If-Range).
-
-    Raises 416 for a range that starts beyond the end, with ``Content-Range: bytes */size``.
-    """
-    if HEADER_RANGE not in request.headers:
-        return None
-    requested = request.range
-    if requested is None or len(requested.ranges) != 1 or requested.units != "bytes":
-        return None  # unparsable or multipart/byteranges: RFC 9110 lets us send the whole file
-    if_range = request.headers.get(HEADER_IF_RANGE)
-    if if_range is not None and if_range != etag:
-        return None  # the client's copy is of another version: send it whole
-    bounds = requested.range_for_length(size)
-    if bounds is None:
-        msg = f"range {request.headers[HEADER_RANGE]!r} is outside the {size}-byte file"
-        raise RangeNotSatisfiable(msg, length=size)
-    return bounds
-
-
 @api.get(DOWNLOAD_PATH)
 def download(upload_id: str) -> Response:
     raw = request.args.get(PARAM_RAW, "0").lower() in {"1", "true", "yes"}
     stored = _service().download(current_identity(), upload_id, raw=raw)
-    etag = f'"{stored.record.sha256}{"-raw" if raw else ""}"'
-    headers = {
-        "Content-Disposition": _attachment(stored.filename),
-        "ETag": etag,
-        HEADER_ACCEPT_RANGES: "bytes",
-    }
-    bounds = _requested_range(stored.size, etag)
-    if bounds is None:
-        headers["Content-Length"] = str(stored.size)
-        body, status = stored.chunks(), 200
-    else:
-        start, stop = bounds
-        headers["Content-Length"] = str(stop - start)
-        headers[HEADER_CONTENT_RANGE] = f"bytes {start}-{stop - 1}/{stored.size}"
-        body, status = stored.chunks(start, stop - start), 206
-    return Response(body, status=status, mimetype="application/octet-stream", headers=headers, direct_passthrough=True)
+    return file_response(stored, {"Content-Disposition": _attachment(stored.filename)})

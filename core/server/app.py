@@ -11,7 +11,23 @@ from flask import Flask
 
 import dashboard
 from core.config import ServerConfig
-from core.server import auth, backup, cli, db, health, jobs, limits, logs, metrics, openapi, proxies, robots, security
+from core.server import (
+    auth,
+    backup,
+    bags_api,
+    cli,
+    db,
+    health,
+    jobs,
+    limits,
+    logs,
+    metrics,
+    openapi,
+    proxies,
+    robots,
+    security,
+    signed_links,
+)
 from core.server.api import api
 from core.server.blobs import open_blob_store
 from core.server.errors import register_error_handlers
@@ -62,6 +78,8 @@ def create_app(config: ServerConfig | Mapping[str, Any] | None = None) -> Flask:
 
     register_error_handlers(app)
     app.register_blueprint(api)
+    bags_api.init_app(app)  # GET /bags, /bags/<id>, its download; DELETE; flask bags delete
+    signed_links.init_app(app)  # POST /bags/<id>/links, GET /signed/<upload_id> (no key, Range, CORS)
     dashboard.init_app(app, settings, state)  # heartbeats, robot commands and /dashboard/
     service.pruners.append(robots.robot_store(app).prune)  # old commands and silent robots go with each sweep
     cli.init_app(app)  # sweep, db upgrade

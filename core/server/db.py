@@ -174,6 +174,51 @@ dashboard_buckets = Table(
     Column("bytes_in", BigInteger, nullable=False),
 )
 
+# The bag catalogue (core/server/catalog.py): one row per bag, its files, its topics.
+bags = Table(
+    "bags",
+    metadata,
+    Column("bag_id", String(32), primary_key=True),
+    Column("owner", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("robot_id", Text, nullable=False),
+    Column("session", Text, nullable=False),
+    Column("split_index", Integer, nullable=False),
+    Column("storage", Text, nullable=False),
+    Column("recovered", Boolean, nullable=False),
+    Column("start_ns", BigInteger, nullable=False),
+    Column("end_ns", BigInteger, nullable=False),
+    Column("message_count", BigInteger, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("stored_size", BigInteger, nullable=False),
+    Column("updated_at", _TIME, nullable=False),
+    Index("bags_by_start", "start_ns", "bag_id"),
+    Index("bags_by_robot", "robot_id", "start_ns"),
+    Index("bags_by_session", "session", "start_ns"),
+)
+
+bag_files = Table(
+    "bag_files",
+    metadata,
+    Column("upload_id", String(32), primary_key=True),
+    Column("bag_id", String(32), nullable=False),
+    Column("filename", Text, nullable=False),
+    Column("facts", Text, nullable=False),  # catalog.FileFacts as JSON
+    Index("bag_files_by_bag", "bag_id"),
+)
+
+bag_topics = Table(
+    "bag_topics",
+    metadata,
+    Column("bag_id", String(32), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("message_count", BigInteger, nullable=False),
+    PrimaryKeyConstraint("bag_id", "name"),
+    Index("bag_topics_by_name", "name", "bag_id"),
+    Index("bag_topics_by_type", "type", "bag_id"),
+)
+
 
 class SchemaOutdated(RuntimeError):
     """The database is older than this code: the operator must run the upgrade command."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from core.checksums import hex_digests_equal
 from core.config import ServerConfig
 from core.protocol import Codec, ErrorCode, UploadState
-from core.server import events
+from core.server import catalog, events
 from core.server.blobs import BlobStore, PartMissing
 from core.server.compression import SAMPLE_SIZE, iter_decompressed, open_writer, worth_compressing
 from core.server.service import isoformat
@@ -127,6 +127,7 @@ class Finalizer:
         if codec is not Codec.NONE:
             self.blobs.discard_assembled(upload_id, blob_id)  # the compressed copy replaces it
         self.blobs.remove_part(upload_id)
+        catalog.record_upload(self.state, self.blobs, done, self.clock())
         self._report(done, time.monotonic() - started)
 
     def _choose_codec(self, record: UploadRecord, blob_id: str) -> Codec:

@@ -17,6 +17,10 @@ from flask import Flask, Response, current_app, jsonify
 import core
 from core.config import ServerConfig
 from core.protocol import (
+    BAG_DOWNLOAD_PATH,
+    BAG_LINKS_PATH,
+    BAG_PATH,
+    BAGS_PATH,
     CHUNK_PATH,
     DOWNLOAD_PATH,
     FINALIZE_PATH,
@@ -37,10 +41,22 @@ from core.protocol import (
     INIT_PATH,
     MIN_PIECE_SIZE,
     PARAM_CLIENT,
+    PARAM_EXPIRES,
     PARAM_LIMIT,
+    PARAM_MESSAGE_TYPE,
     PARAM_OFFSET,
+    PARAM_ORDER,
     PARAM_RAW,
+    PARAM_RECOVERED,
+    PARAM_ROBOT,
+    PARAM_SESSION,
+    PARAM_SIGNATURE,
+    PARAM_SINCE_NS,
     PARAM_STATE,
+    PARAM_TOPIC,
+    PARAM_TOPIC_PREFIX,
+    PARAM_UNTIL_NS,
+    SIGNED_DOWNLOAD_PATH,
     UPLOAD_PATH,
     UPLOADS_PATH,
     Codec,
@@ -222,6 +238,59 @@ SCHEMAS: dict[str, Schema] = {
             "offset": INTEGER,
         },
     },
+    "BagTopic": {
+        "type": "object",
+        "required": ["name", "type", "message_count"],
+        "properties": {"name": STRING, "type": STRING, "message_count": INTEGER},
+    },
+    "BagFile": {
+        "type": "object",
+        "properties": {
+            "upload_id": STRING,
+            "filename": STRING,
+            "kind": {"type": "string", "enum": ["storage", "metadata", "other"]},
+            "size": INTEGER,
+            "stored_size": INTEGER,
+            "sha256": nullable(STRING),
+            "parsed": {**BOOLEAN, "description": "Whether the server could read the file's contents"},
+            "download": {**STRING, "description": "Path of the file's download"},
+        },
+    },
+    "Bag": {
+        "type": "object",
+        "description": "A recording: its identifiers as the robot declared them, its contents as read from the "
+        "bag at finalize (MCAP summary, else metadata.yaml). Times are nanoseconds since the epoch.",
+        "properties": {
+            "bag_id": STRING,
+            "name": STRING,
+            "owner": STRING,
+            "robot_id": STRING,
+            "session": STRING,
+            "split_index": INTEGER,
+            "storage": STRING,
+            "recovered": BOOLEAN,
+            "start_ns": INTEGER,
+            "end_ns": INTEGER,
+            "duration_ns": INTEGER,
+            "message_count": INTEGER,
+            "size": INTEGER,
+            "stored_size": INTEGER,
+            "updated_at": nullable(STRING),
+            "topics": {"type": "array", "items": ref("BagTopic")},
+            "files": {"type": "array", "items": ref("BagFile"), "description": "Only in a bag's detail"},
+        },
+    },
+    "BagList": {
+        "type": "object",
+        "required": ["success", "bags", "total", "limit", "offset"],
+        "properties": {
+            "success": BOOLEAN,
+            "bags": {"type": "array", "items": ref("Bag")},
+            "total": INTEGER,
+            "limit": INTEGER,
+            "offset": INTEGER,
+        },
+    },
     "HeartbeatRequest": {
         "type": "object",
         "properties": {
@@ -367,8 +436,29 @@ def header_param(name: str, schema: Schema, description: str) -> Schema:
 
 
 UPLOAD_ID = path_param("upload_id")
+BAG_ID = path_param("bag_id")
+NANOSECONDS = {"type": "integer", "minimum": 0, "maximum": (1 << 63) - 1}
+FLAG = {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]}
+BAG_FILTERS = (
+    query_param(PARAM_ROBOT, STRING, "Robot id"),
+    query_param(PARAM_SESSION, STRING, "Recording session"),
+    query_param(PARAM_SINCE_NS, NANOSECONDS, "Bags that end at or after this time"),
+    query_param(PARAM_UNTIL_NS, NANOSECONDS, "Bags that start at or before this time"),
+    query_param(PARAM_TOPIC, STRING, "Bags with this topic"),
+    query_param(PARAM_TOPIC_PREFIX, FLAG, f"true: `{PARAM_TOPIC}` is a prefix of the topic name"),
+    query_param(PARAM_MESSAGE_TYPE, STRING, "Bags with a topic of this message type"),
+    query_param(PARAM_RECOVERED, FLAG, "Only bags recovered after a crash (true) or not (false)"),
+    query_param(PARAM_ORDER, {"type": "string", "enum": ["desc", "asc"]}, "By start time; desc first"),
+    query_param(PARAM_LIMIT, {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_SIZE}, "Page size"),
+    query_param(PARAM_OFFSET, {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_OFFSET}, "Page start"),
+)
 JSON_BODY = {"required": True, "content": {"application/json": {"schema": ref("InitRequest")}}}
 HTML = {"text/html": {"schema": STRING}}
+RANGE_HEADERS = (
+    header_param(HEADER_RANGE, STRING, "bytes=START-END, START- or -SUFFIX (one range)"),
+    header_param(HEADER_IF_RANGE, STRING, "The ETag of the copy the client has; else the whole file"),
+)
+BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 REDIRECT = {"description": "Redirect (to the sign-in page or the dashboard)"}
 
 PATHS: dict[str, dict[str, Schema]] = {
@@ -506,8 +596,7 @@ PATHS: dict[str, dict[str, Schema]] = {
             parameters=(
                 UPLOAD_ID,
                 query_param(PARAM_RAW, STRING, "1: the stored (compressed) bytes"),
-                header_param(HEADER_RANGE, STRING, "bytes=START-END, START- or -SUFFIX (one range)"),
-                header_param(HEADER_IF_RANGE, STRING, "The ETag of the copy the client has; else the whole file"),
+                *RANGE_HEADERS,
             ),
         ),
         "delete": operation(
@@ -516,6 +605,73 @@ PATHS: dict[str, dict[str, Schema]] = {
             errors=(403, 404, 409, 410, 507),
             parameters=(UPLOAD_ID,),
         ),
+    },
+    BAGS_PATH: {
+        "get": operation(
+            "The bag catalogue: bags of this key (an admin key: of every robot), sorted by start time",
+            {200: json_reply("One page of bags", ref("BagList"))},
+            errors=(400,),
+            parameters=BAG_FILTERS,
+            tag="bags",
+        )
+    },
+    BAG_PATH: {
+        "get": operation(
+            "One bag with its topics and files",
+            {200: json_reply("The bag", ref("Bag"))},
+            errors=(404,),
+            parameters=(BAG_ID,),
+            tag="bags",
+        ),
+        "delete": operation(
+            "Delete a bag: its uploads and their stored files (admin keys)",
+            {200: json_reply("Deleted; `deleted` is the bag as it was", OBJECT)},
+            errors=(403, 404),
+            parameters=(BAG_ID,),
+            tag="bags",
+        ),
+    },
+    BAG_DOWNLOAD_PATH: {
+        "get": operation(
+            "The whole bag folder as one tar (`<bag>/<file>`), streamed",
+            {
+                200: {
+                    "description": "An uncompressed tar (exact Content-Length)",
+                    "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
+                }
+            },
+            errors=(404, 409),
+            parameters=(BAG_ID,),
+            tag="bags",
+        )
+    },
+    BAG_LINKS_PATH: {
+        "post": operation(
+            "Short-lived signed download links of a bag's files, and an Open in Foxglove link per MCAP file",
+            {200: json_reply("Links valid until `expires` (epoch seconds, SIGNED_URL_TTL)", OBJECT)},
+            errors=(404,),
+            parameters=(BAG_ID,),
+            tag="bags",
+        )
+    },
+    SIGNED_DOWNLOAD_PATH: {
+        "get": operation(
+            "A stored file through a signed link (no key); one byte Range is answered with 206",
+            {
+                200: {"description": "The file", "content": BINARY},
+                206: {"description": "The requested range", "content": BINARY},
+            },
+            errors=(403, 404, 409, 416),
+            parameters=(
+                path_param("upload_id"),
+                query_param(PARAM_EXPIRES, {"type": "integer"}, "Expiry (epoch seconds) the link was signed for"),
+                query_param(PARAM_SIGNATURE, STRING, "HMAC-SHA256 of the upload id and expiry"),
+                *RANGE_HEADERS,
+            ),
+            is_public=True,
+            limited=False,
+            tag="bags",
+        )
     },
     HEARTBEAT_PATH: {
         "post": operation(
@@ -571,6 +727,65 @@ PATHS: dict[str, dict[str, Schema]] = {
             "Live updates (server-sent events, ends after DASHBOARD_SSE_MAX_SECONDS)",
             {200: {"description": "Event stream (`event: state`, JSON `data`)", "content": {"text/event-stream": {}}}},
             errors=(400,),
+            limited=False,
+            tag="dashboard",
+        )
+    },
+    "/dashboard/recordings": {
+        "get": operation(
+            "The Recordings page: the bag catalogue (signed-in browsers)",
+            {200: {"description": "Page", "content": HTML}, 302: REDIRECT},
+            is_public=True,
+            limited=False,
+            tag="dashboard",
+        )
+    },
+    "/dashboard/api/bags": {
+        "get": operation(
+            f"`GET {BAGS_PATH}` for the signed-in dashboard (same filters and reply)",
+            {200: json_reply("One page of bags", ref("BagList"))},
+            errors=(400,),
+            parameters=BAG_FILTERS,
+            limited=False,
+            tag="dashboard",
+        )
+    },
+    "/dashboard/api/bags/{bag_id}": {
+        "get": operation(
+            "One bag for the dashboard's detail panel",
+            {200: json_reply("The bag", ref("Bag"))},
+            errors=(404,),
+            parameters=(BAG_ID,),
+            limited=False,
+            tag="dashboard",
+        )
+    },
+    "/dashboard/api/bags/{bag_id}/download": {
+        "get": operation(
+            "The whole bag as a streamed tar, for the dashboard",
+            {200: {"description": "An uncompressed tar", "content": {"application/x-tar": {"schema": STRING}}}},
+            errors=(404, 409),
+            parameters=(BAG_ID,),
+            limited=False,
+            tag="dashboard",
+        )
+    },
+    "/dashboard/api/bags/{bag_id}/delete": {
+        "post": operation(
+            "Delete a bag from the dashboard (admins; the page's CSRF token in X-CSRF-Token)",
+            {200: json_reply("Deleted", OBJECT)},
+            errors=(403, 404),
+            parameters=(BAG_ID,),
+            limited=False,
+            tag="dashboard",
+        )
+    },
+    "/dashboard/api/bags/{bag_id}/links": {
+        "post": operation(
+            f"`POST {BAG_LINKS_PATH}` for the dashboard (the page's CSRF token in X-CSRF-Token)",
+            {200: json_reply("Signed links", OBJECT)},
+            errors=(403, 404),
+            parameters=(BAG_ID,),
             limited=False,
             tag="dashboard",
         )

@@ -35,7 +35,7 @@ from core.protocol import (
     UploadState,
     chunk_length,
 )
-from core.server import events
+from core.server import catalog, events
 from core.server.blobs import BlobStore, PartMissing, is_valid_id
 from core.server.compression import iter_decompressed
 from core.server.errors import (
@@ -340,6 +340,7 @@ class UploadService:
             }
         )
         self.state.create_upload(record)
+        catalog.record_upload(self.state, self.blobs, record, self.clock())  # verified without a finalize
         log.info(
             "Deduplicated upload: %s (%d bytes) - ID: %s - same content as %s",
             record.filename,

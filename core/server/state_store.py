@@ -22,6 +22,8 @@ from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, u
 
 from core.protocol import Codec, UploadState
 from core.server import db
+from core.server.bag_store import SQLBagCatalog
+from core.server.catalog import BagCatalog
 from core.server.db import chunks, jobs, leases, uploads, upsert
 
 
@@ -76,8 +78,8 @@ class UploadQuery:
     offset: int = 0
 
 
-class StateStore(abc.ABC):
-    """Where upload sessions, received chunks, finalize jobs and leases live.
+class StateStore(BagCatalog):
+    """Where upload sessions, received chunks, finalize jobs, leases and the bag catalogue live.
 
     Implementations must be safe to use from several threads, processes and hosts at once.
     """
@@ -197,7 +199,7 @@ class StateStore(abc.ABC):
     def acquire_lease(self, name: str, holder: str, duration: float) -> bool:
         """Hold the named lease for ``duration`` seconds of database time if it is free, expired or ours."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections."""
 
 
@@ -228,7 +230,7 @@ def _from_row(row: Mapping[str, Any]) -> UploadRecord:
     return UploadRecord(**values)
 
 
-class SQLStateStore(StateStore):
+class SQLStateStore(SQLBagCatalog, StateStore):
     """Every upload, chunk receipt, job and lease in the state database (SQLite or PostgreSQL)."""
 
     def __init__(self, engine: Engine) -> None:
