@@ -301,8 +301,10 @@ def command(robot_id: str) -> tuple[Response, int]:
     except ValueError as err:
         msg = f"action must be one of {', '.join(a.value for a in RobotAction)}"
         raise InvalidField(msg) from err
-    args = body.get("args") or {}
-    if not isinstance(args, dict):
+    args = body.get("args")
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):  # false, 0, "" and [] too: the document says object or null
         raise InvalidField("args must be an object")
     now = time.time()
     queued = Command(robot_id, action, args, issued_by=identity.name, created_at=now, updated_at=now)

@@ -591,9 +591,10 @@ class UploadJob:
                     blocked=BlockedReason.UNREACHABLE.value,
                 ) from err
             except (TransientUploadError, PermanentUploadError) as err:
-                if err.status is None:  # the link broke, not the server refusing
+                if isinstance(err, TransientUploadError) and err.status is None:  # the link broke, not a refusal
                     sizer.failed(sent, len(data))
-                if offset is None or err.code not in _PIECE_REFUSALS or restarted:
+                # A 400 is retried like any other refusal (core/client/retry.py), except these for a piece.
+                if offset is None or err.status != 400 or err.code not in _PIECE_REFUSALS or restarted:
                     raise
                 # An older server (size mismatch: whole chunks from now on) or a chunk whose stored pieces
                 # differ (checksum mismatch): start the chunk over from its first byte, once.

@@ -294,7 +294,7 @@ SCHEMAS: dict[str, Schema] = {
     "HeartbeatRequest": {
         "type": "object",
         "properties": {
-            "sent_at": NUMBER,
+            "sent_at": nullable(NUMBER),  # null: not given, like leaving it out
             "recorder": REPORT,
             "uploads": REPORT,
             "host": REPORT,

@@ -243,6 +243,13 @@ def _ack_state(ack: CommandAck) -> CommandState:
     return CommandState.DONE if ack.get("ok", True) else CommandState.FAILED
 
 
+def _is_ack(ack: Any) -> bool:
+    """A ``CommandAck``: a string ``id``; ``ok`` and ``message``, when present, a boolean and a string."""
+    if not isinstance(ack, dict) or not isinstance(ack.get("id"), str):
+        return False
+    return isinstance(ack.get("ok", True), bool) and isinstance(ack.get("message", ""), str)
+
+
 def _ack_message(ack: CommandAck) -> str:
     return str(ack.get("message", ""))[:MAX_ACK_MESSAGE]
 
@@ -293,8 +300,8 @@ def _parse_heartbeat() -> dict[str, Any]:
     if sent_at is not None and (not isinstance(sent_at, (int, float)) or isinstance(sent_at, bool)):
         raise InvalidField("sent_at must be a number (seconds since the epoch)")
     acks = body.get("acks", [])
-    if not isinstance(acks, list) or not all(isinstance(a, dict) and isinstance(a.get("id"), str) for a in acks):
-        raise InvalidField("acks must be a list of objects with a string id")
+    if not isinstance(acks, list) or not all(_is_ack(a) for a in acks):
+        raise InvalidField("acks must be a list of objects with a string id, a boolean ok and a string message")
     return body
 
 
@@ -334,14 +341,15 @@ def _rejection_reason(response: Response) -> str:
 
 
 def record_rejected_heartbeat(response: Response) -> Response:
-    """A heartbeat answered 4xx/5xx (too large, malformed, bad key, rate limited…) is remembered for its robot.
+    """A heartbeat refused with a 4xx (too large, malformed, bad key, rate limited…) is remembered for its robot.
 
     Without it the dashboard shows a robot whose heartbeats are refused as a
     stale row going "offline"; with it, it shows "heartbeat rejected: <reason>".
     Runs for every layer's refusal (auth, body limits, rate limits, the view).
     """
     rule = request.url_rule
-    if response.status_code < 400 or rule is None or rule.rule != HEARTBEAT_PATH:
+    # 4xx only: a 5xx (full disk, database down) is the server's trouble, and recording it would meet it again.
+    if not 400 <= response.status_code < 500 or rule is None or rule.rule != HEARTBEAT_PATH:
         return response
     robot_id = str((request.view_args or {}).get("robot_id", ""))
     if not _ROBOT_ID.match(robot_id):
@@ -349,8 +357,8 @@ def record_rejected_heartbeat(response: Response) -> Response:
     rejection = Rejection(time.time(), response.status_code, _rejection_reason(response))
     try:
         robot_store().record_rejection(robot_id, rejection)
-    except Exception:  # the store is down: the refusal itself must still reach the robot
-        log.exception("could not record the rejected heartbeat of robot %s", robot_id)
+    except Exception as err:  # the store is down: the refusal itself must still reach the robot
+        log.warning("could not record the rejected heartbeat of robot %s: %s: %s", robot_id, type(err).__name__, err)
         return response
     log.warning("heartbeat rejected robot=%s status=%d reason=%s", robot_id, rejection.status, rejection.reason)
     return response

@@ -106,7 +106,9 @@ def test_key_header_commands_need_no_csrf_token(client: FlaskClient, admin_key: 
     assert client.post(url, json={"action": "split"}, headers=bearer(robot_key)).status_code == 401
 
 
-@pytest.mark.parametrize("body", [{"action": "explode"}, {"action": "pause", "args": [1]}, [1]])
+@pytest.mark.parametrize(
+    "body", [{"action": "explode"}, {"action": "pause", "args": [1]}, {"action": "stop", "args": False}, [1]]
+)
 def test_bad_commands_are_refused(client: FlaskClient, admin_key: str, body: object) -> None:
     reply = client.post("/dashboard/api/robots/robot-1/commands", json=body, headers=bearer(admin_key))
     assert reply.status_code == 400

@@ -113,6 +113,8 @@ def test_heartbeat_without_key_is_rejected(client: FlaskClient) -> None:
         (b'{"recorder": "recording"}', "invalid_field"),
         (b'{"acks": {"id": "x"}}', "invalid_field"),
         (b'{"acks": [{"ok": true}]}', "invalid_field"),
+        (b'{"acks": [{"id": "x", "ok": true, "message": {}}]}', "invalid_field"),
+        (b'{"acks": [{"id": "x", "ok": "yes"}]}', "invalid_field"),
     ],
 )
 def test_bad_heartbeats_get_a_json_400(client: FlaskClient, robot_key: str, body: bytes, code: str) -> None:

@@ -88,7 +88,8 @@ def full_disk(tmpfs: Path, tmp_path: Path) -> Iterator[FullDisk]:
     """gunicorn on the tmpfs (its log elsewhere), with one upload half sent and one heartbeat stored."""
     upload_dir = tmpfs / "uploads"
     upload_dir.mkdir()
-    env = {"DASHBOARD_SSE_MAX_SECONDS": "0.5"}
+    # MIN_FREE_DISK off: this test fills the disk for real (the floor's early 507 is tested in test_storage_bounds).
+    env = {"DASHBOARD_SSE_MAX_SECONDS": "0.5", "MIN_FREE_DISK": "0"}
     with GunicornServer(upload_dir, workers=WORKERS, auth=True, env=env, log_dir=tmp_path) as server:
         # Every worker must have built its app before the disk fills: a worker that boots on a full
         # disk cannot open its SQLite stores, and gunicorn stops altogether when a worker fails to boot.

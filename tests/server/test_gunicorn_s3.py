@@ -12,8 +12,9 @@ import pytest
 import requests
 
 from core.network_manager import NetworkManager
-from core.protocol import HEADER_CONTENT_RANGE, MiB, download_url
+from core.protocol import HEADER_CONTENT_RANGE, KiB, MiB, download_url
 from tests.client.support import local_sha256, server_sha256, write_file
+from tests.helpers.fault_proxy import FaultProxy
 from tests.helpers.processes import wait_until
 from tests.helpers.seaweedfs import SeaweedFS
 from tests.helpers.servers import GunicornServer
@@ -100,3 +101,29 @@ def test_gunicorn_refuses_to_start_on_a_missing_bucket_and_says_why(
         gunicorn_server(tmp_path / "uploads", env=env, workers=1)
 
     assert "bucket 'never-created', which does not exist at the S3 endpoint" in str(failed.value)
+
+
+def test_after_a_broken_link_the_robot_client_falls_back_to_whole_chunks_on_s3(
+    s3_server: tuple[GunicornServer, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first break makes the client send pieces; S3 refuses them (400 chunk_size_mismatch), whole chunks follow."""
+    server, _ = s3_server
+    (tmp_path / "robot").mkdir()
+    bag = write_file(tmp_path / "robot" / "run2.mcap", 3 * MiB + 99)
+    with FaultProxy(server.port) as proxy:
+        proxy.drop_after_bytes = 600 * KiB  # the first 1 MiB chunk is cut mid-body
+        manager = NetworkManager(upload_url=proxy.url + "/upload", state_dir=tmp_path / "client", chunk_size=MiB)
+        manager.backoff_initial, manager.backoff_max = 0.05, 0.5
+        try:
+            manager.start()
+            manager.add_upload(bag)
+            wait_until(lambda: proxy.drops >= 1, 60, 0.001, "the first cut")
+            proxy.drop_after_bytes = None  # the link heals: only whole chunks may pass from now on
+            assert manager.wait(timeout=120)
+            (job,) = manager.status()
+        finally:
+            manager.stop()
+
+    assert job["state"] == "complete", job
+    assert server_sha256(server.upload_url, job["upload_id"]) == local_sha256(bag)
+    assert any("chunk_size_mismatch" in r.getMessage() or "whole chunks" in r.getMessage() for r in caplog.records)
