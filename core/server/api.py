@@ -34,7 +34,7 @@ from core.protocol import (
 from core.server.errors import InvalidJson
 from core.server.identity import current_identity
 from core.server.ranges import file_response
-from core.server.service import InitResult, UploadService
+from core.server.service import ChunkResult, InitResult, PieceResult, UploadService
 from core.server.validation import (
     MAX_PAGE_OFFSET,
     MAX_PAGE_SIZE,
@@ -143,6 +143,11 @@ def put_chunk(upload_id: str, index: int) -> tuple[Response, int]:
         sha256=sha256,
         md5=md5,
     )
+    return _chunk_reply(result, upload_id, index)
+
+
+def _chunk_reply(result: ChunkResult | PieceResult, upload_id: str, index: int, **extra: Any) -> tuple[Response, int]:
+    """201 for a chunk (or piece) stored now, 200 for one the server already had."""
     return _ok(
         200 if result.duplicate else 201,
         upload_id=upload_id,
@@ -150,6 +155,7 @@ def put_chunk(upload_id: str, index: int) -> tuple[Response, int]:
         received_count=result.received,
         chunks=result.record.chunks,
         duplicate=result.duplicate,
+        **extra,
     )
 
 
@@ -164,13 +170,10 @@ def _put_piece(upload_id: str, index: int, offset: int, piece_sha256: str, chunk
         piece_sha256=piece_sha256,
         chunk_sha256=chunk_sha256,
     )
-    return _ok(
-        200 if result.duplicate else 201,
-        upload_id=upload_id,
-        index=index,
-        received_count=result.received,
-        chunks=result.record.chunks,
-        duplicate=result.duplicate,
+    return _chunk_reply(
+        result,
+        upload_id,
+        index,
         chunk_offset=result.offset,
         piece_length=result.length,
         chunk_complete=result.complete,
