@@ -176,8 +176,7 @@ class BagService:
             )
             if record is None or record.blob_id is None:
                 continue
-            others = state.find_duplicates(filesize=record.filesize, md5=record.md5, sha256=record.sha256, owner=None)
-            if any(other.blob_id == record.blob_id for other in others):
+            if self.uploads.blob_sharer(record) is not None:
                 continue
             blobs.delete(record.blob_id)
             removed += 1

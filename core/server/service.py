@@ -729,10 +729,7 @@ class UploadService:
         )
         if deleted is None:  # deleted (or changed) by someone else in between
             return self.delete_stored(identity, upload_id, reason=reason)
-        sharers = self.state.find_duplicates(
-            filesize=record.filesize, md5=record.md5, sha256=record.sha256, owner=None, limit=100
-        )
-        sharing = next((other for other in sharers if other.blob_id == record.blob_id), None)
+        sharing = self.blob_sharer(record)
         freed = 0
         if sharing is None and record.blob_id is not None:
             with storage_errors():
@@ -751,6 +748,16 @@ class UploadService:
         )
         events.upload_deleted.send(self, upload_id=upload_id, owner=record.owner, by=identity.name, bytes_freed=freed)
         return Deletion(deleted, freed, sharing.upload_id if sharing else None)
+
+    def blob_sharer(self, record: UploadRecord) -> UploadRecord | None:
+        """Another complete upload that still refers to ``record``'s stored file (deduplication), if any.
+
+        A stored file is deleted only when this is None: deleting it under a sharer would lose a verified copy.
+        """
+        others = self.state.find_duplicates(
+            filesize=record.filesize, md5=record.md5, sha256=record.sha256, owner=None, limit=100
+        )
+        return next((other for other in others if other.blob_id == record.blob_id), None)
 
     def apply_retention(self) -> int:
         """Delete stored uploads that began more than RETENTION_DAYS ago (0: never); the number deleted."""
