@@ -104,6 +104,7 @@ class RequestMetrics:
         self._lock = threading.Lock()
         self._pending: dict[int, Counts] = {}
         self._flusher_pid: int | None = None
+        self._flusher: threading.Thread | None = None
         self._closed = threading.Event()
 
     def record(self, status: int, bytes_in: int) -> None:
@@ -121,7 +122,8 @@ class RequestMetrics:
         if self._flusher_pid == os.getpid():
             return
         self._flusher_pid = os.getpid()
-        threading.Thread(target=self._flush_forever, name="dashboard-metrics", daemon=True).start()
+        self._flusher = threading.Thread(target=self._flush_forever, name="dashboard-metrics", daemon=True)
+        self._flusher.start()
 
     def _flush_forever(self) -> None:
         while not self._closed.wait(self.flush_every):
@@ -132,9 +134,15 @@ class RequestMetrics:
                 # kill the thread; the next flush tries again with the counts it dropped lost.
                 log.warning("dashboard counters not saved (%s): %s", type(self.store).__name__, err)
 
-    def close(self) -> None:
-        """Stop this process's flusher thread (after one last flush by the caller, if wanted)."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop this process's flusher thread and wait for it.
+
+        Waiting matters: a flush still running holds a database connection, and the engine disposed
+        right after would drop it unclosed.
+        """
         self._closed.set()
+        if self._flusher is not None and self._flusher_pid == os.getpid():
+            self._flusher.join(timeout)
 
     def flush(self) -> None:
         with self._lock:

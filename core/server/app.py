@@ -94,3 +94,14 @@ def create_app(config: ServerConfig | Mapping[str, Any] | None = None) -> Flask:
     proxies.init_app(app, settings)
     jobs.init_app(app, jobs.JobRunner(service, Finalizer(settings, state, blobs, clock=lambda: service.clock())))
     return app
+
+
+def close_app(app: Flask) -> None:
+    """Stop the app's background threads, then close its database connections (worker exit, tests).
+
+    The order matters: a thread still working would check a connection out of an engine already
+    disposed, and that connection would later be dropped unclosed.
+    """
+    app.extensions["job_runner"].stop()
+    app.extensions[dashboard.views.METRICS_EXTENSION].close()
+    app.extensions["state_store"].close()

@@ -11,7 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from core.config import ServerConfig
-from core.server.app import create_app
+from core.server.app import close_app, create_app
 from core.server.keys import KeyStore, key_store
 
 
@@ -38,9 +38,7 @@ def make_app(upload_dir: Path) -> Iterator[Callable[..., Flask]]:
 
     yield make
     for app in apps:  # every store shares the app's engine: this closes their database connections
-        app.extensions["job_runner"].stop()
-        app.extensions["dashboard_metrics"].close()
-        app.extensions["state_store"].close()
+        close_app(app)
 
 
 @pytest.fixture

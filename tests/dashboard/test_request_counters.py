@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 from core.config import ServerConfig
 from core.protocol import HEALTH_PATH, UPLOAD_PREFIX
 from core.server import db
+from core.server.app import close_app
 from dashboard import views
 from dashboard.metrics import (
     BUCKET_SECONDS,
@@ -46,22 +48,22 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def open_counters(state_store_uri: str, tmp_path: Path) -> Iterator[Callable[[], CounterStore]]:
-    """Opens the shared counter store of one engine again, as another worker or host would."""
-    opened: list[SQLCounters] = []
+def open_metrics(state_store_uri: str, tmp_path: Path, clock: Clock) -> Iterator[Callable[[], RequestMetrics]]:
+    """Request counters on the shared store of one engine, opened again as another worker or host would."""
+    opened: list[RequestMetrics] = []
 
-    def open_() -> CounterStore:
-        opened.append(SQLCounters(open_engine(tmp_path, state_store_uri)))
+    def open_() -> RequestMetrics:
+        opened.append(RequestMetrics(SQLCounters(open_engine(tmp_path, state_store_uri)), clock=clock))
         return opened[-1]
 
     yield open_
-    for store in opened:
-        store.engine.dispose()
+    for metrics in opened:  # the flusher thread first: it may hold a connection of the engine
+        metrics.close()
+        metrics.store.engine.dispose()  # type: ignore[attr-defined]
 
 
-def test_buckets_are_summed_across_workers(open_counters: Callable[[], CounterStore], clock: Clock) -> None:
-    first = RequestMetrics(open_counters(), clock=clock)
-    second = RequestMetrics(open_counters(), clock=clock)
+def test_buckets_are_summed_across_workers(open_metrics: Callable[[], RequestMetrics], clock: Clock) -> None:
+    first, second = open_metrics(), open_metrics()
     first.record(200, 100)
     second.record(429, 50)
     clock.now += BUCKET_SECONDS
@@ -77,9 +79,9 @@ def test_buckets_are_summed_across_workers(open_counters: Callable[[], CounterSt
 
 
 def test_series_is_zero_filled_oldest_first_and_ends_at_the_window(
-    open_counters: Callable[[], CounterStore], clock: Clock
+    open_metrics: Callable[[], RequestMetrics], clock: Clock
 ) -> None:
-    metrics = RequestMetrics(open_counters(), clock=clock)
+    metrics = open_metrics()
     metrics.record(200, 1)
     clock.now += 60
 
@@ -92,9 +94,9 @@ def test_series_is_zero_filled_oldest_first_and_ends_at_the_window(
     assert metrics.series(window=70)["requests"] == 1
 
 
-def test_buckets_older_than_an_hour_are_forgotten(open_counters: Callable[[], CounterStore], clock: Clock) -> None:
-    store = open_counters()
-    metrics = RequestMetrics(store, clock=clock)
+def test_buckets_older_than_an_hour_are_forgotten(open_metrics: Callable[[], RequestMetrics], clock: Clock) -> None:
+    metrics = open_metrics()
+    store = metrics.store
     old = clock.now
     metrics.record(200, 10)
     metrics.flush()
@@ -137,6 +139,33 @@ def test_a_failing_store_does_not_stop_the_flusher(clock: Clock) -> None:
     assert store.saved == [1]
 
 
+def test_close_waits_for_a_flush_in_progress(clock: Clock) -> None:
+    """The caller disposes the engine right after close(): a flush still running would lose its connection."""
+
+    class Slow(CounterStore):
+        errors = (OperationalError,)
+
+        def __init__(self) -> None:
+            self.started, self.finished = threading.Event(), threading.Event()
+
+        def add(self, deltas: Any, now: float) -> None:
+            self.started.set()
+            time.sleep(0.3)
+            self.finished.set()
+
+        def read(self, buckets: Any) -> dict[int, Any]:
+            return {}
+
+    store = Slow()
+    metrics = RequestMetrics(store, flush_every=0.01, clock=clock)
+    metrics.record(200, 1)
+    assert store.started.wait(10)
+
+    metrics.close()
+
+    assert store.finished.is_set()
+
+
 def test_open_request_metrics_follows_state_store_uri(tmp_path: Path, state_store_uri: str) -> None:
     metrics = open_request_metrics(ServerConfig(upload_dir=tmp_path / "root", state_store_uri=state_store_uri))
 
@@ -170,6 +199,4 @@ def test_two_hosts_sharing_postgresql_show_each_others_requests(tmp_path: Path, 
     assert [dashboard_requests(app)["requests"] for app in hosts] == [4, 4]
     assert [p.name for p in tmp_path.rglob("*.sqlite3*")] == []  # no keys, robots, state or counters on disk
     for app in hosts:
-        app.extensions[views.METRICS_EXTENSION].close()
-        app.extensions["job_runner"].stop()
-        app.extensions["state_store"].close()
+        close_app(app)

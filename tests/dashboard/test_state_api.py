@@ -211,7 +211,10 @@ def sse_events(body: str) -> list[tuple[str, str]]:
 
 
 def test_event_stream_sends_state_and_ends_with_bye(make_app: Callable[..., Flask]) -> None:
-    client = make_app(auth_enabled=False, sse_max_seconds=0.3, sse_interval=0.05).test_client()
+    app = make_app(auth_enabled=False, sse_max_seconds=0.3, sse_interval=0.05)
+    # The request chart moves on every 10 s bucket (a real change, re-sent); keep the stream inside one.
+    app.extensions[views.METRICS_EXTENSION].clock = lambda: 1_000_000.0
+    client = app.test_client()
     heartbeat(client, "robot-1", "", recorder=recorder_status())
     reply = client.get("/dashboard/events")
     assert reply.mimetype == "text/event-stream"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from core.server.app import create_app
+from core.server.app import close_app, create_app
 from core.server.blob_store import BlobStore
 
 
@@ -22,7 +22,7 @@ def app(tmp_path: Path) -> Iterator[Flask]:
     settings = {"upload_dir": tmp_path / "uploads", "auth_enabled": False, "ratelimit_enabled": False}
     app = create_app({**settings, "background_jobs": False})
     yield app
-    app.extensions["state_store"].close()
+    close_app(app)
 
 
 def test_abort_between_verification_and_store_ends_aborted_without_an_error(

@@ -10,7 +10,7 @@ import pytest
 from flask import Flask, g, request
 from flask.testing import FlaskClient
 
-from core.server.app import create_app
+from core.server.app import close_app, create_app
 from core.server.identity import Identity
 from core.server.jobs import JobRunner
 from core.server.service import UploadService
@@ -71,9 +71,7 @@ def make_app(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., Flask]]
 
     yield build
     for app in apps:
-        app.extensions["job_runner"].stop()
-        app.extensions["dashboard_metrics"].close()
-        app.extensions["state_store"].close()
+        close_app(app)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import exc
 
 from core.protocol import HEADER_RETRY_AFTER, ErrorCode
-from core.server.app import create_app
+from core.server.app import close_app, create_app
 from tests.helpers.postgres import PostgresServer
 from tests.server.conftest import settings_for
 
@@ -36,7 +36,7 @@ def test_a_postgresql_state_store_that_went_away_answers_503_json(
         admin.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
     reply = getattr(client, method)(path, json=body)
-    app.extensions["state_store"].close()
+    close_app(app)
 
     assert reply.status_code == 503
     assert reply.get_json()["error"]["code"] == ErrorCode.SERVICE_UNAVAILABLE.value

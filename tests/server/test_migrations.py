@@ -19,7 +19,7 @@ from sqlalchemy import inspect
 
 from core.protocol import HEADER_CHUNK_SHA256
 from core.server import db
-from core.server.app import create_app
+from core.server.app import close_app, create_app
 from core.server.robots import robot_store
 from tests.helpers.postgres import PostgresServer
 from tests.helpers.processes import PYTHON, REPO_ROOT
@@ -106,7 +106,7 @@ def test_upgrading_a_state_directory_of_the_previous_server_keeps_everything(leg
         assert robots[0].first_seen < robots[0].last_seen
         assert sum(b.requests for b in buckets) > 0
     finally:
-        app.extensions["state_store"].close()
+        close_app(app)
 
 
 def test_an_upload_begun_before_the_upgrade_finishes_after_it(legacy_dir: Path) -> None:
@@ -122,7 +122,7 @@ def test_an_upload_begun_before_the_upgrade_finishes_after_it(legacy_dir: Path) 
         status = client.get(f"/upload/{uid}", headers=bearer("robot1")).get_json()
         assert status["missing"] == []
     finally:
-        app.extensions["state_store"].close()
+        close_app(app)
 
 
 def test_upgrade_is_idempotent(legacy_dir: Path) -> None:

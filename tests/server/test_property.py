@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.protocol import HEADER_CHUNK_SHA256, chunk_count
-from core.server.app import create_app
+from core.server.app import close_app, create_app
 from tests.server.conftest import settings_for
 
 Plan = tuple[bytes, int, list[tuple[int, bool]], int]
@@ -66,4 +66,4 @@ def test_any_send_order_yields_the_exact_file_or_a_clear_error(
     assert app.extensions["job_runner"].run_once()
     assert client.get(f"/upload/{upload_id}").get_json()["verified"] is True
     assert client.get(f"/uploads/{upload_id}/file").data == data
-    app.extensions["state_store"].close()
+    close_app(app)

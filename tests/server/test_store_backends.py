@@ -26,7 +26,7 @@ from core.protocol import (
     ErrorCode,
 )
 from core.server import backup, finalize
-from core.server.app import create_app
+from core.server.app import close_app, create_app
 from core.server.blobs import LocalBlobStore, StoreMisconfigured
 from core.server.blobs.s3 import MIN_PART_SIZE, S3BlobStore
 from core.server.identity import Identity
@@ -345,7 +345,7 @@ def test_backup_and_restore_round_trip_on_both_stores(
             upload.client = restored.test_client()
             assert upload.download().data == upload.data
     finally:
-        restored.extensions["state_store"].close()
+        close_app(restored)
 
 
 def test_detailed_health_reports_the_blob_store(backend: Flask) -> None:
