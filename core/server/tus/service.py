@@ -399,7 +399,7 @@ def _copy(body: Any, sink: Any, length: int, *digests: Any) -> int:
     while copied < length:
         try:
             piece = body.read(min(BODY_READ_SIZE, length - copied))
-        except ClientDisconnected:
+        except (ClientDisconnected, OSError):  # the connection broke mid-body: keep what arrived
             break
         if not piece:
             break

@@ -93,7 +93,8 @@ def _expires(upload: TusUpload) -> dict[str, str]:
 
 
 def _location(upload_id: str) -> str:
-    return f"{request.host_url.rstrip('/')}{TUS_PREFIX}/{upload_id}"
+    """Relative (RFC 9110 10.2.2): right behind any proxy, whatever Host and port it forwards."""
+    return f"{request.script_root}{TUS_PREFIX}/{upload_id}"
 
 
 def _empty(status: int, fields: dict[str, str]) -> Response:
