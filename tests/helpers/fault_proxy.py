@@ -47,6 +47,21 @@ class _Link:
             with contextlib.suppress(OSError):
                 sock.close()
 
+    def cut_client(self) -> None:
+        """RST the client, but let the server read every byte forwarded so far, then end of stream.
+
+        A reset discards what the server's kernel received but the server had not read yet, so
+        what a server keeps of a cut body depends on timing; this makes it exact.
+        """
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        with contextlib.suppress(OSError):
+            self.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        for sock in (self.client, self.upstream):
+            with contextlib.suppress(OSError):
+                sock.close()
+
     def cut(self) -> None:
         """Close both ends with a RST (SO_LINGER 0), as a dropped mobile link looks to the peers."""
         if self.closed.is_set():
@@ -65,7 +80,8 @@ class FaultProxy:
     Attributes a test may set at any time: ``delay`` (seconds added before each
     forwarded piece), ``throttle`` (bytes/s per direction and connection; None =
     unlimited), ``drop_after_bytes`` (cut a connection once that many request
-    bytes passed through it; None = never). ``flip_after(n)`` inverts one request byte, the
+    bytes passed through it; None = never; ``keep_delivered``: the server still reads what was
+    forwarded before the cut, then end of stream). ``flip_after(n)`` inverts one request byte, the
     one ``n`` bytes after the call over all connections. Counters: ``bytes_up`` (client to
     server), ``bytes_down``, ``connections``, ``drops``.
     """
@@ -85,6 +101,7 @@ class FaultProxy:
         self.delay = 0.0
         self.throttle: float | None = None
         self.drop_after_bytes: int | None = None
+        self.keep_delivered = False
         self._flip_countdown: int | None = None
         self.flips = 0
         self.bytes_up = 0
@@ -228,7 +245,7 @@ class FaultProxy:
                 if upstream and self.drop_after_bytes is not None and passed + len(data) > self.drop_after_bytes:
                     with self._lock:
                         self.drops += 1
-                    link.cut()
+                    link.cut_client() if self.keep_delivered else link.cut()
                     return
                 if upstream and self._flip_countdown is not None:
                     data = self._flipped(data)

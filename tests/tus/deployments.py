@@ -42,6 +42,11 @@ class Deployment:
     def auth(self) -> dict[str, str]:
         return {HEADER_AUTHORIZATION: f"{AUTH_SCHEME} {self.app.robot_key}"}
 
+    def cut_after(self, count: int) -> None:
+        """Cut the client's connection after ``count`` request bytes; the app still gets those bytes."""
+        self.cut.keep_delivered = True
+        self.cut.drop_after_bytes = count
+
     def reset_faults(self) -> None:
         for proxy in (self.cut, self.flip):
             proxy.drop_after_bytes = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import logging
 import tempfile
@@ -230,9 +231,13 @@ class TusService:
         body: BinaryIO,
         *,
         offset: int,
-        content_length: int,
+        content_length: int | None,
         checksum: Checksum | None,
     ) -> TusUpload:
+        """Store a PATCH body at ``offset``; ``content_length`` None: a chunked body, read until it ends.
+
+        A chunked body is read up to the upload's length and no further.
+        """
         upload = self.get(identity, upload_id)
         record, tus = upload.record, upload.tus
         if tus.concat == CONCAT_FINAL:
@@ -241,18 +246,20 @@ class TusService:
         if offset != tus.upload_offset:
             msg = f"{HEADER_UPLOAD_OFFSET} {offset} does not match the upload's offset {tus.upload_offset}"
             raise Conflict(msg, details={"offset": tus.upload_offset})
-        if offset + content_length > tus.upload_length:
-            msg = f"{content_length} bytes at offset {offset} exceed the upload's length {tus.upload_length}"
+        length = tus.upload_length - offset if content_length is None else content_length
+        if offset + length > tus.upload_length:
+            msg = f"{length} bytes at offset {offset} exceed the upload's length {tus.upload_length}"
             raise PayloadTooLarge(msg, details={"length": tus.upload_length})
-        if content_length == 0:
+        if length == 0:
             return upload
         if record.state is not UploadState.UPLOADING:
             msg = f"upload {upload_id} is {record.state.value}"
             raise Conflict(msg, details={"state": record.state.value})
         if checksum is None:
-            new_offset = self._store_body(identity, record, offset, body, content_length)
+            new_offset = self._store_body(identity, record, offset, body, length)
         else:
-            new_offset = self._store_checked(identity, record, offset, body, content_length, checksum)
+            exact = content_length is not None
+            new_offset = self._store_checked(identity, record, offset, body, length, checksum, exact=exact)
         log.info(
             "tus PATCH: %s - ID: %s - offset %d -> %d of %d",
             record.filename,
@@ -266,20 +273,34 @@ class TusService:
         return self.get(identity, upload_id)
 
     def _store_checked(
-        self, identity: Identity, record: UploadRecord, offset: int, body: BinaryIO, length: int, checksum: Checksum
+        self,
+        identity: Identity,
+        record: UploadRecord,
+        offset: int,
+        body: BinaryIO,
+        length: int,
+        checksum: Checksum,
+        *,
+        exact: bool,
     ) -> int:
-        """Spool and check the whole body first: a body that does not match its checksum stores nothing (460)."""
+        """Spool and check the whole body first: a body that does not match its checksum stores nothing (460).
+
+        ``exact``: the body must be ``length`` bytes (Content-Length); else (chunked) at most ``length``.
+        """
         digest = hashlib.new(checksum.algorithm)
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as buffer:
             received = _copy(body, buffer, length, digest)
-            if received < length:
+            if not exact and _copy(body, io.BytesIO(), 1):
+                msg = f"the body is longer than the {length} bytes left of the upload; nothing was stored"
+                raise PayloadTooLarge(msg, details={"length": record.filesize})
+            if exact and received < length:
                 msg = f"the body ended after {received} of {length} bytes; nothing was stored"
                 raise InvalidField(msg, details={"offset": offset})
             if not hmac.compare_digest(digest.digest(), checksum.digest):
                 msg = f"the body does not match its Upload-Checksum ({checksum.algorithm}); nothing was stored"
                 raise TusChecksumMismatch(msg, details={"offset": offset})
             buffer.seek(0)
-            return self._store_body(identity, record, offset, buffer, length)
+            return self._store_body(identity, record, offset, buffer, received)
 
     def _store_body(self, identity: Identity, record: UploadRecord, offset: int, body: Any, length: int) -> int:
         """Store up to ``length`` bytes of ``body`` from ``offset``, one native chunk (or piece) at a time."""
