@@ -159,14 +159,7 @@ class TusService:
             raise InvalidField(msg, details={"field": "Upload-Length"})
         record = self._create_native(identity, length, meta)
         done = record.state is not UploadState.UPLOADING  # deduplicated: already complete
-        tus = TusRecord(
-            upload_id=record.upload_id,
-            upload_length=length,
-            upload_offset=length if done else 0,
-            concat=concat.kind if concat else None,
-            raw_metadata=raw_meta,
-        )
-        self.store.create(tus)
+        tus = self._create_row(record, raw_meta, concat.kind if concat else None)
         log.info(
             "tus upload created: %s (%d bytes%s) - ID: %s",
             record.filename,
@@ -175,6 +168,22 @@ class TusService:
             record.upload_id,
         )
         return TusUpload(record, tus)
+
+    def _create_row(
+        self, record: UploadRecord, raw_meta: str, concat: str | None, parts: tuple[str, ...] = ()
+    ) -> TusRecord:
+        """The tus row of a new native upload; a deduplicated one is complete, its offset its length."""
+        done = record.state is not UploadState.UPLOADING
+        tus = TusRecord(
+            upload_id=record.upload_id,
+            upload_length=record.filesize,
+            upload_offset=record.filesize if done else 0,
+            concat=concat,
+            parts=parts,
+            raw_metadata=raw_meta,
+        )
+        self.store.create(tus)
+        return tus
 
     def _create_native(self, identity: Identity, length: int, meta: dict[str, str]) -> UploadRecord:
         spec = parse_init(init_body(length, meta), self.uploads.config)
@@ -195,22 +204,17 @@ class TusService:
                 raise Conflict(msg, details={"field": HEADER_UPLOAD_CONCAT})
         length = sum(part.tus.upload_length for part in parts)
         record = self._create_native(identity, length, meta)
-        tus = TusRecord(
-            upload_id=record.upload_id,
-            upload_length=length,
-            upload_offset=0,
-            concat=CONCAT_FINAL,
-            parts=tuple(part_ids),
-            raw_metadata=raw_meta,
-        )
-        self.store.create(tus)
-        if record.state is UploadState.UPLOADING:
+        self._create_row(record, raw_meta, CONCAT_FINAL, part_ids)
+        if record.state is UploadState.UPLOADING:  # else deduplicated: already complete
+            offset = 0
             for part in parts:
                 size = part.tus.upload_length
-                with storage_errors():
-                    reader = _PartReader(self.uploads.blobs.read_part(part.record.upload_id, 0, size))
-                    offset = self._store_body(identity, record, tus.upload_offset, reader, size)
-                tus = TusRecord(**{**tus.__dict__, "upload_offset": offset})
+                try:
+                    with storage_errors():
+                        reader = _PartReader(self.uploads.blobs.read_part(part.record.upload_id, 0, size))
+                        offset = self._store_body(identity, record, offset, reader, size)
+                except PartMissing as err:
+                    self.uploads.part_missing(identity, part.record, err)
             self._complete(identity, record, partial=False)
         for part in parts:
             self.uploads.abort(identity, part.record.upload_id)
