@@ -351,27 +351,9 @@ class TusService:
                 return 0
             new_offset = position + got
             buffer.seek(0)
+            segment_sha = segment.hexdigest() if whole and got == wanted else None
             with blobs.chunk_lock(upload_id, index):
-                current = self.store.get(upload_id)
-                if current is None or current.upload_offset != position:
-                    msg = f"upload {upload_id} moved on meanwhile (another request stored bytes at {position})"
-                    raise Conflict(msg, details={"offset": current.upload_offset if current else None})
-                try:
-                    with storage_errors():
-                        if got == wanted and whole:
-                            blobs.write_chunk(upload_id, index, chunk_start, buffer, got)
-                        else:
-                            blobs.write_piece(upload_id, position, buffer, got)
-                    receipt = None
-                    if new_offset == chunk_end:
-                        sha = (
-                            segment.hexdigest()
-                            if whole
-                            else self.uploads.stored_sha256(upload_id, chunk_start, chunk_end - chunk_start)
-                        )
-                        receipt = (index, sha)
-                except PartMissing as err:
-                    self.uploads.part_missing(identity, record, err)
+                receipt = self._write_segment(identity, record, position, buffer, got, segment_sha)
                 complete = running is not None and new_offset == record.filesize
                 with storage_errors():
                     advanced = self.store.advance(
@@ -400,6 +382,34 @@ class TusService:
                 seconds=time.monotonic() - started,
             )
         return got
+
+    def _write_segment(
+        self, identity: Identity, record: UploadRecord, position: int, data: Any, length: int, whole_sha: str | None
+    ) -> tuple[int, str] | None:
+        """Write (and fsync) ``length`` bytes at ``position``, under the chunk's lock; the chunk receipt it completes.
+
+        ``whole_sha``: the segment is the whole chunk, with this sha256. A chunk completed by a
+        piece (its other bytes came in earlier PATCHes) is hashed as stored, read back from disk.
+        """
+        blobs, upload_id = self.uploads.blobs, record.upload_id
+        index = position // record.chunk_size
+        chunk_start = index * record.chunk_size
+        chunk_size = chunk_length(record.filesize, record.chunk_size, index)
+        current = self.store.get(upload_id)
+        if current is None or current.upload_offset != position:
+            msg = f"upload {upload_id} moved on meanwhile (another request stored bytes at {position})"
+            raise Conflict(msg, details={"offset": current.upload_offset if current else None})
+        try:
+            with storage_errors():
+                if whole_sha is not None:
+                    blobs.write_chunk(upload_id, index, chunk_start, data, length)
+                    return index, whole_sha
+                blobs.write_piece(upload_id, position, data, length)
+                if position + length < chunk_start + chunk_size:
+                    return None
+                return index, self.uploads.stored_sha256(upload_id, chunk_start, chunk_size)
+        except PartMissing as err:
+            self.uploads.part_missing(identity, record, err)
 
     def _complete(self, identity: Identity, record: UploadRecord, *, partial: bool) -> None:
         """Every byte is here: queue the normal finalize job (a partial upload waits for its final upload)."""
