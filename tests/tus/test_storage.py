@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import IO
@@ -180,3 +181,31 @@ def test_a_terminated_upload_takes_no_more_bytes_even_at_its_offset(app: Flask) 
     store: TusStore = app.extensions["tus_service"].store
     assert upload.delete().status_code == 204
     assert store.advance(upload.upload_id, 0, CHUNK, app.extensions["upload_service"].clock()) is False
+
+
+def test_two_patches_racing_at_one_offset_store_one_body_whole(app: Flask) -> None:
+    """Two clients (or a resumed client and its dead request) PATCH the same offset with different bytes."""
+    upload = TusUpload(app.test_client(), os.urandom(3 * CHUNK))
+    upload.create(declare_sha256=False)  # which body wins is not known in advance
+    bodies = [os.urandom(2 * CHUNK), os.urandom(2 * CHUNK)]
+    start = threading.Barrier(2)
+    replies: list[int] = [0, 0]
+
+    def send(which: int) -> None:
+        racer = TusUpload(app.test_client(), upload.data, url=upload.url)
+        start.wait()
+        replies[which] = racer.patch(0, body=bodies[which]).status_code
+
+    threads = [threading.Thread(target=send, args=(which,)) for which in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(replies) == [204, 409]
+    winner = bodies[replies.index(204)]
+    assert upload.offset() == 2 * CHUNK
+    rest = os.urandom(CHUNK)
+    assert upload.patch(2 * CHUNK, body=rest).status_code == 204
+    assert app.extensions["job_runner"].run_once() is True
+    assert app.test_client().get(f"/uploads/{upload.upload_id}/file").data == winner + rest
