@@ -39,7 +39,7 @@ format: $(VENV)/.dev
 
 ## test: installs everything the suite needs (Debian packages included) and runs it
 test: system-deps $(VENV)/.dev lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=30
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench
