@@ -45,7 +45,7 @@ $(TUS_JS): tests/tus/js/package.json tests/tus/js/package-lock.json
 
 ## test: installs everything the suite needs (Debian packages, npm packages included) and runs it
 test: system-deps $(VENV)/.dev $(TUS_JS) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=30
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench

@@ -89,17 +89,9 @@ class BagIdentity:
 
 
 @dataclass(frozen=True)
-class BagRecord:
+class BagRecord(BagIdentity):
     """One bag as listed: identity plus facts combined over its files."""
 
-    bag_id: str
-    owner: str
-    name: str
-    robot_id: str
-    session: str
-    split_index: int
-    storage: str
-    recovered: bool
     start_ns: int
     end_ns: int
     message_count: int

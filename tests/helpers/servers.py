@@ -115,13 +115,18 @@ class GunicornServer:
         """
         if self.process is None or not self.process.alive():
             return
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        workers = [int(pid) for pid in children.read_text().split()] if children.exists() else []
+        workers = self.worker_pids()
         self.process.kill()
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not port_open(self.port), timeout, 0.05, f"port {self.port} to close")
+
+    def worker_pids(self) -> list[int]:
+        """The master's children (its workers) right now."""
+        assert self.process is not None
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        return [int(pid) for pid in children.read_text().split()] if children.exists() else []
 
     def restart(self, timeout: float = 30.0) -> GunicornServer:
         self.stop()

@@ -11,6 +11,7 @@ import errno
 import hashlib
 import json
 import os
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -91,8 +92,7 @@ def full_disk(tmpfs: Path, tmp_path: Path) -> Iterator[FullDisk]:
     # MIN_FREE_DISK off: this test fills the disk for real (the floor's early 507 is tested in test_storage_bounds).
     env = {"DASHBOARD_SSE_MAX_SECONDS": "0.5", "MIN_FREE_DISK": "0"}
     with GunicornServer(upload_dir, workers=WORKERS, auth=True, env=env, log_dir=tmp_path) as server:
-        # Every worker must have built its app before the disk fills: a worker that boots on a full
-        # disk cannot open its SQLite stores, and gunicorn stops altogether when a worker fails to boot.
+        # Every worker has built its app before the disk fills (a worker booting later is its own test).
         wait_until(lambda: server.log().count(WORKER_READY) >= WORKERS, 30, 0.05, "every worker to boot")
         init = requests.post(
             server.url + INIT_PATH,
@@ -214,3 +214,29 @@ def test_every_route_answers_507_json_while_the_disk_is_full_and_serves_again_af
         assert call(full_disk).status_code == 200, name
     assert status(full_disk).json()["received_count"] == 4
     assert set(events(full_disk)) == {"state", "bye"}
+
+
+@pytest.mark.slow
+def test_a_worker_that_boots_while_the_disk_is_full_serves_instead_of_stopping_the_server(
+    full_disk: FullDisk,
+) -> None:
+    """gunicorn replaces a dead worker; if the replacement could not boot, gunicorn would stop altogether."""
+    server = full_disk.server
+    assert server.process is not None
+    full_disk.fill()
+    os.kill(server.worker_pids()[0], signal.SIGKILL)
+
+    wait_until(
+        lambda: server.log().count(WORKER_READY) > WORKERS or not server.process.alive(),  # type: ignore[union-attr]
+        30,
+        0.05,
+        "the replacement worker to boot",
+    )
+
+    assert server.process.alive(), server.log()[-3000:]
+    for _ in range(2 * WORKERS):  # reach both workers, the new one included
+        assert_insufficient_storage("init", init(full_disk))
+        reply = status(full_disk)
+        assert reply.status_code in (200, 507), reply.text
+    full_disk.free()
+    assert init(full_disk).status_code == 201
