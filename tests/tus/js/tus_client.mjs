@@ -1,4 +1,4 @@
-// Drives tus-js-client (Node) for the tests in tests/tus/test_tus_js_client.py.
+// Drives tus-js-client (Node) for tests/tus/test_tus_js_client.py and bench/peer_tus.py.
 //
 //   node tus_client.mjs '<JSON options>'
 //
