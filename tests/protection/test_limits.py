@@ -281,6 +281,9 @@ def test_server_starts_without_flask_limiter_and_says_so(tmp_path: Path) -> None
         ("POST", "/robots/robot-1/heartbeat", "120", "120"),
         ("DELETE", "/upload/nope", "120", "50"),  # RATELIMIT_DEFAULT: the tighter 50/hour is the one reported
         ("GET", "/uploads/nope/file", "120", "50"),
+        ("POST", "/files/", "60", "20"),  # tus creation counts like an init,
+        ("PATCH", "/files/nope", "600", "100"),  # a PATCH like a chunk,
+        ("HEAD", "/files/nope", "600", "300"),  # a HEAD like a status request
     ],
 )
 def test_the_real_app_gives_each_upload_route_its_own_limit(
