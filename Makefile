@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run serve test lint format system-deps bench clean
+.PHONY: run serve test lint format system-deps bench assets clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,13 +17,20 @@ $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 	$(BIN)/pip install -q -r requirements-dev.txt
 	touch $@
 
+## assets: the dashboard's browser files (Uppy for "Upload a bag", a streaming sha256) from npm, pinned by
+## dashboard/assets/package-lock.json, into dashboard/static/vendor/ (git-ignored; no CDN at run time)
+ASSET_FILES := dashboard/static/vendor/uppy.min.js
+assets: $(ASSET_FILES)
+$(ASSET_FILES): dashboard/assets/package-lock.json dashboard/vendor.py | $(BIN)/python
+	$(BIN)/python -m dashboard.vendor
+
 ## run: the whole demo on the embedded default (SQLite + local disk, no other service):
 ## upload server + dashboard on 127.0.0.1:8080 and a simulated robot recording and uploading (scripts/demo.py)
-run: $(VENV)/.runtime
+run: $(VENV)/.runtime assets
 	$(BIN)/python scripts/demo.py
 
 ## serve: only the upload server
-serve: $(VENV)/.runtime
+serve: $(VENV)/.runtime assets
 	$(BIN)/python upload_server.py
 
 system-deps:
@@ -38,11 +45,11 @@ format: $(VENV)/.dev
 	$(BIN)/ruff check --fix .
 
 ## test: installs everything the suite needs (Debian packages included) and runs it
-test: system-deps $(VENV)/.dev lint
+test: system-deps $(VENV)/.dev assets lint
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis dashboard/assets/node_modules dashboard/static/vendor

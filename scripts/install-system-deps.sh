@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian programs the test suite runs for real (nginx, redis-server, chromium,
-# openssl, curl, zstd, postgresql). Idempotent: does nothing when they are all present.
+# openssl, curl, zstd, postgresql; npm for `make assets`, the dashboard's browser files).
+# Idempotent: does nothing when they are all present.
 set -euo pipefail
 
 declare -A package_of=(
@@ -13,6 +14,7 @@ declare -A package_of=(
   [systemd-analyze]=systemd
   [logrotate]=logrotate
   [promtool]=prometheus
+  [npm]=npm
 )
 missing=()
 for program in "${!package_of[@]}"; do
