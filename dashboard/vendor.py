@@ -32,9 +32,10 @@ FILES = {
 INSTALL_HINT = "run `make assets` (npm ci in dashboard/assets) on the server; see DEPLOYMENT.md"
 
 
-def missing(vendor_dir: Path = VENDOR_DIR) -> list[str]:
-    """The served files not installed; empty when the upload button can work."""
-    return [name for name in FILES if not (vendor_dir / name).is_file()]
+def missing(vendor_dir: Path | None = None) -> list[str]:
+    """The served files not installed (in ``vendor_dir``, default VENDOR_DIR); empty when the upload button works."""
+    folder = VENDOR_DIR if vendor_dir is None else vendor_dir
+    return [name for name in FILES if not (folder / name).is_file()]
 
 
 def static_path(name: str) -> str:
@@ -42,12 +43,12 @@ def static_path(name: str) -> str:
     return f"{URL_FOLDER}/{name}"
 
 
-def report_missing(vendor_dir: Path = VENDOR_DIR) -> list[str]:
+def report_missing() -> list[str]:
     """Log once (at app start) what is missing, so an operator wondering about a greyed-out button finds why."""
-    absent = missing(vendor_dir)
+    absent = missing()
     if absent:
         log.warning(
-            "dashboard: upload button disabled: %s missing in %s; %s", ", ".join(absent), vendor_dir, INSTALL_HINT
+            "dashboard: upload button disabled: %s missing in %s; %s", ", ".join(absent), VENDOR_DIR, INSTALL_HINT
         )
     return absent
 
