@@ -1,4 +1,4 @@
-"""Third-party browser files the dashboard serves itself (Uppy, a streaming sha256): where they live, how they get there.
+"""Browser files of third parties the dashboard serves itself (Uppy, a streaming sha256): where, and how installed.
 
 The page loads nothing from a CDN (its CSP allows only 'self'), and the files are
 not committed: ``make assets`` (``python -m dashboard.vendor``) runs ``npm ci``
