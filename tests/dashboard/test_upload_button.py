@@ -1,0 +1,84 @@
+"""The "Upload a bag" button: self-hosted Uppy files, disabled with the reason when they are missing, the page's CSP."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from dashboard import vendor
+from tests.dashboard.conftest import bearer
+from tests.dashboard.test_access import sign_in
+
+PAGES = ["/dashboard/", "/dashboard/recordings"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def assets() -> None:
+    """The real files, as `make assets` installs them (npm ci on the pinned lock file; a no-op once done)."""
+    vendor.install()
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_signed_in_operators_get_the_button_with_self_hosted_uppy(
+    client: FlaskClient, admin_key: str, path: str
+) -> None:
+    sign_in(client, admin_key)
+    page = client.get(path).get_data(as_text=True)
+    assert re.search(r'<button type="button" id="upload-bag"[^>]*data-endpoint="/files/"', page)
+    assert 'id="upload-bag" class="upload-button" disabled' not in page
+    scripts = re.findall(r'<script src="([^"]+)"', page)
+    assert "/dashboard/static/vendor/uppy.min.js" in scripts
+    assert "/dashboard/static/vendor/sha256.min.js" in scripts
+    assert "/dashboard/static/upload.js" in scripts
+    assert all(src.startswith("/dashboard/static/") for src in scripts)  # no CDN
+    assert "<script>" not in page  # the CSP forbids inline scripts
+
+
+def test_the_vendor_files_are_served_by_the_dashboard(client: FlaskClient) -> None:
+    for name in vendor.FILES:
+        with client.get(f"/dashboard/static/vendor/{name}") as reply:  # a file reply: closed after reading
+            assert reply.status_code == 200
+            assert reply.get_data() == (vendor.VENDOR_DIR / name).read_bytes()
+
+
+def test_missing_uppy_disables_the_button_and_says_why(
+    make_app: Callable[..., Flask], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(vendor, "VENDOR_DIR", tmp_path / "no-vendor")
+    with caplog.at_level(logging.WARNING, logger="upload_server.dashboard"):
+        app = make_app(auth_enabled=False)
+    warning = [r.getMessage() for r in caplog.records if "upload button disabled" in r.getMessage()]
+    assert len(warning) == 1
+    assert "uppy.min.js" in warning[0]
+    assert "make assets" in warning[0]
+    client = app.test_client()
+    for path in PAGES:
+        reply = client.get(path)
+        assert reply.status_code == 200  # the page works, only the button does not
+        page = reply.get_data(as_text=True)
+        assert '<button type="button" id="upload-bag" class="upload-button" disabled' in page
+        assert "uploads unavailable: Uppy is not installed on the server" in page
+        assert "make assets" in page
+        assert "uppy.min.js" not in page
+
+
+def test_installing_the_files_enables_the_button_without_a_restart(
+    make_app: Callable[..., Flask], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "vendor"
+    monkeypatch.setattr(vendor, "VENDOR_DIR", folder)
+    client = make_app(auth_enabled=False).test_client()
+    assert "disabled" in client.get("/dashboard/").get_data(as_text=True).split('id="upload-bag"')[1].split(">")[0]
+    vendor.install(vendor_dir=folder)
+    assert "disabled" not in client.get("/dashboard/").get_data(as_text=True).split('id="upload-bag"')[1].split(">")[0]
+
+
+def test_robot_keys_never_see_the_button(client: FlaskClient, robot_key: str) -> None:
+    reply = client.get("/dashboard/", headers=bearer(robot_key))
+    assert reply.status_code == 302  # to the sign-in page: the dashboard is for admins, who may upload
