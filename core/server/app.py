@@ -34,6 +34,7 @@ from core.server.errors import register_error_handlers
 from core.server.finalize import Finalizer
 from core.server.service import UploadService
 from core.server.state_store import open_state_store
+from core.server.tus import views as tus
 
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 
@@ -78,6 +79,7 @@ def create_app(config: ServerConfig | Mapping[str, Any] | None = None) -> Flask:
 
     register_error_handlers(app)
     app.register_blueprint(api)
+    tus_service = tus.init_app(app)  # tus 1.0.0 under /files/ on the same service and stores
     bags_api.init_app(app)  # GET /bags, /bags/<id>, its download; DELETE; flask bags delete
     signed_links.init_app(app)  # POST /bags/<id>/links, GET /signed/<upload_id> (no key, Range, CORS)
     dashboard.init_app(app, settings, state)  # heartbeats, robot commands and /dashboard/
@@ -92,7 +94,19 @@ def create_app(config: ServerConfig | Mapping[str, Any] | None = None) -> Flask:
     security.init_app(app, settings)
     limits.init_app(app, settings)
     proxies.init_app(app, settings)
-    jobs.init_app(app, jobs.JobRunner(service, Finalizer(settings, state, blobs, clock=lambda: service.clock())))
+    jobs.init_app(
+        app,
+        jobs.JobRunner(
+            service,
+            Finalizer(
+                settings,
+                state,
+                blobs,
+                clock=lambda: service.clock(),
+                known_sha256=tus_service.store.received_sha256,
+            ),
+        ),
+    )
     return app
 
 

@@ -220,6 +220,23 @@ bag_topics = Table(
 )
 
 
+# tus uploads (core/server/tus/): the protocol's view of an ``uploads`` row with the same id.
+# ``upload_offset`` is the contiguous byte count stored and acknowledged; ``received_sha256`` is
+# the sha256 of those bytes hashed in order as they were written, set when the upload completes
+# in one process (finalize then need not re-read them); ``concat`` is "partial", "final" or null.
+tus_uploads = Table(
+    "tus_uploads",
+    metadata,
+    Column("upload_id", String(32), primary_key=True),
+    Column("upload_length", BigInteger, nullable=False),
+    Column("upload_offset", BigInteger, nullable=False),
+    Column("concat", Text),
+    Column("parts", Text),  # a final upload's partial upload ids, JSON
+    Column("raw_metadata", Text, nullable=False),  # the Upload-Metadata header as sent, for HEAD
+    Column("received_sha256", Text),
+)
+
+
 class SchemaOutdated(RuntimeError):
     """The database is older than this code: the operator must run the upgrade command."""
 

@@ -65,14 +65,31 @@ class StaleAttempt(Exception):
     """Another attempt has claimed this job (our lease ran out): stop without touching anything."""
 
 
+def no_known_sha256(_upload_id: str) -> str | None:
+    return None
+
+
 class Finalizer:
+    """Runs finalize jobs; ``known_sha256`` names the in-order sha256 of uploads hashed while they arrived (tus).
+
+    An upload with a known sha256 that is stored raw is not read again: its bytes were hashed on
+    their way into the store, so finalize checks the stored size and compares that sha256 with the
+    one the client declared. Compressed storage reads the bytes anyway, and checks both.
+    """
+
     def __init__(
-        self, config: ServerConfig, state: StateStore, blobs: BlobStore, clock: Callable[[], float] = time.time
+        self,
+        config: ServerConfig,
+        state: StateStore,
+        blobs: BlobStore,
+        clock: Callable[[], float] = time.time,
+        known_sha256: Callable[[str], str | None] = no_known_sha256,
     ) -> None:
         self.config = config
         self.state = state
         self.blobs = blobs
         self.clock = clock
+        self.known_sha256 = known_sha256
 
     def run(self, upload_id: str, progress: Progress, *, attempt: int) -> None:
         """Finalize ``upload_id`` as the job's ``attempt``; raises ``StaleAttempt`` once another attempt holds it."""
@@ -151,12 +168,15 @@ class Finalizer:
 
     def _store(self, record: UploadRecord, blob_id: str, codec: Codec, progress: Progress, attempt: int) -> Digests:
         digests = _Hasher(md5=record.md5 is not None)
+        known = self.known_sha256(record.upload_id)
+        if codec is Codec.NONE and known is not None and record.md5 is None:
+            return self._store_known(record, blob_id, known, progress, attempt)
         if codec is Codec.NONE:
             with self.blobs.open_assembled(record.upload_id, blob_id) as source:
                 for piece in iter_decompressed(source, Codec.NONE):
                     digests.update(piece)
                     progress(digests.size)
-            self._verify(record, digests.result())
+            self._verify(record, digests.result(), known)
             self._check_current(record.upload_id, attempt)
             self.blobs.keep_assembled(record.upload_id, blob_id)
             return digests.result()
@@ -175,12 +195,29 @@ class Finalizer:
                 writer.write(piece)
                 progress(digests.size)
             writer.close()
-            self._verify(record, digests.result())  # raising here discards the staged file
+            self._verify(record, digests.result(), known)  # raising here discards the staged file
             self._check_current(record.upload_id, attempt)  # so does a takeover
         return digests.result()
 
+    def _store_known(
+        self, record: UploadRecord, blob_id: str, sha256: str, progress: Progress, attempt: int
+    ) -> Digests:
+        """Keep the assembled bytes raw without reading them: their sha256 was computed as they were written."""
+        self._check_current(record.upload_id, attempt)
+        self.blobs.keep_assembled(record.upload_id, blob_id)
+        size = self.blobs.stored_size(blob_id, Codec.NONE)
+        digests = Digests(size if size is not None else -1, None, sha256)
+        self._verify(record, digests)
+        progress(record.filesize)
+        log.info("Finalize of %s: sha256 computed as the bytes arrived, not re-read", record.upload_id)
+        return digests
+
     @staticmethod
-    def _verify(record: UploadRecord, actual: Digests) -> None:
+    def _verify(record: UploadRecord, actual: Digests, known_sha256: str | None = None) -> None:
+        """The size and every declared checksum; ``known_sha256`` (the in-order hash) must match the re-read too."""
+        if known_sha256 is not None and not hex_digests_equal(known_sha256, actual.sha256):
+            msg = f"sha256 of the stored file is {actual.sha256}, the bytes hashed as they arrived were {known_sha256}"
+            raise VerificationFailed(msg)
         if actual.size != record.filesize:
             msg = f"assembled {actual.size} bytes, expected {record.filesize}"
             raise VerificationFailed(msg)

@@ -41,6 +41,7 @@ from core.protocol import (
 from core.server import auth_limits, limit_storage
 from core.server.auth import authenticated_name
 from core.server.errors import error_response
+from core.server.tus import protocol as tus
 
 log = logging.getLogger("upload_server.limits")
 
@@ -72,6 +73,10 @@ ROUTE_LIMITS: tuple[RouteLimit, ...] = (
     RouteLimit(FINALIZE_PATH, "POST", lambda c: c.ratelimit_finalize, lambda c: c.ratelimit_key_finalize),
     RouteLimit(UPLOADS_PATH, "GET", lambda c: c.ratelimit_list),
     RouteLimit(HEARTBEAT_PATH, "POST", lambda c: c.heartbeat_rate_limit),
+    # tus: creation counts like an init, a PATCH like a chunk, a HEAD like a status request.
+    RouteLimit(tus.TUS_COLLECTION_PATH, "POST", lambda c: c.ratelimit_init, lambda c: c.ratelimit_key_init),
+    RouteLimit(tus.TUS_UPLOAD_PATH, "PATCH", lambda c: c.ratelimit_chunk, lambda c: c.ratelimit_key_chunk),
+    RouteLimit(tus.TUS_UPLOAD_PATH, "HEAD", lambda c: c.ratelimit_status, lambda c: c.ratelimit_key_status),
 )
 
 

@@ -29,6 +29,7 @@ from core.protocol import (
     HEADER_RETRY_AFTER,
 )
 from core.server.errors import LengthRequired, PayloadTooLarge
+from core.server.tus import protocol as tus
 from core.server.validation import RequestJSONProvider
 
 log = logging.getLogger("upload_server.security")
@@ -48,7 +49,7 @@ SECURITY_HEADERS = {
 }
 HSTS = "max-age=63072000; includeSubDomains"
 
-CORS_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
+CORS_METHODS = ", ".join(["GET", "POST", "PUT", "DELETE", "OPTIONS", *tus.CORS_METHODS])
 CORS_REQUEST_HEADERS = ", ".join(
     [
         HEADER_AUTHORIZATION,
@@ -59,18 +60,31 @@ CORS_REQUEST_HEADERS = ", ".join(
         HEADER_REQUEST_ID,
         HEADER_CHUNK_OFFSET,
         HEADER_PIECE_SHA256,
+        *tus.CORS_REQUEST_HEADERS,
     ]
 )
 CORS_EXPOSED_HEADERS = ", ".join(
-    [HEADER_RETRY_AFTER, HEADER_REQUEST_ID, HEADER_RATELIMIT_LIMIT, HEADER_RATELIMIT_REMAINING, HEADER_RATELIMIT_RESET]
+    [
+        HEADER_RETRY_AFTER,
+        HEADER_REQUEST_ID,
+        HEADER_RATELIMIT_LIMIT,
+        HEADER_RATELIMIT_REMAINING,
+        HEADER_RATELIMIT_RESET,
+        *tus.CORS_EXPOSED_HEADERS,
+    ]
 )
 CORS_MAX_AGE = "600"
 
 # Routes whose body may exceed MAX_JSON_SIZE; everything else carries small JSON.
-BODY_LIMITS: dict[str, Callable[[ServerConfig], int]] = {CHUNK_PATH: lambda c: c.max_chunk_size}
+# A tus PATCH (or creation-with-upload) may carry the whole file: tus-js-client and Uppy send one body by default.
+BODY_LIMITS: dict[str, Callable[[ServerConfig], int]] = {
+    CHUNK_PATH: lambda c: c.max_chunk_size,
+    tus.TUS_UPLOAD_PATH: lambda c: c.max_file_size,
+    tus.TUS_COLLECTION_PATH: lambda c: c.max_file_size,
+}
 # Routes that stream their body to disk: the length is checked against the expected chunk size
 # before a byte is stored, so a body of unknown length (chunked encoding) is refused outright.
-LENGTH_REQUIRED_ROUTES = frozenset({CHUNK_PATH})
+LENGTH_REQUIRED_ROUTES = frozenset({CHUNK_PATH, tus.TUS_UPLOAD_PATH, tus.TUS_COLLECTION_PATH})
 
 
 def normalize_origin(origin: str) -> str:

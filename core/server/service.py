@@ -222,9 +222,13 @@ class UploadService:
             raise Conflict(msg, details={"state": record.state.value})
 
     # --- init --------------------------------------------------------------------
-    def init_upload(self, identity: Identity, spec: InitSpec) -> InitResult:
+    def init_upload(self, identity: Identity, spec: InitSpec, *, resume: bool = True) -> InitResult:
+        """A new upload, or (``resume``) the caller's unfinished upload of the same file and checksum.
+
+        The tus front passes ``resume=False``: a tus client resumes through its own upload URL.
+        """
         now = self.clock()
-        if spec.md5 or spec.sha256:
+        if resume and (spec.md5 or spec.sha256):
             existing = self.state.find_resumable(
                 owner=identity.name,
                 filename=spec.filename,
@@ -398,7 +402,7 @@ class UploadService:
                     with storage_errors():
                         self.blobs.write_chunk(upload_id, index, index * record.chunk_size, buffer, expected)
                 except PartMissing as err:
-                    self._part_missing(identity, record, err)
+                    self.part_missing(identity, record, err)
                 with storage_errors():
                     received = self.state.record_chunk(upload_id, index, sha_hex, self.clock())
         if received is None:
@@ -488,9 +492,9 @@ class UploadService:
                         return PieceResult(
                             record, index, offset, content_length, received, complete=False, duplicate=False
                         )
-                    on_disk = self._stored_sha256(upload_id, start, expected)
+                    on_disk = self.stored_sha256(upload_id, start, expected)
                 except PartMissing as err:
-                    self._part_missing(identity, record, err)
+                    self.part_missing(identity, record, err)
                 _check_digest(index, HEADER_CHUNK_SHA256, chunk_sha256, on_disk)
                 with storage_errors():
                     received = self.state.record_chunk(upload_id, index, chunk_sha256, self.clock())
@@ -528,21 +532,21 @@ class UploadService:
     ) -> PieceResult:
         """A verified piece of an acknowledged chunk (its reply was lost): a no-op if the bytes are the stored ones."""
         start = index * record.chunk_size + offset
-        on_disk = self._stored_sha256(record.upload_id, start, length)
+        on_disk = self.stored_sha256(record.upload_id, start, length)
         if not (hex_digests_equal(stored, chunk_sha256) and hex_digests_equal(on_disk, sha_hex)):
             msg = f"chunk {index} was already stored with different content; re-initialize if the file changed"
             raise Conflict(msg)
         received = len(self.state.received_chunks(record.upload_id))
         return PieceResult(record, index, offset, length, received, complete=True, duplicate=True)
 
-    def _stored_sha256(self, upload_id: str, offset: int, length: int) -> str:
+    def stored_sha256(self, upload_id: str, offset: int, length: int) -> str:
         """sha256 of bytes as they are on disk: the check that every piece of a chunk arrived and stayed intact."""
         digest = hashlib.sha256()
         for data in self.blobs.read_part(upload_id, offset, length):
             digest.update(data)
         return digest.hexdigest()
 
-    def _part_missing(self, identity: Identity, record: UploadRecord, err: PartMissing) -> NoReturn:
+    def part_missing(self, identity: Identity, record: UploadRecord, err: PartMissing) -> NoReturn:
         """The part is gone: aborted or swept since we looked (409/410), or lost (410 part_missing, start over).
 
         A lost part cannot be rebuilt from receipts, so the upload ends aborted with PART_MISSING

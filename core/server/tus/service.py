@@ -1,0 +1,397 @@
+"""tus operations over the native ``UploadService``: a tus upload *is* a native upload, seen through an offset.
+
+Creation makes a native upload (same validation, deduplication, limits and owner) plus a
+``tus_uploads`` row. A PATCH body is cut at the native chunk boundaries; each piece is read
+before any lock is taken (a dead connection must not block its own resume), written at its
+offset and fsynced, and only then acknowledged by advancing the offset in the same transaction
+as the chunk receipt. When the offset reaches the length, the normal finalize job takes over
+(verification, compression, deduplication, catalogue).
+
+Stores that cannot hold a partial chunk (S3) keep only whole chunks: a PATCH that ends inside
+a chunk is acknowledged up to the last chunk boundary, and the client resends the rest from the
+offset it is told.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from werkzeug.exceptions import ClientDisconnected
+
+from core.protocol import ErrorCode, UploadState, chunk_length
+from core.server import events
+from core.server.blobs import PartMissing
+from core.server.errors import ApiError, Conflict, Forbidden, InvalidField, NotFound, PayloadTooLarge
+from core.server.identity import Identity
+from core.server.service import BODY_READ_SIZE, SPOOL_IN_MEMORY, UploadService, storage_errors
+from core.server.state_store import UploadRecord
+from core.server.tus.hashing import StreamHashes
+from core.server.tus.headers import Checksum, Concat, TusChecksumMismatch
+from core.server.tus.protocol import (
+    CONCAT_FINAL,
+    CONCAT_PARTIAL,
+    HEADER_UPLOAD_CONCAT,
+    HEADER_UPLOAD_OFFSET,
+    META_COMPRESSION,
+    META_FILENAME,
+    META_MD5,
+    META_METADATA,
+    META_NAME,
+    META_SHA256,
+)
+from core.server.tus.store import TusRecord, TusStore
+from core.server.validation import parse_init
+
+log = logging.getLogger("upload_server")
+
+DEFAULT_FILENAME = "tus-upload"
+RESERVED_KEYS = frozenset({META_FILENAME, META_NAME, META_SHA256, META_MD5, META_COMPRESSION, META_METADATA})
+
+
+class UploadGone(ApiError):
+    """410: the upload was terminated (or its data lost); it takes nothing more."""
+
+    code = 410
+    error_code = ErrorCode.UPLOAD_ABORTED
+
+
+@dataclass(frozen=True)
+class TusUpload:
+    """A tus upload as HEAD describes it: its native record and its tus row."""
+
+    record: UploadRecord
+    tus: TusRecord
+
+
+def init_body(length: int, meta: dict[str, str]) -> dict[str, Any]:
+    """The native init body that Upload-Length and Upload-Metadata stand for (validated by ``parse_init``)."""
+    extra: dict[str, Any] = {}
+    if META_METADATA in meta:
+        try:
+            extra = json.loads(meta[META_METADATA])
+        except ValueError as err:
+            msg = f"Upload-Metadata '{META_METADATA}' must be a JSON object"
+            raise InvalidField(msg, details={"field": META_METADATA}) from err
+        if not isinstance(extra, dict):
+            msg = f"Upload-Metadata '{META_METADATA}' must be a JSON object"
+            raise InvalidField(msg, details={"field": META_METADATA})
+    others = {key: value for key, value in meta.items() if key not in RESERVED_KEYS}
+    compression: Any = meta.get(META_COMPRESSION)
+    if compression is not None and compression.lower() in {"true", "false"}:
+        compression = compression.lower() == "true"
+    return {
+        "filename": meta.get(META_FILENAME) or meta.get(META_NAME) or DEFAULT_FILENAME,
+        "filesize": length,
+        "sha256": meta.get(META_SHA256),
+        "checksum": meta.get(META_MD5),
+        "compression": compression,
+        "metadata": {**others, **extra},
+    }
+
+
+class _PartReader:
+    """A ``read(n)`` view of a stored part, so a partial upload can be copied like a PATCH body."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces = pieces
+        self._left = b""
+
+    def read(self, size: int) -> bytes:
+        while not self._left:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return b""
+            self._left = piece
+        data, self._left = self._left[:size], self._left[size:]
+        return data
+
+
+class TusService:
+    def __init__(self, uploads: UploadService, store: TusStore, hashes: StreamHashes | None = None) -> None:
+        self.uploads = uploads
+        self.store = store
+        self.hashes = hashes or StreamHashes()
+
+    @property
+    def concatenation(self) -> bool:
+        """Partial uploads are read back to be concatenated: only stores that can read a part (local disk)."""
+        return self.uploads.blobs.supports_pieces
+
+    # --- lookups ---------------------------------------------------------------------
+    def get(self, identity: Identity, upload_id: str) -> TusUpload:
+        """The caller's tus upload: 404 for unknown, foreign and native-only ids; 410 once terminated or swept."""
+        record = self.uploads.get(identity, upload_id)  # 404, or 410 when expired or lost
+        tus = self.store.get(upload_id)
+        if tus is None:
+            msg = f"upload {upload_id} not found"
+            raise NotFound(msg)
+        if record.state is UploadState.ABORTED:
+            msg = f"upload {upload_id} was terminated"
+            raise UploadGone(msg, details={"state": record.state.value})
+        return TusUpload(record, tus)
+
+    def expires_at(self, upload: TusUpload) -> float | None:
+        """When the TTL sweep may expire the upload (idle for UPLOAD_TTL); None once it no longer can."""
+        if upload.record.state is not UploadState.UPLOADING:
+            return None
+        return upload.record.updated_at + self.uploads.config.upload_ttl
+
+    # --- creation ----------------------------------------------------------------------
+    def create(
+        self, identity: Identity, length: int | None, meta: dict[str, str], raw_meta: str, concat: Concat | None
+    ) -> TusUpload:
+        if concat is not None and not self.concatenation:
+            msg = f"{HEADER_UPLOAD_CONCAT} needs a blob store that can read partial uploads back (local disk)"
+            raise InvalidField(msg, details={"field": HEADER_UPLOAD_CONCAT})
+        if concat is not None and concat.kind == CONCAT_FINAL:
+            return self._create_final(identity, concat.parts, meta, raw_meta)
+        if length is None:
+            msg = "Upload-Length is required (this server does not offer creation-defer-length)"
+            raise InvalidField(msg, details={"field": "Upload-Length"})
+        record = self._create_native(identity, length, meta)
+        done = record.state is not UploadState.UPLOADING  # deduplicated: already complete
+        tus = TusRecord(
+            upload_id=record.upload_id,
+            upload_length=length,
+            upload_offset=length if done else 0,
+            concat=concat.kind if concat else None,
+            raw_metadata=raw_meta,
+        )
+        self.store.create(tus)
+        log.info(
+            "tus upload created: %s (%d bytes%s) - ID: %s",
+            record.filename,
+            length,
+            ", partial" if concat else ", deduplicated" if done else "",
+            record.upload_id,
+        )
+        return TusUpload(record, tus)
+
+    def _create_native(self, identity: Identity, length: int, meta: dict[str, str]) -> UploadRecord:
+        spec = parse_init(init_body(length, meta), self.uploads.config)
+        return self.uploads.init_upload(identity, spec, resume=False).record
+
+    def _create_final(
+        self, identity: Identity, part_ids: tuple[str, ...], meta: dict[str, str], raw_meta: str
+    ) -> TusUpload:
+        """Concatenate complete partial uploads into a new upload: their bytes are copied in order, then finalized.
+
+        The copy hashes as it goes, so finalize does not read the result again; the partial uploads
+        are terminated once the final upload holds their bytes.
+        """
+        parts = [self.get(identity, part_id) for part_id in part_ids]
+        for part in parts:
+            if part.tus.concat != CONCAT_PARTIAL or part.tus.upload_offset != part.tus.upload_length:
+                msg = f"upload {part.record.upload_id} is not a complete partial upload"
+                raise Conflict(msg, details={"field": HEADER_UPLOAD_CONCAT})
+        length = sum(part.tus.upload_length for part in parts)
+        record = self._create_native(identity, length, meta)
+        tus = TusRecord(
+            upload_id=record.upload_id,
+            upload_length=length,
+            upload_offset=0,
+            concat=CONCAT_FINAL,
+            parts=tuple(part_ids),
+            raw_metadata=raw_meta,
+        )
+        self.store.create(tus)
+        if record.state is UploadState.UPLOADING:
+            for part in parts:
+                size = part.tus.upload_length
+                with storage_errors():
+                    reader = _PartReader(self.uploads.blobs.read_part(part.record.upload_id, 0, size))
+                    offset = self._store_body(identity, record, tus.upload_offset, reader, size)
+                tus = TusRecord(**{**tus.__dict__, "upload_offset": offset})
+            self._complete(identity, record, partial=False)
+        for part in parts:
+            self.uploads.abort(identity, part.record.upload_id)
+        log.info(
+            "tus upload concatenated: %s (%d bytes from %d partial uploads) - ID: %s",
+            record.filename,
+            length,
+            len(parts),
+            record.upload_id,
+        )
+        return self.get(identity, record.upload_id)
+
+    # --- PATCH ----------------------------------------------------------------------------
+    def patch(
+        self,
+        identity: Identity,
+        upload_id: str,
+        body: BinaryIO,
+        *,
+        offset: int,
+        content_length: int,
+        checksum: Checksum | None,
+    ) -> TusUpload:
+        upload = self.get(identity, upload_id)
+        record, tus = upload.record, upload.tus
+        if tus.concat == CONCAT_FINAL:
+            msg = "a final (concatenated) upload takes no PATCH"
+            raise Forbidden(msg)
+        if offset != tus.upload_offset:
+            msg = f"{HEADER_UPLOAD_OFFSET} {offset} does not match the upload's offset {tus.upload_offset}"
+            raise Conflict(msg, details={"offset": tus.upload_offset})
+        if offset + content_length > tus.upload_length:
+            msg = f"{content_length} bytes at offset {offset} exceed the upload's length {tus.upload_length}"
+            raise PayloadTooLarge(msg, details={"length": tus.upload_length})
+        if content_length == 0:
+            return upload
+        if record.state is not UploadState.UPLOADING:
+            msg = f"upload {upload_id} is {record.state.value}"
+            raise Conflict(msg, details={"state": record.state.value})
+        if checksum is None:
+            new_offset = self._store_body(identity, record, offset, body, content_length)
+        else:
+            new_offset = self._store_checked(identity, record, offset, body, content_length, checksum)
+        log.info(
+            "tus PATCH: %s - ID: %s - offset %d -> %d of %d",
+            record.filename,
+            upload_id,
+            offset,
+            new_offset,
+            record.filesize,
+        )
+        if new_offset == tus.upload_length:
+            self._complete(identity, record, partial=tus.concat == CONCAT_PARTIAL)
+        return self.get(identity, upload_id)
+
+    def _store_checked(
+        self, identity: Identity, record: UploadRecord, offset: int, body: BinaryIO, length: int, checksum: Checksum
+    ) -> int:
+        """Spool and check the whole body first: a body that does not match its checksum stores nothing (460)."""
+        digest = hashlib.new(checksum.algorithm)
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as buffer:
+            received = _copy(body, buffer, length, digest)
+            if received < length:
+                msg = f"the body ended after {received} of {length} bytes; nothing was stored"
+                raise InvalidField(msg, details={"offset": offset})
+            if not hmac.compare_digest(digest.digest(), checksum.digest):
+                msg = f"the body does not match its Upload-Checksum ({checksum.algorithm}); nothing was stored"
+                raise TusChecksumMismatch(msg, details={"offset": offset})
+            buffer.seek(0)
+            return self._store_body(identity, record, offset, buffer, length)
+
+    def _store_body(self, identity: Identity, record: UploadRecord, offset: int, body: Any, length: int) -> int:
+        """Store up to ``length`` bytes of ``body`` from ``offset``, one native chunk (or piece) at a time."""
+        position, end = offset, offset + length
+        while position < end:
+            stored = self._store_segment(identity, record, position, body, end)
+            if stored == 0:
+                break
+            position += stored
+        return position
+
+    def _store_segment(self, identity: Identity, record: UploadRecord, position: int, body: Any, end: int) -> int:
+        """Store bytes from ``position`` up to the next chunk boundary (or ``end``); how many were acknowledged."""
+        blobs, upload_id = self.uploads.blobs, record.upload_id
+        index = position // record.chunk_size
+        chunk_start = index * record.chunk_size
+        chunk_end = chunk_start + chunk_length(record.filesize, record.chunk_size, index)
+        wanted = min(end, chunk_end) - position
+        whole = position == chunk_start and position + wanted == chunk_end
+        if not (whole or blobs.supports_pieces):
+            return 0  # S3 keeps whole chunks only: the client resends from the offset we answer
+        started = time.monotonic()
+        running = self.hashes.resume(upload_id, position)
+        segment = hashlib.sha256()
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as buffer:
+            got = _copy(body, buffer, wanted, segment, running)
+            if got == 0 or (got < wanted and not blobs.supports_pieces):
+                return 0
+            new_offset = position + got
+            buffer.seek(0)
+            with blobs.chunk_lock(upload_id, index):
+                current = self.store.get(upload_id)
+                if current is None or current.upload_offset != position:
+                    msg = f"upload {upload_id} moved on meanwhile (another request stored bytes at {position})"
+                    raise Conflict(msg, details={"offset": current.upload_offset if current else None})
+                try:
+                    with storage_errors():
+                        if got == wanted and whole:
+                            blobs.write_chunk(upload_id, index, chunk_start, buffer, got)
+                        else:
+                            blobs.write_piece(upload_id, position, buffer, got)
+                    receipt = None
+                    if new_offset == chunk_end:
+                        sha = (
+                            segment.hexdigest()
+                            if whole
+                            else self.uploads.stored_sha256(upload_id, chunk_start, chunk_end - chunk_start)
+                        )
+                        receipt = (index, sha)
+                except PartMissing as err:
+                    self.uploads.part_missing(identity, record, err)
+                complete = running is not None and new_offset == record.filesize
+                with storage_errors():
+                    advanced = self.store.advance(
+                        upload_id,
+                        position,
+                        new_offset,
+                        self.uploads.clock(),
+                        chunk=receipt,
+                        received_sha256=running.hexdigest() if complete else None,
+                    )
+                if not advanced:
+                    self.uploads.get(identity, upload_id)  # 410 if expired meanwhile
+                    msg = f"upload {upload_id} changed while bytes at {position} were stored"
+                    raise Conflict(msg)
+        if running is not None and new_offset < record.filesize:
+            self.hashes.save(upload_id, new_offset, running)
+        else:
+            self.hashes.forget(upload_id)
+        if receipt is not None:
+            events.chunk_stored.send(
+                self.uploads,
+                upload_id=upload_id,
+                owner=record.owner,
+                index=index,
+                bytes=chunk_end - chunk_start,
+                seconds=time.monotonic() - started,
+            )
+        return got
+
+    def _complete(self, identity: Identity, record: UploadRecord, *, partial: bool) -> None:
+        """Every byte is here: queue the normal finalize job (a partial upload waits for its final upload)."""
+        if partial:
+            log.info(
+                "tus partial upload complete: %s (%d bytes) - ID: %s",
+                record.filename,
+                record.filesize,
+                record.upload_id,
+            )
+            return
+        self.uploads.finalize(identity, record.upload_id)
+
+    # --- termination -------------------------------------------------------------------------
+    def terminate(self, identity: Identity, upload_id: str) -> None:
+        self.get(identity, upload_id)
+        self.uploads.abort(identity, upload_id)
+        self.hashes.forget(upload_id)
+
+
+def _copy(body: Any, sink: Any, length: int, *digests: Any) -> int:
+    """Copy up to ``length`` bytes from ``body`` into ``sink``, updating each digest; stops early if the client left."""
+    copied = 0
+    while copied < length:
+        try:
+            piece = body.read(min(BODY_READ_SIZE, length - copied))
+        except ClientDisconnected:
+            break
+        if not piece:
+            break
+        sink.write(piece)
+        for digest in digests:
+            if digest is not None:
+                digest.update(piece)
+        copied += len(piece)
+    return copied

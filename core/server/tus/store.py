@@ -1,0 +1,117 @@
+"""The tus view of an upload, in the state database beside its ``uploads`` row (table ``tus_uploads``).
+
+One implementation in SQL for SQLite and PostgreSQL. The offset only moves by compare-and-set,
+in the same transaction as the chunk receipt and the upload's activity time, so two requests
+(or hosts) can never both advance it from the same place, and an acknowledged offset always has
+its bytes in the blob store.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, insert, select, update
+
+from core.protocol import UploadState
+from core.server import db
+from core.server.db import chunks, tus_uploads, uploads, upsert
+
+
+@dataclass(frozen=True)
+class TusRecord:
+    upload_id: str
+    upload_length: int
+    upload_offset: int
+    concat: str | None = None
+    parts: tuple[str, ...] = ()
+    raw_metadata: str = ""
+    received_sha256: str | None = None
+
+
+class _Stale(Exception):
+    """Roll back an offset advance whose upload stopped uploading meanwhile."""
+
+
+class TusStore:
+    """tus rows on the server's engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def create(self, record: TusRecord) -> None:
+        with db.write(self.engine) as conn:
+            conn.execute(
+                insert(tus_uploads).values(
+                    upload_id=record.upload_id,
+                    upload_length=record.upload_length,
+                    upload_offset=record.upload_offset,
+                    concat=record.concat,
+                    parts=json.dumps(list(record.parts)) if record.parts else None,
+                    raw_metadata=record.raw_metadata,
+                    received_sha256=record.received_sha256,
+                )
+            )
+
+    def get(self, upload_id: str) -> TusRecord | None:
+        with db.read(self.engine) as conn:
+            row = conn.execute(select(tus_uploads).where(tus_uploads.c.upload_id == upload_id)).mappings().first()
+        if row is None:
+            return None
+        return TusRecord(
+            upload_id=row["upload_id"],
+            upload_length=int(row["upload_length"]),
+            upload_offset=int(row["upload_offset"]),
+            concat=row["concat"],
+            parts=tuple(json.loads(row["parts"])) if row["parts"] else (),
+            raw_metadata=row["raw_metadata"],
+            received_sha256=row["received_sha256"],
+        )
+
+    def received_sha256(self, upload_id: str) -> str | None:
+        """The in-order sha256 of a completed tus upload, if one process hashed every byte (else None)."""
+        with db.read(self.engine) as conn:
+            value = conn.execute(
+                select(tus_uploads.c.received_sha256).where(tus_uploads.c.upload_id == upload_id)
+            ).scalar()
+        return None if value is None else str(value)
+
+    def advance(
+        self,
+        upload_id: str,
+        start: int,
+        end: int,
+        now: float,
+        *,
+        chunk: tuple[int, str] | None = None,
+        received_sha256: str | None = None,
+    ) -> bool:
+        """Move the offset from ``start`` to ``end`` (and record ``chunk`` = (index, sha256)); False if it moved.
+
+        The upload must still be uploading: a terminated or expired upload takes no more bytes.
+        """
+        try:
+            with db.write(self.engine) as conn:
+                moved = conn.execute(
+                    update(tus_uploads)
+                    .where(tus_uploads.c.upload_id == upload_id, tus_uploads.c.upload_offset == start)
+                    .values(upload_offset=end, received_sha256=received_sha256)
+                )
+                if moved.rowcount != 1:
+                    return False
+                touched = conn.execute(
+                    update(uploads)
+                    .where(uploads.c.upload_id == upload_id, uploads.c.state == UploadState.UPLOADING.value)
+                    .values(updated_at=now)
+                )
+                if touched.rowcount != 1:
+                    raise _Stale
+                if chunk is not None:
+                    index, sha256 = chunk
+                    stmt = upsert(conn, chunks).values(upload_id=upload_id, idx=index, sha256=sha256)
+                    conn.execute(
+                        stmt.on_conflict_do_update(index_elements=["upload_id", "idx"], set_={"sha256": sha256})
+                    )
+        except _Stale:
+            return False
+        return True
