@@ -12,10 +12,8 @@ from dataclasses import dataclass
 
 from core.config import ServerConfig
 from core.protocol import UPLOAD_PREFIX
+from core.server.tus.protocol import TUS_COLLECTION_PATH
 from dashboard import vendor
-
-# The tus 1.0 endpoint the browser creates uploads at (core/server/tus); same origin as the page.
-TUS_ENDPOINT = "/files/"
 
 
 @dataclass(frozen=True)
@@ -33,7 +31,7 @@ def button(config: ServerConfig) -> UploadButton:
     """The template's view of the button; ``ready`` is checked per page view, so `make assets` needs no restart."""
     return UploadButton(
         ready=not vendor.missing(),
-        endpoint=TUS_ENDPOINT,
+        endpoint=TUS_COLLECTION_PATH,  # tus 1.0 (core/server/tus), same origin as the page
         # One PATCH per chunk: the server's advertised chunk size, well under every body limit (MAX_CHUNK_SIZE, nginx).
         chunk_size=config.default_chunk_size,
         max_file_size=config.max_file_size,
