@@ -11,9 +11,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from core.server.tus.protocol import HEADER_TUS_RESUMABLE, TUS_COLLECTION_PATH, TUS_VERSION
 from dashboard import vendor
+from dashboard.access import CSRF_HEADER
 from tests.dashboard.conftest import bearer
-from tests.dashboard.test_access import sign_in
+from tests.dashboard.test_access import csrf_of, sign_in
 
 PAGES = ["/dashboard/", "/dashboard/recordings"]
 
@@ -82,3 +84,23 @@ def test_installing_the_files_enables_the_button_without_a_restart(
 def test_robot_keys_never_see_the_button(client: FlaskClient, robot_key: str) -> None:
     reply = client.get("/dashboard/", headers=bearer(robot_key))
     assert reply.status_code == 302  # to the sign-in page: the dashboard is for admins, who may upload
+
+
+def test_the_page_uploads_as_the_signed_in_operator_only_with_its_csrf_token(
+    client: FlaskClient, admin_key: str
+) -> None:
+    """What upload.js sends: the session cookie (same origin) plus X-CSRF-Token; a cross-site page has no token."""
+    sign_in(client, admin_key)
+    tus = {HEADER_TUS_RESUMABLE: TUS_VERSION, "Upload-Length": "5", "Upload-Metadata": "filename ZS5tY2Fw"}
+    assert client.post(TUS_COLLECTION_PATH, headers=tus).status_code == 401
+    assert client.post(TUS_COLLECTION_PATH, headers={**tus, CSRF_HEADER: "forged"}).status_code == 401
+    token = csrf_of(client, "/dashboard/")
+    created = client.post(TUS_COLLECTION_PATH, headers={**tus, CSRF_HEADER: token})
+    assert created.status_code == 201
+    upload_id = created.headers["Location"].rsplit("/", 1)[1]
+    body = {"Content-Type": "application/offset+octet-stream", "Upload-Offset": "0", HEADER_TUS_RESUMABLE: TUS_VERSION}
+    assert client.patch(f"/files/{upload_id}", data=b"hello", headers=body).status_code == 401
+    assert client.patch(f"/files/{upload_id}", data=b"hello", headers={**body, CSRF_HEADER: token}).status_code == 204
+    status = client.get(f"/upload/{upload_id}").json  # reads need no token: the page polls this
+    assert status["state"] == "complete"
+    assert status["owner"] == "operator"
