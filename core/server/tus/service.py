@@ -29,7 +29,7 @@ from werkzeug.exceptions import ClientDisconnected
 from core.protocol import ErrorCode, UploadState, chunk_length
 from core.server import events
 from core.server.blobs import PartMissing
-from core.server.errors import ApiError, Conflict, Forbidden, InvalidField, NotFound, PayloadTooLarge
+from core.server.errors import ApiError, ChunkSizeMismatch, Conflict, Forbidden, InvalidField, NotFound, PayloadTooLarge
 from core.server.identity import Identity
 from core.server.service import BODY_READ_SIZE, SPOOL_IN_MEMORY, UploadService, storage_errors
 from core.server.state_store import UploadRecord
@@ -284,12 +284,26 @@ class TusService:
     def _store_body(self, identity: Identity, record: UploadRecord, offset: int, body: Any, length: int) -> int:
         """Store up to ``length`` bytes of ``body`` from ``offset``, one native chunk (or piece) at a time."""
         position, end = offset, offset + length
+        self._require_progress(record, offset, end)
         while position < end:
             stored = self._store_segment(identity, record, position, body, end)
             if stored == 0:
                 break
             position += stored
         return position
+
+    def _require_progress(self, record: UploadRecord, offset: int, end: int) -> None:
+        """400 for a body that cannot move the offset at all: on S3 it ends inside the chunk it starts."""
+        if self.uploads.blobs.supports_pieces:
+            return
+        index = offset // record.chunk_size
+        chunk_end = index * record.chunk_size + chunk_length(record.filesize, record.chunk_size, index)
+        if end < chunk_end:
+            msg = (
+                f"this server's {self.uploads.blobs.kind} store keeps whole chunks of {record.chunk_size} bytes: "
+                f"send PATCH bodies that end on a multiple of {record.chunk_size} bytes or at the upload's end"
+            )
+            raise ChunkSizeMismatch(msg, details={"chunk_size": record.chunk_size, "offset": offset})
 
     def _store_segment(self, identity: Identity, record: UploadRecord, position: int, body: Any, end: int) -> int:
         """Store bytes from ``position`` up to the next chunk boundary (or ``end``); how many were acknowledged."""

@@ -1,0 +1,181 @@
+"""How tus bytes land in the stores: the in-order sha256, concatenation, whole chunks on S3, the offset's CAS."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import IO
+
+import pytest
+from flask import Flask
+
+from core.server.tus.protocol import HEADER_UPLOAD_CONCAT, HEADER_UPLOAD_LENGTH, HEADER_UPLOAD_OFFSET
+from core.server.tus.store import TusRecord, TusStore
+from tests.server.uploads import assert_error
+from tests.tus.client import TUS, TusUpload, final_upload
+from tests.tus.conftest import CHUNK
+
+
+def count_full_reads(app: Flask, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record every read of the assembled bytes that finalize makes for the sha256 (not the codec sample)."""
+    blobs = app.extensions["blob_store"]
+    original = blobs.open_assembled
+    reads: list[int] = []
+
+    def counted(upload_id: str, blob_id: str, length: int | None = None) -> AbstractContextManager[IO[bytes]]:
+        if length is None:
+            reads.append(1)
+        return original(upload_id, blob_id, length)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(blobs, "open_assembled", counted)
+    return reads
+
+
+def test_bytes_that_arrived_in_order_in_one_process_are_not_read_again_at_finalize(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = count_full_reads(app, monkeypatch)
+    upload = TusUpload(app.test_client(), os.urandom(3 * CHUNK + 7))
+    upload.create()
+    for start, end in ((0, CHUNK), (CHUNK, None)):
+        assert upload.patch(start, end).status_code == 204
+
+    assert app.extensions["job_runner"].run_once() is True
+
+    status = upload.status()
+    assert (status["state"], status["verified"]) == ("complete", True)
+    assert reads == []
+    assert app.test_client().get(f"/uploads/{upload.upload_id}/file").data == upload.data
+
+
+def test_bytes_received_by_another_worker_are_re_read_and_verified_at_finalize(
+    build: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two apps on the same stores are two workers (or hosts): neither holds the whole in-order hash."""
+    first, second = build(), build()
+    reads = count_full_reads(second, monkeypatch)
+    data = os.urandom(3 * CHUNK + 7)
+    upload = TusUpload(first.test_client(), data)
+    upload.create()
+    assert upload.patch(0, CHUNK).status_code == 204
+    upload.client = second.test_client()
+    assert upload.patch(CHUNK, 2 * CHUNK).status_code == 204
+    upload.client = first.test_client()  # its hash stopped at CHUNK: it cannot continue at 2 * CHUNK
+    assert upload.patch(2 * CHUNK).status_code == 204
+
+    assert second.extensions["job_runner"].run_once() is True
+
+    status = upload.status()
+    assert (status["state"], status["verified"]) == ("complete", True)
+    assert reads == [1]
+
+
+def test_a_restarted_server_resumes_the_upload_and_re_reads_at_finalize(
+    build: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = build()
+    upload = TusUpload(before.test_client(), os.urandom(2 * CHUNK))
+    upload.create()
+    assert upload.patch(0, CHUNK).status_code == 204
+
+    after = build()
+    reads = count_full_reads(after, monkeypatch)
+    upload.client = after.test_client()
+    assert upload.offset() == CHUNK
+    assert upload.patch(CHUNK).status_code == 204
+    assert after.extensions["job_runner"].run_once() is True
+
+    assert upload.status()["verified"] is True
+    assert reads == [1]
+
+
+def test_a_patch_ending_inside_a_chunk_is_kept_on_disk_and_cut_at_the_chunk_on_s3(app: Flask, on_s3: bool) -> None:
+    upload = TusUpload(app.test_client(), os.urandom(3 * CHUNK))
+    upload.create()
+
+    reply = upload.patch(0, CHUNK + 10)
+
+    assert reply.status_code == 204
+    offset = int(reply.headers[HEADER_UPLOAD_OFFSET])
+    assert offset == (CHUNK if on_s3 else CHUNK + 10)
+    if on_s3:  # a body that cannot complete its chunk is refused rather than answered with no progress
+        error = assert_error(upload.patch(offset, offset + 10), 400, "chunk_size_mismatch")
+        assert error["chunk_size"] == CHUNK
+    assert upload.patch(offset).status_code == 204
+    assert app.extensions["job_runner"].run_once() is True
+    assert app.test_client().get(f"/uploads/{upload.upload_id}/file").data == upload.data
+
+
+@pytest.fixture
+def partials(app: Flask, on_s3: bool) -> list[TusUpload]:
+    if on_s3:
+        pytest.skip("concatenation reads partial uploads back: local disk only (checked below)")
+    parts = []
+    for size in (CHUNK + 3, 2 * CHUNK, 5):
+        part = TusUpload(app.test_client(), os.urandom(size))
+        assert part.create(declare_sha256=False, **{HEADER_UPLOAD_CONCAT: "partial"}).status_code == 201
+        parts.append(part)
+    return parts
+
+
+def test_partial_uploads_concatenate_into_one_verified_file(
+    app: Flask, partials: list[TusUpload], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = count_full_reads(app, monkeypatch)
+    for part in reversed(partials):  # in any order, as parallel uploads finish
+        assert part.patch(0).status_code == 204
+        assert part.head().headers[HEADER_UPLOAD_CONCAT] == "partial"
+    assert app.extensions["job_runner"].run_once() is False  # a complete partial upload is not finalized
+    data = b"".join(part.data for part in partials)
+
+    created = final_upload(app.test_client(), partials, data)
+
+    assert created.status_code == 201
+    final = TusUpload(app.test_client(), data, url="/files/" + created.headers["Location"].rsplit("/", 1)[-1])
+    head = final.head()
+    assert head.headers[HEADER_UPLOAD_OFFSET] == head.headers[HEADER_UPLOAD_LENGTH] == str(len(data))
+    assert head.headers[HEADER_UPLOAD_CONCAT] == "final;" + " ".join(part.url for part in partials)
+    assert app.extensions["job_runner"].run_once() is True
+    status = final.status()
+    assert (status["state"], status["verified"], status["filename"]) == ("complete", True, "joined.mcap")
+    assert app.test_client().get(f"/uploads/{final.upload_id}/file").data == data
+    assert reads == []  # the copy hashed as it went
+    assert [part.head().status_code for part in partials] == [410, 410, 410]  # their bytes now live in the final
+    assert final.patch(0, body=b"").status_code == 403
+
+
+def test_a_final_upload_of_an_unfinished_partial_is_409(app: Flask, partials: list[TusUpload]) -> None:
+    partials[0].patch(0)
+    created = final_upload(app.test_client(), partials, b"")
+    assert_error(created, 409, "conflict")
+    assert partials[0].offset() == len(partials[0].data)
+
+
+def test_concatenation_is_refused_where_it_is_not_advertised(app: Flask, on_s3: bool) -> None:
+    if not on_s3:
+        pytest.skip("local disk concatenates (above)")
+    sent = {**TUS, HEADER_UPLOAD_LENGTH: "10", HEADER_UPLOAD_CONCAT: "partial"}
+    assert_error(app.test_client().post("/files/", headers=sent), 400, "invalid_field")
+
+
+def test_the_offset_moves_once_from_each_place(app: Flask) -> None:
+    """The compare-and-set two racing PATCHes (two workers, two hosts) meet: only one advances from an offset."""
+    upload = TusUpload(app.test_client(), os.urandom(2 * CHUNK))
+    upload.create()
+    store: TusStore = app.extensions["tus_service"].store
+    now = app.extensions["upload_service"].clock()
+
+    assert store.advance(upload.upload_id, 0, 10, now) is True
+    assert store.advance(upload.upload_id, 0, 20, now) is False
+    record = store.get(upload.upload_id)
+    assert isinstance(record, TusRecord)
+    assert record.upload_offset == 10
+
+
+def test_a_terminated_upload_takes_no_more_bytes_even_at_its_offset(app: Flask) -> None:
+    upload = TusUpload(app.test_client(), os.urandom(2 * CHUNK))
+    upload.create()
+    store: TusStore = app.extensions["tus_service"].store
+    assert upload.delete().status_code == 204
+    assert store.advance(upload.upload_id, 0, CHUNK, app.extensions["upload_service"].clock()) is False
