@@ -5,6 +5,9 @@
 // stored bytes against it, so the upload ends `verified` and its bag reaches the Recordings view.
 // Every PATCH also carries Upload-Checksum (sha256 of exactly the bytes it sends): a chunk damaged on
 // the way is refused with 460 before it is stored, and a retry resumes from the server's offset.
+// With DASHBOARD_UPLOAD_STREAMS > 1 a file goes as that many tus partial uploads in parallel, joined by
+// the server (concatenation); their PATCHes carry no Upload-Checksum, as a partial upload's request
+// does not say where in the file its bytes start (the whole-file sha256 still verifies the result).
 "use strict";
 (function () {
   const button = document.getElementById("upload-bag");
@@ -22,6 +25,7 @@
   }
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const chunkSize = Number(button.dataset.chunkSize);
+  const streams = Number(button.dataset.streams) || 1;
   const HASH_SLICE = 8 * 1024 * 1024;
   const POLL_MS = 1000;
   const FINAL = ["complete", "failed", "aborted"];
@@ -69,10 +73,11 @@
     chunkSize: chunkSize,
     retryDelays: [0, 1000, 3000, 5000],
     removeFingerprintOnSuccess: true,
+    parallelUploads: streams,
     allowedMetaFields: ["filename", "bag", "sha256"],
     // Upload-Checksum of each PATCH: its body is the file's bytes [Upload-Offset, Upload-Offset + chunkSize).
     onBeforeRequest: async (req, file) => {
-      if (req.getMethod() !== "PATCH") return;
+      if (req.getMethod() !== "PATCH" || streams > 1) return;
       const offset = Number(req.getHeader("Upload-Offset"));
       const body = await file.data.slice(offset, Math.min(offset + chunkSize, file.size)).arrayBuffer();
       req.setHeader("Upload-Checksum", "sha256 " + base64(window.sha256.arrayBuffer(body)));

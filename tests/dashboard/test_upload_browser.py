@@ -18,7 +18,13 @@ import pytest
 import requests
 from playwright.sync_api import Page, Request, Route, expect
 
-from core.server.tus.protocol import HEADER_TUS_RESUMABLE, HEADER_UPLOAD_CHECKSUM, HEADER_UPLOAD_OFFSET, TUS_VERSION
+from core.server.tus.protocol import (
+    HEADER_TUS_RESUMABLE,
+    HEADER_UPLOAD_CHECKSUM,
+    HEADER_UPLOAD_CONCAT,
+    HEADER_UPLOAD_OFFSET,
+    TUS_VERSION,
+)
 from dashboard import vendor
 from tests.dashboard.browser import chromium, screenshot
 from tests.helpers.bags import STRING, write_bag
@@ -38,8 +44,14 @@ def assets() -> None:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[GunicornServer]:
-    env = {"SWEEP_INTERVAL": "0", "DEFAULT_CHUNK_SIZE": str(CHUNK)}
+def server_env() -> dict[str, str]:
+    """Extra settings of the test's server (a test parametrizes it)."""
+    return {}
+
+
+@pytest.fixture
+def server(tmp_path: Path, server_env: dict[str, str]) -> Iterator[GunicornServer]:
+    env = {"SWEEP_INTERVAL": "0", "DEFAULT_CHUNK_SIZE": str(CHUNK), **server_env}
     with GunicornServer(tmp_path / "uploads", workers=2, auth=True, env=env) as running:
         yield running
 
@@ -97,11 +109,12 @@ def random_file(path: Path, size: int) -> Path:
 
 
 class TusLog:
-    """The tus requests the page sends: (method, upload id or '', Upload-Offset or None), and PATCH checksums."""
+    """The tus requests the page sends: (method, upload id or '', Upload-Offset or None); PATCH checksums; concats."""
 
     def __init__(self, page: Page) -> None:
         self.requests: list[tuple[str, str, int | None]] = []
         self.checksums: list[str | None] = []
+        self.concats: list[str] = []
         page.on("request", self._seen)
 
     def _seen(self, request: Request) -> None:
@@ -112,6 +125,9 @@ class TusLog:
         self.requests.append((request.method, upload_id, None if offset is None else int(offset)))
         if request.method == "PATCH":
             self.checksums.append(request.headers.get(HEADER_UPLOAD_CHECKSUM.lower()))
+        concat = request.headers.get(HEADER_UPLOAD_CONCAT.lower())
+        if request.method == "POST" and concat:
+            self.concats.append(concat.split(";")[0])
 
     def since(self, mark: int) -> list[tuple[str, str, int | None]]:
         return self.requests[mark:]
@@ -229,3 +245,22 @@ def test_a_chunk_damaged_on_the_way_is_refused_with_460_and_the_retry_resumes(
     # Every PATCH named the sha256 of its body (a prefix check: the value is base64 of the digest).
     assert log.checksums
     assert all(c is not None and c.startswith("sha256 ") and len(c) == len("sha256 ") + 44 for c in log.checksums)
+
+
+@pytest.mark.parametrize("server_env", [{"DASHBOARD_UPLOAD_STREAMS": "2"}])
+def test_parallel_streams_send_partial_uploads_the_server_joins(
+    page: Page, server: GunicornServer, tmp_path: Path
+) -> None:
+    path = random_file(tmp_path / "parallel.mcap", 6 * CHUNK + 1000)
+    log = TusLog(page)
+    expect(page.locator("#upload-bag")).to_have_attribute("data-streams", "2")
+    open_uploader(page)
+    upload(page, path)
+    expect(page.locator("#upload-status")).to_contain_text("stored and verified", timeout=UPLOAD_TIMEOUT_MS)
+    # tus-js-client's parallelUploads through @uppy/tus: two partial uploads in flight, then one final.
+    assert sorted(log.concats) == ["final", "partial", "partial"]
+    patched = {upload_id for method, upload_id, _ in log.requests if method == "PATCH"}
+    assert len(patched) == 2
+    (joined,) = [u for u in server_uploads(server) if u["filename"] == path.name]
+    assert joined["verified"] is True
+    assert joined["sha256"] == sha256_of(path)

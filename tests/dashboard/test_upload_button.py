@@ -11,6 +11,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from core.config import ConfigError, ServerConfig
 from core.server.tus.protocol import HEADER_TUS_RESUMABLE, TUS_COLLECTION_PATH, TUS_VERSION
 from dashboard import vendor
 from dashboard.access import CSRF_HEADER
@@ -102,5 +103,12 @@ def test_the_page_uploads_as_the_signed_in_operator_only_with_its_csrf_token(
     assert client.patch(f"/files/{upload_id}", data=b"hello", headers=body).status_code == 401
     assert client.patch(f"/files/{upload_id}", data=b"hello", headers={**body, CSRF_HEADER: token}).status_code == 204
     status = client.get(f"/upload/{upload_id}").json  # reads need no token: the page polls this
-    assert status["state"] == "complete"
+    assert status["state"] in ("finalizing", "complete")  # every byte arrived; finalize may still run
     assert status["owner"] == "operator"
+
+
+def test_upload_streams_reach_the_page_and_zero_is_refused(make_app: Callable[..., Flask]) -> None:
+    client = make_app(auth_enabled=False, dashboard_upload_streams=3).test_client()
+    assert 'data-streams="3"' in client.get("/dashboard/").get_data(as_text=True)  # local disk: concatenation
+    with pytest.raises(ConfigError, match="DASHBOARD_UPLOAD_STREAMS"):
+        ServerConfig.from_env({"DASHBOARD_UPLOAD_STREAMS": "0"})
