@@ -16,6 +16,7 @@
   function say(state, text) {
     status.dataset.state = state;
     status.textContent = text;
+    status.title = text; // the line is cut at narrow widths; the whole of it on hover
   }
   if (!window.Uppy || !window.sha256) {
     // The <script> tags are only rendered when the files exist; this is a proxy or cache in the way.
