@@ -1,8 +1,8 @@
 """ "Upload a bag" in headless Chromium: Uppy with @uppy/tus against the real gunicorn's tus endpoint under /files/.
 
 The page is the operator's, signed in with the session cookie; faults are made with
-Playwright's route interception (a connection cut, a body damaged on the way) or by
-reloading the page mid-upload, and every test ends with the server's copy checked
+Playwright's route interception (a connection cut, a body damaged on the way), by
+crashing the server, or by reloading the page mid-upload, and every test ends with the server's copy checked
 against the file's sha256.
 """
 
@@ -203,6 +203,41 @@ def test_an_upload_cut_by_a_page_reload_resumes_from_the_servers_offset(
     assert patches[0] == ("PATCH", record["upload_id"], 2 * CHUNK)
     (done,) = server_uploads(server)
     assert done["upload_id"] == record["upload_id"]
+    assert done["verified"] is True
+    assert done["sha256"] == sha256_of(path)
+
+
+def test_an_upload_cut_by_a_server_crash_resumes_from_the_servers_offset_on_retry(
+    page: Page, server: GunicornServer, tmp_path: Path
+) -> None:
+    path = random_file(tmp_path / "crashed.mcap", 4 * CHUNK + 1000)
+    log = TusLog(page)
+
+    def crash_before_the_third_chunk(route: Route) -> None:
+        offset = route.request.headers.get(HEADER_UPLOAD_OFFSET.lower())
+        if route.request.method == "PATCH" and offset == str(2 * CHUNK) and server.process and server.process.alive():
+            server.crash()  # every gunicorn process SIGKILLed, like a power cut; the PATCH then meets a closed port
+        route.continue_()
+
+    page.route("**/files/**", crash_before_the_third_chunk)
+    open_uploader(page)
+    upload(page, path)
+    status = page.locator("#upload-status")
+    # Uppy retries (0, 1, 3, 5 s), then gives up and says so; nothing is lost meanwhile.
+    expect(status).to_have_attribute("data-state", "failed", timeout=UPLOAD_TIMEOUT_MS)
+    page.unroute_all()
+    server.start()
+    (record,) = server_uploads(server)
+    assert tus_offset(server, record["upload_id"]) == 2 * CHUNK
+
+    mark = len(log.requests)
+    page.locator(".uppy-StatusBar-actionBtn--retry").click()
+    expect(status).to_contain_text("stored and verified", timeout=UPLOAD_TIMEOUT_MS)
+    after = log.since(mark)
+    assert not [r for r in after if r[0] == "POST"]
+    patches = [r for r in after if r[0] == "PATCH"]
+    assert patches[0] == ("PATCH", record["upload_id"], 2 * CHUNK)
+    (done,) = server_uploads(server)
     assert done["verified"] is True
     assert done["sha256"] == sha256_of(path)
 
