@@ -44,8 +44,14 @@ format: $(VENV)/.dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-## test: installs everything the suite needs (Debian packages included) and runs it
-test: system-deps $(VENV)/.dev assets lint
+# tus-js-client, the Node tus client the tus tests drive (tests/tus/js, node_modules not committed).
+TUS_JS := tests/tus/js/node_modules/tus-js-client/package.json
+$(TUS_JS): tests/tus/js/package.json tests/tus/js/package-lock.json
+	cd tests/tus/js && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+## test: installs everything the suite needs (Debian packages, npm packages included) and runs it
+test: system-deps $(VENV)/.dev $(TUS_JS) assets lint
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.dev

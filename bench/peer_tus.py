@@ -1,4 +1,4 @@
-"""The project against a real peer, @tus/server + @tus/file-store with the tuspy client, and the minimal handler.
+"""The project against a real peer (@tus/server + @tus/file-store, driven by tuspy and tus-js-client), and a baseline.
 
 ``python -m bench.peer_tus [--size 1GiB] [--rounds 3] [--short]`` (``--short``: 256 MiB, one round).
 
@@ -10,8 +10,12 @@ round, so no server can deduplicate. Every client runs as a subprocess under ``/
 (its own CPU; bench/_measure.py), every server under ``gunicorn.conf.py -w 4`` or node, with its
 CPU read from /proc (master + workers) over the client's run:
 
-- **peer**: tuspy (8 MiB PATCHes, one stream; tus has no parallel parts in @tus/server) to
-  @tus/server, which checks no checksum and does not fsync. "Stored" is the last PATCH's reply.
+- **peer**: tuspy and tus-js-client (8 MiB PATCHes, one stream; @tus/server has no concatenation,
+  so no parallel parts) to @tus/server, which checks no checksum and does not fsync. "Stored" is
+  the last PATCH's reply.
+- **project, tus**: the same two clients to our ``/files/`` (tus on the same upload service), with
+  the whole-file sha256 (hashed by the client first, as the native client does) and
+  ``compression: true`` in Upload-Metadata, until the server reports the upload verified.
 - **project, real client**: ``python -m core.network_manager upload`` (1 and 4 chunk streams), until
   the server reports the upload verified; its time is the process's wall time (interpreter start-up,
   ~0.5 s, and the client's whole-file hash pass included; the other clients time themselves).
@@ -57,6 +61,7 @@ from core.protocol import (
     chunk_url,
     finalize_url,
     init_url,
+    server_root,
     upload_status_url,
 )
 from tests.helpers.processes import PYTHON, REPO_ROOT, ManagedProcess, free_port, port_open, wait_until
@@ -66,6 +71,9 @@ GiB = 1 << 30
 CHUNK = 8 * MiB
 PEER_DIR = REPO_ROOT / "bench" / "out" / "tus-peer"
 PEER_PACKAGES = ("@tus/server", "@tus/file-store")
+# tus-js-client and its driver script are the tus tests' (installed there with npm ci, as `make test` does).
+TUS_JS_DIR = REPO_ROOT / "tests" / "tus" / "js"
+TUS_PATH = "/files/"
 
 
 # --- the file -------------------------------------------------------------------------------
@@ -149,19 +157,59 @@ def minimal_client(url: str, path: Path, streams: int) -> dict[str, float]:
     return {"sent": sent, "stored": time.perf_counter() - started}
 
 
-def tuspy_client(url: str, path: Path) -> dict[str, float]:
-    """tuspy's own uploader, 8 MiB PATCHes; metadata given (an empty Upload-Metadata is refused by @tus/server)."""
-    from tusclient import client as tus  # only the client subprocess needs tuspy
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while piece := fh.read(CHUNK):
+            digest.update(piece)
+    return digest.hexdigest()
 
+
+def install_tus_js() -> Path:
+    if not (TUS_JS_DIR / "node_modules" / "tus-js-client" / "package.json").exists():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=TUS_JS_DIR, check=True)
+    return TUS_JS_DIR
+
+
+def tus_client(kind: str, url: str, path: Path, *, verify: bool) -> dict[str, float]:
+    """tuspy's or tus-js-client's own uploader, 8 MiB PATCHes; with ``verify``, until our server reports verified.
+
+    Metadata is always given (an empty Upload-Metadata is refused by @tus/server).
+    """
     started = time.perf_counter()
-    tus.TusClient(url).uploader(file_path=str(path), chunk_size=CHUNK, metadata={"filename": path.name}).upload()
-    seconds = time.perf_counter() - started
-    return {"sent": seconds, "stored": seconds}
+    metadata = {"filename": path.name}
+    if verify:
+        metadata |= {"sha256": file_sha256(path), "compression": "true"}
+    if kind == "tuspy":
+        from tusclient import client as tus  # only the client subprocess needs tuspy
+
+        uploader = tus.TusClient(url).uploader(file_path=str(path), chunk_size=CHUNK, metadata=metadata)
+        uploader.upload()
+        upload_url = str(uploader.url)
+    else:
+        options = {"endpoint": url, "path": str(path), "metadata": metadata, "chunkSize": CHUNK}
+        done = subprocess.run(["node", "tus_client.mjs", json.dumps(options)], cwd=TUS_JS_DIR,
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        upload_url = json.loads(done.stdout.strip().splitlines()[-1])["url"]
+    sent = time.perf_counter() - started
+    if not verify:
+        return {"sent": sent, "stored": sent}
+    root, upload_id = url.removesuffix(TUS_PATH), upload_url.rstrip("/").rsplit("/", 1)[-1]
+    status_url = upload_status_url(root, upload_id)
+    while (status := requests.get(status_url, timeout=60).json())["state"] not in ("complete", "failed"):
+        time.sleep(0.02)
+    if not status.get("verified"):
+        msg = f"upload not verified: {status}"
+        raise RuntimeError(msg)
+    return {"sent": sent, "stored": time.perf_counter() - started}
 
 
 def client_main(argv: list[str]) -> None:
     kind, url, path, streams = argv[0], argv[1], Path(argv[2]), int(argv[3])
-    result = tuspy_client(url, path) if kind == "tuspy" else minimal_client(url, path, streams)
+    if kind in TUS_CLIENTS:
+        result = tus_client(kind, url, path, verify=argv[4:] == ["verify"])
+    else:
+        result = minimal_client(url, path, streams)
     print(json.dumps(result))
 
 
@@ -195,8 +243,11 @@ def tus_peer(storage: Path, log_dir: Path) -> Iterator[tuple[str, ManagedProcess
 class Target:
     name: str
     server: str  # "peer", "ours" or "baseline"
-    client: str  # "tuspy", "real" or "minimal"
+    client: str  # "tuspy", "tus-js", "real" or "minimal"
     streams: int = 1
+
+
+TUS_CLIENTS = ("tuspy", "tus-js")
 
 
 @dataclass
@@ -218,6 +269,9 @@ class Server:
 
 TARGETS = [
     Target("peer: tuspy -> @tus/server", "peer", "tuspy"),
+    Target("peer: tus-js-client -> @tus/server", "peer", "tus-js"),
+    Target("project tus: tuspy -> /files/", "ours", "tuspy"),
+    Target("project tus: tus-js-client -> /files/", "ours", "tus-js"),
     Target("project, real client, 1 stream", "ours", "real", 1),
     Target("project, real client, 4 streams", "ours", "real", 4),
     Target("project, minimal client, 1 stream", "ours", "minimal", 1),
@@ -234,6 +288,11 @@ def run_client(target: Target, server: Server, path: Path, work: Path) -> Sample
         argv = [PYTHON, "-m", "core.network_manager", "--state-dir", str(state), "upload", str(path),
                 "--url", server.url, "--chunk-size", str(CHUNK), "--chunk-parallelism", str(target.streams),
                 "--no-progress"]  # fmt: skip
+    elif target.client in TUS_CLIENTS:
+        ours = target.server == "ours"
+        url = server_root(server.url) + TUS_PATH if ours else server.url
+        argv = [PYTHON, "-m", "bench.peer_tus", "--client", target.client, url, str(path), "1",
+                "verify" if ours else "sent"]  # fmt: skip
     else:
         argv = [PYTHON, "-m", "bench.peer_tus", "--client", target.client, server.url, str(path), str(target.streams)]
     before = cpu_seconds(server.pid)
@@ -247,6 +306,7 @@ def run_client(target: Target, server: Server, path: Path, work: Path) -> Sample
 
 def start_servers(stack: contextlib.ExitStack, work: Path) -> dict[str, Server]:
     servers = {}
+    install_tus_js()
     url, process = stack.enter_context(tus_peer(work / "peer", work))
     servers["peer"] = Server(url, process.pid, work / "peer")
     for name, app in (("ours", "upload_server:app"), ("baseline", "bench.baseline_server:app")):

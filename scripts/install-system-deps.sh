@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian programs the test suite runs for real (nginx, redis-server, chromium,
-# openssl, curl, zstd, postgresql; npm for `make assets`, the dashboard's browser files).
-# Idempotent: does nothing when they are all present.
+# openssl, curl, zstd, postgresql; Node and npm for tus-js-client and `make assets`, the dashboard's
+# browser files). Idempotent: does nothing when they are all present.
 set -euo pipefail
 
 declare -A package_of=(
@@ -14,6 +14,7 @@ declare -A package_of=(
   [systemd-analyze]=systemd
   [logrotate]=logrotate
   [promtool]=prometheus
+  [node]=nodejs
   [npm]=npm
 )
 missing=()

@@ -66,6 +66,7 @@ from core.protocol import (
 )
 from core.server.auth import public
 from core.server.robots import MAX_ROBOT_ID_LENGTH
+from core.server.tus import protocol as tus
 from core.server.validation import MAX_JSON_DEPTH, MAX_PAGE_OFFSET, MAX_PAGE_SIZE
 
 OPENAPI_PATH = "/openapi.json"
@@ -333,7 +334,9 @@ ERROR_MEANINGS = {
     413: "Body, chunk or file larger than allowed",
     415: "Unsupported media type",
     416: "The Range starts beyond the end of the file (Content-Range: bytes */length)",
+    412: "tus: Tus-Resumable is missing or not 1.0.0 (Tus-Version names the version)",
     429: "Rate limit exceeded; see Retry-After and X-RateLimit-*",
+    460: "tus checksum extension: the body does not match its Upload-Checksum; nothing of it was stored",
     507: "The server's storage is full",
 }
 
@@ -461,7 +464,132 @@ RANGE_HEADERS = (
 BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 REDIRECT = {"description": "Redirect (to the sign-in page or the dashboard)"}
 
+# --- tus 1.0.0 (core/server/tus/): replies are headers; errors are the same JSON documents.
+TUS_RESUMABLE = {
+    "name": tus.HEADER_TUS_RESUMABLE,
+    "in": "header",
+    "required": True,
+    "schema": {"type": "string", "enum": [tus.TUS_VERSION]},
+    "description": "Every tus request but OPTIONS; another value is 412",
+}
+TUS_CHECKSUM = header_param(
+    tus.HEADER_UPLOAD_CHECKSUM,
+    {"type": "string", "pattern": "^(sha1|sha256) [A-Za-z0-9+/]+={0,2}$"},
+    "`<algorithm> <base64 digest>` of this body (sha1 or sha256); a mismatch is 460 and stores nothing",
+)
+TUS_BODY = {
+    "required": False,
+    "content": {tus.OFFSET_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+}
+
+
+def tus_headers(*names: str) -> dict[str, Schema]:
+    return {name: {"schema": STRING} for name in (tus.HEADER_TUS_RESUMABLE, *names)}
+
+
+TUS_PATHS: dict[str, dict[str, Schema]] = {
+    tus.TUS_COLLECTION_PATH: {
+        "options": operation(
+            "tus discovery: Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm",
+            {
+                204: {
+                    "description": "What this server implements (concatenation only on local disk)",
+                    "headers": tus_headers(
+                        tus.HEADER_TUS_VERSION,
+                        tus.HEADER_TUS_EXTENSION,
+                        tus.HEADER_TUS_MAX_SIZE,
+                        tus.HEADER_TUS_CHECKSUM_ALGORITHM,
+                    ),
+                }
+            },
+            is_public=True,
+            tag="tus",
+        ),
+        "post": operation(
+            "tus creation (and creation-with-upload, concatenation): a native upload with a tus offset",
+            {
+                201: {
+                    "description": "Created; Location is the upload's URL (relative). A body sent with it is "
+                    "stored (Upload-Offset); a file the server already holds verified is created complete",
+                    "headers": tus_headers(tus.HEADER_LOCATION, tus.HEADER_UPLOAD_OFFSET, tus.HEADER_UPLOAD_EXPIRES),
+                }
+            },
+            errors=(400, 404, 409, 410, 412, 413, 415, 460, 507),
+            parameters=(
+                TUS_RESUMABLE,
+                header_param(tus.HEADER_UPLOAD_LENGTH, {"type": "integer", "minimum": 0}, "Bytes of the file"),
+                header_param(
+                    tus.HEADER_UPLOAD_METADATA,
+                    STRING,
+                    "`key base64,key base64`: filename (or name), sha256, checksum (md5), compression, "
+                    "metadata (a JSON object); other keys join the upload's metadata as strings",
+                ),
+                header_param(
+                    tus.HEADER_UPLOAD_CONCAT,
+                    STRING,
+                    f"`partial`, or `final;{tus.TUS_PREFIX}/<id> {tus.TUS_PREFIX}/<id> …` (no Upload-Length)",
+                ),
+                TUS_CHECKSUM,
+            ),
+            body=TUS_BODY,
+            tag="tus",
+        ),
+    },
+    tus.TUS_UPLOAD_PATH: {
+        "head": operation(
+            "tus offset: where to resume",
+            {
+                200: {
+                    "description": "The upload's offset and length (no body)",
+                    "headers": tus_headers(
+                        tus.HEADER_UPLOAD_OFFSET,
+                        tus.HEADER_UPLOAD_LENGTH,
+                        tus.HEADER_UPLOAD_METADATA,
+                        tus.HEADER_UPLOAD_CONCAT,
+                        tus.HEADER_UPLOAD_EXPIRES,
+                    ),
+                }
+            },
+            errors=(404, 410, 412),
+            parameters=(UPLOAD_ID, TUS_RESUMABLE),
+            tag="tus",
+        ),
+        "patch": operation(
+            "tus: bytes at the upload's offset; the last byte queues finalize",
+            {
+                204: {
+                    "description": "Stored and fsynced up to the new Upload-Offset (on S3 up to the last whole chunk)",
+                    "headers": tus_headers(tus.HEADER_UPLOAD_OFFSET, tus.HEADER_UPLOAD_EXPIRES),
+                }
+            },
+            errors=(400, 403, 404, 409, 410, 412, 413, 415, 460, 507),
+            parameters=(
+                UPLOAD_ID,
+                TUS_RESUMABLE,
+                {
+                    "name": tus.HEADER_UPLOAD_OFFSET,
+                    "in": "header",
+                    "required": True,
+                    "schema": {"type": "integer", "minimum": 0},
+                    "description": "Must equal the upload's offset (409 otherwise)",
+                },
+                TUS_CHECKSUM,
+            ),
+            body={**TUS_BODY, "required": True},
+            tag="tus",
+        ),
+        "delete": operation(
+            "tus termination: abort the upload and free its bytes",
+            {204: {"description": "Terminated; later requests get 410", "headers": tus_headers()}},
+            errors=(404, 409, 410, 412),
+            parameters=(UPLOAD_ID, TUS_RESUMABLE),
+            tag="tus",
+        ),
+    },
+}
+
 PATHS: dict[str, dict[str, Schema]] = {
+    **TUS_PATHS,
     HEALTH_PATH: {
         "get": operation(
             "Liveness for curl and load balancers (never rate limited)",

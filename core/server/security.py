@@ -84,7 +84,10 @@ BODY_LIMITS: dict[str, Callable[[ServerConfig], int]] = {
 }
 # Routes that stream their body to disk: the length is checked against the expected chunk size
 # before a byte is stored, so a body of unknown length (chunked encoding) is refused outright.
-LENGTH_REQUIRED_ROUTES = frozenset({CHUNK_PATH, tus.TUS_UPLOAD_PATH, tus.TUS_COLLECTION_PATH})
+LENGTH_REQUIRED_ROUTES = frozenset({CHUNK_PATH})
+# Routes that stream a body of unknown length themselves (tus reads a chunked PATCH up to the
+# upload's length): the limit is set, and the body is left for the view to read.
+STREAMED_ROUTES = frozenset({tus.TUS_UPLOAD_PATH, tus.TUS_COLLECTION_PATH})
 
 
 def normalize_origin(origin: str) -> str:
@@ -121,6 +124,8 @@ def _limit_body() -> None:
             raise PayloadTooLarge(msg)
         return
     if not _is_chunked():
+        return
+    if rule in STREAMED_ROUTES:
         return
     if rule in LENGTH_REQUIRED_ROUTES:
         msg = f"Content-Length is required on this route (chunked bodies are refused; at most {limit} bytes)"

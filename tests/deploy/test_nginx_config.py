@@ -26,9 +26,11 @@ def test_shipped_site_passes_nginx_t(tmp_path: Path) -> None:
     assert "[warn]" not in result.stderr, result.stderr
 
 
-def test_body_limit_equals_the_servers_largest_chunk() -> None:
-    (limit,) = directive("client_max_body_size", SITE_FILE.read_text())
-    assert parse_size("client_max_body_size", limit + "iB") == ServerConfig().max_chunk_size
+def test_body_limits_equal_the_servers_largest_chunk_and_for_tus_its_largest_file() -> None:
+    """The server-wide limit is one chunk; /files/ (a tus PATCH may be the whole file) takes a whole file."""
+    server, tus = directive("client_max_body_size", SITE_FILE.read_text())
+    assert parse_size("client_max_body_size", server + "iB") == ServerConfig().max_chunk_size
+    assert parse_size("client_max_body_size", tus + "iB") == ServerConfig().max_file_size
 
 
 def test_upstream_speaks_http_1_1_with_connection_cleared() -> None:

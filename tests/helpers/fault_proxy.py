@@ -6,7 +6,8 @@ at any moment make it slow (``delay``, ``throttle``), silent (``pause``: nothing
 is read any more, so the sender's socket buffers fill up exactly as on a
 black-holed cellular link) or cut every connection (``drop_all``, or
 ``drop_after_bytes`` to cut in the middle of a request body, or ``reset_every``
-for a link that drops every few seconds).
+for a link that drops every few seconds), or corrupt one byte on its way
+(``flip_after``: the checksum a client sent no longer matches the body).
 
     with FaultProxy(server.port) as proxy:
         manager = NetworkManager(upload_url=proxy.url + "/upload")
@@ -46,6 +47,21 @@ class _Link:
             with contextlib.suppress(OSError):
                 sock.close()
 
+    def cut_client(self) -> None:
+        """RST the client, but let the server read every byte forwarded so far, then end of stream.
+
+        A reset discards what the server's kernel received but the server had not read yet, so
+        what a server keeps of a cut body depends on timing; this makes it exact.
+        """
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        with contextlib.suppress(OSError):
+            self.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        for sock in (self.client, self.upstream):
+            with contextlib.suppress(OSError):
+                sock.close()
+
     def cut(self) -> None:
         """Close both ends with a RST (SO_LINGER 0), as a dropped mobile link looks to the peers."""
         if self.closed.is_set():
@@ -64,7 +80,9 @@ class FaultProxy:
     Attributes a test may set at any time: ``delay`` (seconds added before each
     forwarded piece), ``throttle`` (bytes/s per direction and connection; None =
     unlimited), ``drop_after_bytes`` (cut a connection once that many request
-    bytes passed through it; None = never). Counters: ``bytes_up`` (client to
+    bytes passed through it; None = never; ``keep_delivered``: the server still reads what was
+    forwarded before the cut, then end of stream). ``flip_after(n)`` inverts one request byte, the
+    one ``n`` bytes after the call over all connections. Counters: ``bytes_up`` (client to
     server), ``bytes_down``, ``connections``, ``drops``.
     """
 
@@ -83,6 +101,9 @@ class FaultProxy:
         self.delay = 0.0
         self.throttle: float | None = None
         self.drop_after_bytes: int | None = None
+        self.keep_delivered = False
+        self._flip_countdown: int | None = None
+        self.flips = 0
         self.bytes_up = 0
         self.bytes_down = 0
         self.connections = 0
@@ -121,6 +142,11 @@ class FaultProxy:
                 self.drop_all()
 
         threading.Thread(target=resets, name=f"fault-proxy-resets-{self.port}", daemon=True).start()
+
+    def flip_after(self, count: int | None) -> None:
+        """Invert the request byte ``count`` bytes from now (any connection), once; None cancels."""
+        with self._lock:
+            self._flip_countdown = count
 
     def drop_all(self) -> int:
         """Cut every open connection now; returns how many were cut."""
@@ -189,6 +215,19 @@ class FaultProxy:
         rate = self.throttle
         return _BUFFER if not rate else max(512, min(_BUFFER, int(rate / 20)))
 
+    def _flipped(self, data: bytes) -> bytes:
+        """``data`` with the byte the countdown of ``flip_after`` reaches inverted."""
+        with self._lock:
+            at = self._flip_countdown
+            if at is None:
+                return data
+            if at >= len(data):
+                self._flip_countdown = at - len(data)
+                return data
+            self._flip_countdown = None
+            self.flips += 1
+        return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
     def _pump(self, link: _Link, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
         passed = 0
         try:
@@ -206,8 +245,10 @@ class FaultProxy:
                 if upstream and self.drop_after_bytes is not None and passed + len(data) > self.drop_after_bytes:
                     with self._lock:
                         self.drops += 1
-                    link.cut()
+                    link.cut_client() if self.keep_delivered else link.cut()
                     return
+                if upstream and self._flip_countdown is not None:
+                    data = self._flipped(data)
                 if self.delay:
                     time.sleep(self.delay)
                 if self.throttle:

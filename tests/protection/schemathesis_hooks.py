@@ -8,7 +8,8 @@ server which chunk is missing and how long it must be, and sends that many
 bytes with matching checksum headers. Negative cases keep their generated
 garbage. ``after_call`` tallies every reply by operation and status in the
 file named by ``SCHEMATHESIS_STATUS_LOG``, so the test can check how deep the
-run got. Loaded by ``st run`` through ``SCHEMATHESIS_HOOKS``.
+run got. tus bodies (``application/offset+octet-stream``) are sent as raw bytes, like
+``application/octet-stream``. Loaded by ``st run`` through ``SCHEMATHESIS_HOOKS``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from core.protocol import (
     upload_status_url,
 )
 from core.server.openapi import openapi_path
+from core.server.tus.protocol import OFFSET_CONTENT_TYPE
 
 KEY_VARIABLE = "SCHEMATHESIS_UPLOAD_KEY"
 STATUS_LOG_VARIABLE = "SCHEMATHESIS_STATUS_LOG"
@@ -69,6 +71,15 @@ def _fit_chunk(case: Any, status: dict[str, Any]) -> None:
         case.headers[HEADER_CHUNK_SHA256] = hashlib.sha256(body).hexdigest()
     if HEADER_CONTENT_MD5 in case.headers:
         case.headers[HEADER_CONTENT_MD5] = base64.b64encode(hashlib.md5(body).digest()).decode()  # noqa: S324
+
+
+@schemathesis.serializer(OFFSET_CONTENT_TYPE)
+def offset_body(_context: Any, value: Any) -> bytes:
+    """A tus PATCH body: raw bytes (generated binary strings, or any other value's text)."""
+    if isinstance(value, bytes):
+        return value
+    data = getattr(value, "data", None)
+    return data if isinstance(data, bytes) else str(value).encode()
 
 
 @schemathesis.hook

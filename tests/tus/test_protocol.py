@@ -267,3 +267,29 @@ def test_without_a_declared_checksum_the_upload_is_stored_but_not_verified(app: 
     assert status["verified"] is False
     assert status["sha256"] == hashlib.sha256(upload.data).hexdigest()
     assert status["filename"] == "robot.mcap"
+
+
+def test_a_browser_on_an_allowed_origin_may_send_and_read_the_tus_headers(make_app: Callable[..., Flask]) -> None:
+    app = make_app(cors_origins=("https://dashboard.example",), default_chunk_size=CHUNK)
+    client = app.test_client()
+    origin = {"Origin": "https://dashboard.example"}
+    preflight = client.options(
+        "/files/0123456789abcdef0123456789abcdef",
+        headers={
+            **origin,
+            "Access-Control-Request-Method": "PATCH",
+            "Access-Control-Request-Headers": "tus-resumable, upload-offset, content-type",
+        },
+    )
+    assert preflight.status_code == 204
+    assert {"PATCH", "HEAD"} <= {m.strip() for m in preflight.headers["Access-Control-Allow-Methods"].split(",")}
+    allowed = {h.strip().lower() for h in preflight.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"tus-resumable", "upload-offset", "upload-length", "upload-metadata", "upload-checksum"} <= allowed
+
+    upload = TusUpload(client, os.urandom(100), headers=origin)
+    created = upload.create()
+
+    assert created.headers["Access-Control-Allow-Origin"] == "https://dashboard.example"
+    exposed = {h.strip().lower() for h in created.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"location", "upload-offset", "upload-length", "tus-resumable", "upload-expires"} <= exposed
+    assert upload.head().headers["Access-Control-Allow-Origin"] == "https://dashboard.example"

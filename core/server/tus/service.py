@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import logging
 import tempfile
@@ -158,14 +159,7 @@ class TusService:
             raise InvalidField(msg, details={"field": "Upload-Length"})
         record = self._create_native(identity, length, meta)
         done = record.state is not UploadState.UPLOADING  # deduplicated: already complete
-        tus = TusRecord(
-            upload_id=record.upload_id,
-            upload_length=length,
-            upload_offset=length if done else 0,
-            concat=concat.kind if concat else None,
-            raw_metadata=raw_meta,
-        )
-        self.store.create(tus)
+        tus = self._create_row(record, raw_meta, concat.kind if concat else None)
         log.info(
             "tus upload created: %s (%d bytes%s) - ID: %s",
             record.filename,
@@ -174,6 +168,22 @@ class TusService:
             record.upload_id,
         )
         return TusUpload(record, tus)
+
+    def _create_row(
+        self, record: UploadRecord, raw_meta: str, concat: str | None, parts: tuple[str, ...] = ()
+    ) -> TusRecord:
+        """The tus row of a new native upload; a deduplicated one is complete, its offset its length."""
+        done = record.state is not UploadState.UPLOADING
+        tus = TusRecord(
+            upload_id=record.upload_id,
+            upload_length=record.filesize,
+            upload_offset=record.filesize if done else 0,
+            concat=concat,
+            parts=parts,
+            raw_metadata=raw_meta,
+        )
+        self.store.create(tus)
+        return tus
 
     def _create_native(self, identity: Identity, length: int, meta: dict[str, str]) -> UploadRecord:
         spec = parse_init(init_body(length, meta), self.uploads.config)
@@ -194,22 +204,17 @@ class TusService:
                 raise Conflict(msg, details={"field": HEADER_UPLOAD_CONCAT})
         length = sum(part.tus.upload_length for part in parts)
         record = self._create_native(identity, length, meta)
-        tus = TusRecord(
-            upload_id=record.upload_id,
-            upload_length=length,
-            upload_offset=0,
-            concat=CONCAT_FINAL,
-            parts=tuple(part_ids),
-            raw_metadata=raw_meta,
-        )
-        self.store.create(tus)
-        if record.state is UploadState.UPLOADING:
+        self._create_row(record, raw_meta, CONCAT_FINAL, part_ids)
+        if record.state is UploadState.UPLOADING:  # else deduplicated: already complete
+            offset = 0
             for part in parts:
                 size = part.tus.upload_length
-                with storage_errors():
-                    reader = _PartReader(self.uploads.blobs.read_part(part.record.upload_id, 0, size))
-                    offset = self._store_body(identity, record, tus.upload_offset, reader, size)
-                tus = TusRecord(**{**tus.__dict__, "upload_offset": offset})
+                try:
+                    with storage_errors():
+                        reader = _PartReader(self.uploads.blobs.read_part(part.record.upload_id, 0, size))
+                        offset = self._store_body(identity, record, offset, reader, size)
+                except PartMissing as err:
+                    self.uploads.part_missing(identity, part.record, err)
             self._complete(identity, record, partial=False)
         for part in parts:
             self.uploads.abort(identity, part.record.upload_id)
@@ -230,9 +235,13 @@ class TusService:
         body: BinaryIO,
         *,
         offset: int,
-        content_length: int,
+        content_length: int | None,
         checksum: Checksum | None,
     ) -> TusUpload:
+        """Store a PATCH body at ``offset``; ``content_length`` None: a chunked body, read until it ends.
+
+        A chunked body is read up to the upload's length and no further.
+        """
         upload = self.get(identity, upload_id)
         record, tus = upload.record, upload.tus
         if tus.concat == CONCAT_FINAL:
@@ -241,18 +250,20 @@ class TusService:
         if offset != tus.upload_offset:
             msg = f"{HEADER_UPLOAD_OFFSET} {offset} does not match the upload's offset {tus.upload_offset}"
             raise Conflict(msg, details={"offset": tus.upload_offset})
-        if offset + content_length > tus.upload_length:
-            msg = f"{content_length} bytes at offset {offset} exceed the upload's length {tus.upload_length}"
+        length = tus.upload_length - offset if content_length is None else content_length
+        if offset + length > tus.upload_length:
+            msg = f"{length} bytes at offset {offset} exceed the upload's length {tus.upload_length}"
             raise PayloadTooLarge(msg, details={"length": tus.upload_length})
-        if content_length == 0:
+        if length == 0:
             return upload
         if record.state is not UploadState.UPLOADING:
             msg = f"upload {upload_id} is {record.state.value}"
             raise Conflict(msg, details={"state": record.state.value})
         if checksum is None:
-            new_offset = self._store_body(identity, record, offset, body, content_length)
+            new_offset = self._store_body(identity, record, offset, body, length)
         else:
-            new_offset = self._store_checked(identity, record, offset, body, content_length, checksum)
+            exact = content_length is not None
+            new_offset = self._store_checked(identity, record, offset, body, length, checksum, exact=exact)
         log.info(
             "tus PATCH: %s - ID: %s - offset %d -> %d of %d",
             record.filename,
@@ -266,20 +277,34 @@ class TusService:
         return self.get(identity, upload_id)
 
     def _store_checked(
-        self, identity: Identity, record: UploadRecord, offset: int, body: BinaryIO, length: int, checksum: Checksum
+        self,
+        identity: Identity,
+        record: UploadRecord,
+        offset: int,
+        body: BinaryIO,
+        length: int,
+        checksum: Checksum,
+        *,
+        exact: bool,
     ) -> int:
-        """Spool and check the whole body first: a body that does not match its checksum stores nothing (460)."""
+        """Spool and check the whole body first: a body that does not match its checksum stores nothing (460).
+
+        ``exact``: the body must be ``length`` bytes (Content-Length); else (chunked) at most ``length``.
+        """
         digest = hashlib.new(checksum.algorithm)
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as buffer:
             received = _copy(body, buffer, length, digest)
-            if received < length:
+            if not exact and _copy(body, io.BytesIO(), 1):
+                msg = f"the body is longer than the {length} bytes left of the upload; nothing was stored"
+                raise PayloadTooLarge(msg, details={"length": record.filesize})
+            if exact and received < length:
                 msg = f"the body ended after {received} of {length} bytes; nothing was stored"
                 raise InvalidField(msg, details={"offset": offset})
             if not hmac.compare_digest(digest.digest(), checksum.digest):
                 msg = f"the body does not match its Upload-Checksum ({checksum.algorithm}); nothing was stored"
                 raise TusChecksumMismatch(msg, details={"offset": offset})
             buffer.seek(0)
-            return self._store_body(identity, record, offset, buffer, length)
+            return self._store_body(identity, record, offset, buffer, received)
 
     def _store_body(self, identity: Identity, record: UploadRecord, offset: int, body: Any, length: int) -> int:
         """Store up to ``length`` bytes of ``body`` from ``offset``, one native chunk (or piece) at a time."""
@@ -399,7 +424,7 @@ def _copy(body: Any, sink: Any, length: int, *digests: Any) -> int:
     while copied < length:
         try:
             piece = body.read(min(BODY_READ_SIZE, length - copied))
-        except ClientDisconnected:
+        except (ClientDisconnected, OSError):  # the connection broke mid-body: keep what arrived
             break
         if not piece:
             break

@@ -76,9 +76,11 @@ def _tus_headers(response: Response) -> Response:
     return response
 
 
-def _body_length() -> int:
-    """The PATCH body's length: Content-Length is required on these routes (chunked bodies get 411)."""
-    return request.content_length or 0
+def _body_length() -> int | None:
+    """Content-Length; None for a chunked body (Node's http sends a Buffer so); 0 when there is no body."""
+    if request.content_length is not None:
+        return request.content_length
+    return None if "chunked" in request.headers.get("Transfer-Encoding", "").lower() else 0
 
 
 def _require_offset_body() -> None:
@@ -93,7 +95,8 @@ def _expires(upload: TusUpload) -> dict[str, str]:
 
 
 def _location(upload_id: str) -> str:
-    return f"{request.host_url.rstrip('/')}{TUS_PREFIX}/{upload_id}"
+    """Relative (RFC 9110 10.2.2): right behind any proxy, whatever Host and port it forwards."""
+    return f"{request.script_root}{TUS_PREFIX}/{upload_id}"
 
 
 def _empty(status: int, fields: dict[str, str]) -> Response:
@@ -113,17 +116,17 @@ def create() -> Response:
     raw_meta = request.headers.get(HEADER_UPLOAD_METADATA, "")
     meta = headers.metadata(raw_meta)
     body_length = _body_length()
-    if body_length:
+    if body_length != 0:
         _require_offset_body()
-    checksum = headers.checksum(request.headers.get(HEADER_UPLOAD_CHECKSUM)) if body_length else None
+    checksum = headers.checksum(request.headers.get(HEADER_UPLOAD_CHECKSUM)) if body_length != 0 else None
     service, identity = _service(), current_identity()
     upload = service.create(identity, length, meta, raw_meta, concat)
-    if body_length and not final:  # creation-with-upload
+    if body_length != 0 and not final:  # creation-with-upload
         upload = service.patch(
             identity, upload.record.upload_id, request.stream, offset=0, content_length=body_length, checksum=checksum
         )
     fields = {HEADER_LOCATION: _location(upload.record.upload_id), **_expires(upload)}
-    if body_length or upload.tus.upload_offset:
+    if body_length != 0 or upload.tus.upload_offset:
         fields[HEADER_UPLOAD_OFFSET] = str(upload.tus.upload_offset)
     return _empty(201, fields)
 
