@@ -28,7 +28,9 @@ from core.server.tus.protocol import (
 from dashboard import vendor
 from tests.dashboard.browser import chromium, screenshot
 from tests.helpers.bags import STRING, write_bag
+from tests.helpers.nginx import NginxServer
 from tests.helpers.servers import GunicornServer
+from tests.helpers.tls import make_tls_files
 
 pytestmark = [pytest.mark.browser, pytest.mark.gunicorn]
 
@@ -51,18 +53,35 @@ def server_env() -> dict[str, str]:
 
 @pytest.fixture
 def server(tmp_path: Path, server_env: dict[str, str]) -> Iterator[GunicornServer]:
-    env = {"SWEEP_INTERVAL": "0", "DEFAULT_CHUNK_SIZE": str(CHUNK), **server_env}
+    # TRUSTED_PROXIES: behind nginx the session cookie is Secure (X-Forwarded-Proto), as deployed.
+    env = {"SWEEP_INTERVAL": "0", "DEFAULT_CHUNK_SIZE": str(CHUNK), "TRUSTED_PROXIES": "127.0.0.1", **server_env}
     with GunicornServer(tmp_path / "uploads", workers=2, auth=True, env=env) as running:
         yield running
 
 
+@pytest.fixture(params=["gunicorn"])
+def site(request: pytest.FixtureRequest, server: GunicornServer, tmp_path: Path) -> Iterator[str]:
+    """The URL the browser opens: gunicorn itself, or the shipped nginx site (TLS) in front of it."""
+    if request.param == "gunicorn":
+        yield server.url
+        return
+    tls = make_tls_files(tmp_path / "tls")
+    with NginxServer(tmp_path / "nginx", upstream_ports=[server.port], cert=tls.cert, key=tls.key) as nginx:
+        yield nginx.url
+
+
+BOTH_SITES = pytest.mark.parametrize(
+    "site", ["gunicorn", pytest.param("nginx", marks=pytest.mark.nginx)], indirect=True
+)
+
+
 @pytest.fixture
-def page(server: GunicornServer, tmp_path: Path) -> Iterator[Page]:
-    with chromium(tmp_path / "profile") as browser:
+def page(site: str, server: GunicornServer, tmp_path: Path) -> Iterator[Page]:
+    with chromium(tmp_path / "profile", ignore_https_errors=site.startswith("https:")) as browser:
         page = browser.new_page()
         console: list[str] = []
         page.on("console", lambda message: console.append(message.text))
-        page.goto(server.url + "/dashboard/")
+        page.goto(site + "/dashboard/")
         page.fill("#key", server.admin_key)
         page.click("button[type=submit]")
         expect(page.locator("#upload-bag")).to_have_attribute("data-ready", "1")
@@ -133,8 +152,9 @@ class TusLog:
         return self.requests[mark:]
 
 
+@BOTH_SITES
 def test_operator_uploads_a_bag_folder_and_finds_it_in_recordings(
-    page: Page, server: GunicornServer, tmp_path: Path
+    page: Page, site: str, server: GunicornServer, tmp_path: Path
 ) -> None:
     bag = write_bag(tmp_path / "bag-from-laptop", {"/chatter": (STRING, 4000)}, start_ns=1_764_000_000_000_000_000)
     files = sorted(p for p in bag.iterdir())
@@ -145,7 +165,7 @@ def test_operator_uploads_a_bag_folder_and_finds_it_in_recordings(
     for f in files:
         expect(status).to_contain_text(f"{f.name}: stored and verified (sha256)", timeout=UPLOAD_TIMEOUT_MS)
     expect(status).to_have_attribute("data-state", "complete")
-    screenshot(page, "upload-a-bag")
+    screenshot(page, f"upload-a-bag-{'nginx' if site.startswith('https:') else 'gunicorn'}")
 
     # The server's records: the operator's own uploads, verified against the browser's sha256.
     stored = {u["filename"]: u for u in server_uploads(server)}
@@ -159,7 +179,7 @@ def test_operator_uploads_a_bag_folder_and_finds_it_in_recordings(
     # The Uploads table shows them (live), and the Recordings view lists the bag with what the server read.
     page.keyboard.press("Escape")
     expect(page.locator("#up-rows tr", has_text="bag-from-laptop.mcap")).to_contain_text("complete")
-    page.goto(server.url + "/dashboard/recordings")
+    page.goto(site + "/dashboard/recordings")
     row = page.locator("#bag-rows tr", has_text="bag-from-laptop")
     expect(row).to_be_visible(timeout=10_000)
     expect(row).to_contain_text("4000")
@@ -242,6 +262,7 @@ def test_an_upload_cut_by_a_server_crash_resumes_from_the_servers_offset_on_retr
     assert done["sha256"] == sha256_of(path)
 
 
+@BOTH_SITES
 def test_a_chunk_damaged_on_the_way_is_refused_with_460_and_the_retry_resumes(
     page: Page, server: GunicornServer, tmp_path: Path
 ) -> None:
