@@ -80,6 +80,7 @@
     chunkSize: chunkSize,
     retryDelays: [0, 1000, 3000, 5000],
     removeFingerprintOnSuccess: true,
+    limit: 3, // files in flight at once: a whole bag folder must not open dozens of uploads against the rate limits
     parallelUploads: streams,
     allowedMetaFields: ["filename", "bag", "sha256"],
     // Upload-Checksum of each PATCH: its body is the file's bytes [Upload-Offset, Upload-Offset + chunkSize).
@@ -155,8 +156,14 @@
     record(file.name, "finalizing", "sent, verifying on the server…");
     follow(file.name, uploadId);
   });
-  uppy.on("upload-error", (file, error) => {
-    if (file) record(file.name, "failed", "failed: " + (error && error.message ? error.message : error));
+  uppy.on("upload-error", (file, error, response) => {
+    if (!file) return;
+    if (response && response.status === 401) {
+      // The sign-in expired or its key was revoked; Retry after signing in again resumes the upload.
+      record(file.name, "failed", "not signed in any more: reload the page, sign in, and press Retry");
+      return;
+    }
+    record(file.name, "failed", "failed: " + (error && error.message ? error.message : error));
   });
   button.dataset.ready = "1"; // for tests and curious operators: the widget is wired up
 })();

@@ -320,3 +320,14 @@ def test_parallel_streams_send_partial_uploads_the_server_joins(
     (joined,) = [u for u in server_uploads(server) if u["filename"] == path.name]
     assert joined["verified"] is True
     assert joined["sha256"] == sha256_of(path)
+
+
+def test_an_ended_sign_in_says_so_instead_of_uploading(page: Page, server: GunicornServer, tmp_path: Path) -> None:
+    path = random_file(tmp_path / "signed-out.mcap", CHUNK)
+    open_uploader(page)
+    page.context.clear_cookies()  # the session is gone (expired, signed out elsewhere, key revoked)
+    upload(page, path)
+    status = page.locator("#upload-status")
+    expect(status).to_have_attribute("data-state", "failed", timeout=UPLOAD_TIMEOUT_MS)
+    expect(status).to_contain_text("not signed in any more")
+    assert server_uploads(server) == []
