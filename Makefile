@@ -19,10 +19,11 @@ $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 
 ## assets: the dashboard's browser files (Uppy for "Upload a bag", a streaming sha256) from npm, pinned by
 ## dashboard/assets/package-lock.json, into dashboard/static/vendor/ (git-ignored; no CDN at run time)
-ASSET_FILES := dashboard/static/vendor/uppy.min.js
+ASSET_FILES := $(addprefix dashboard/static/vendor/,uppy.min.js uppy.min.css sha256.min.js)
 assets: $(ASSET_FILES)
-$(ASSET_FILES): dashboard/assets/package-lock.json dashboard/vendor.py | $(BIN)/python
-	$(BIN)/python -m dashboard.vendor
+# Run as a script: it needs only the standard library (not Flask, which importing the package would).
+$(ASSET_FILES) &: dashboard/assets/package-lock.json dashboard/vendor.py
+	$(PYTHON) dashboard/vendor.py
 
 ## run: the whole demo on the embedded default (SQLite + local disk, no other service):
 ## upload server + dashboard on 127.0.0.1:8080 and a simulated robot recording and uploading (scripts/demo.py)

@@ -1,7 +1,7 @@
 """Browser files of third parties the dashboard serves itself (Uppy, a streaming sha256): where, and how installed.
 
 The page loads nothing from a CDN (its CSP allows only 'self'), and the files are
-not committed: ``make assets`` (``python -m dashboard.vendor``) runs ``npm ci``
+not committed: ``make assets`` (``python3 dashboard/vendor.py``) runs ``npm ci``
 on the pinned ``dashboard/assets/package-lock.json`` and copies the few files the
 page needs into ``dashboard/static/vendor/``, which the blueprint's static route
 serves under ``/dashboard/static/vendor/``. A server without them still serves
@@ -84,7 +84,7 @@ def install(assets_dir: Path = ASSETS_DIR, vendor_dir: Path = VENDOR_DIR, npm: s
 
 
 def main() -> None:
-    """``python -m dashboard.vendor``: what ``make assets`` runs."""
+    """``python3 dashboard/vendor.py`` (what ``make assets`` runs; standard library only, no venv needed)."""
     for path in install():
         print(f"installed {path} ({path.stat().st_size} bytes)")
 

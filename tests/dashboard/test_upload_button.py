@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from dashboard import vendor
 from dashboard.access import CSRF_HEADER
 from tests.dashboard.conftest import bearer
 from tests.dashboard.test_access import csrf_of, sign_in
+from tests.helpers.processes import REPO_ROOT
 
 PAGES = ["/dashboard/", "/dashboard/recordings"]
 
@@ -112,3 +114,15 @@ def test_upload_streams_reach_the_page_and_zero_is_refused(make_app: Callable[..
     assert 'data-streams="3"' in client.get("/dashboard/").get_data(as_text=True)  # local disk: concatenation
     with pytest.raises(ConfigError, match="DASHBOARD_UPLOAD_STREAMS"):
         ServerConfig.from_env({"DASHBOARD_UPLOAD_STREAMS": "0"})
+
+
+def test_make_assets_runs_on_the_bare_system_python() -> None:
+    """`make assets` must work before (or without) the venv: the installer uses the standard library only."""
+    python = "/usr/bin/python3"
+    assert subprocess.run([python, "-c", "import flask"], capture_output=True, check=False).returncode != 0
+    ran = subprocess.run(
+        [python, "-I", "dashboard/vendor.py"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.count("installed ") == len(vendor.FILES)
+    assert vendor.missing() == []
