@@ -293,3 +293,16 @@ def test_a_browser_on_an_allowed_origin_may_send_and_read_the_tus_headers(make_a
     exposed = {h.strip().lower() for h in created.headers["Access-Control-Expose-Headers"].split(",")}
     assert {"location", "upload-offset", "upload-length", "tus-resumable", "upload-expires"} <= exposed
     assert upload.head().headers["Access-Control-Allow-Origin"] == "https://dashboard.example"
+
+
+def test_one_patch_may_carry_more_than_a_native_chunk_body(build: Callable[..., Flask]) -> None:
+    """tus clients send the whole file in one PATCH by default: the body limit is MAX_FILE_SIZE, not MAX_CHUNK_SIZE."""
+    app = build(max_chunk_size=2 * CHUNK)
+    upload = TusUpload(app.test_client(), os.urandom(5 * CHUNK + 1))
+    upload.create()
+
+    reply = upload.patch(0)
+
+    assert reply.status_code == 204
+    assert reply.headers[HEADER_UPLOAD_OFFSET] == str(len(upload.data))
+    assert finish(app, upload)["verified"] is True

@@ -33,8 +33,9 @@ def count_full_reads(app: Flask, monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def test_bytes_that_arrived_in_order_in_one_process_are_not_read_again_at_finalize(
-    app: Flask, monkeypatch: pytest.MonkeyPatch
+    app: Flask, monkeypatch: pytest.MonkeyPatch, on_s3: bool
 ) -> None:
+    """On local disk; S3 has no lock across hosts, so a hash of what arrived cannot vouch for what is stored."""
     reads = count_full_reads(app, monkeypatch)
     upload = TusUpload(app.test_client(), os.urandom(3 * CHUNK + 7))
     upload.create()
@@ -45,7 +46,7 @@ def test_bytes_that_arrived_in_order_in_one_process_are_not_read_again_at_finali
 
     status = upload.status()
     assert (status["state"], status["verified"]) == ("complete", True)
-    assert reads == []
+    assert reads == ([1] if on_s3 else [])
     assert app.test_client().get(f"/uploads/{upload.upload_id}/file").data == upload.data
 
 

@@ -78,6 +78,9 @@ class BlobStore(abc.ABC):
     #: and reads the whole chunk back to verify it. S3 cannot (a multipart part is written whole and
     #: cannot be read before the upload completes), so it takes whole chunks only.
     supports_pieces: bool = False
+    #: Whether ``chunk_lock`` excludes writers on every host (a lock file on the one disk), not only in
+    #: this process (S3): only then may bytes hashed on their way in stand for the bytes stored.
+    exclusive_chunk_lock: bool = False
     #: The local directory the bytes land in (its free space is what MIN_FREE_DISK guards); None off-host.
     local_root: Path | None = None
 

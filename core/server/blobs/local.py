@@ -75,6 +75,7 @@ class LocalBlobStore(BlobStore):
 
     kind = "local"
     supports_pieces = True
+    exclusive_chunk_lock = True
 
     def __init__(self, root: Path) -> None:
         self.root = root

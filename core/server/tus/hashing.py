@@ -6,7 +6,7 @@ state stays in the process that received the bytes, keyed by (upload id, offset)
 continues the hash only if this process holds it at exactly the PATCH's offset. When another
 worker or host received some bytes, or the process restarted, the state is missing, the upload
 completes without ``received_sha256`` and finalize re-reads the stored bytes as for the native
-protocol.
+protocol. Stores without a lock across hosts (S3) never use it (``BlobStore.exclusive_chunk_lock``).
 """
 
 from __future__ import annotations

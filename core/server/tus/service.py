@@ -341,7 +341,9 @@ class TusService:
         if not (whole or blobs.supports_pieces):
             return 0  # S3 keeps whole chunks only: the client resends from the offset we answer
         started = time.monotonic()
-        running = self.hashes.resume(upload_id, position)
+        # Without a lock across hosts (S3), two hosts could store different bytes of one chunk at once;
+        # the hash of what one of them sent would not stand for what is stored: finalize re-reads.
+        running = self.hashes.resume(upload_id, position) if blobs.exclusive_chunk_lock else None
         segment = hashlib.sha256()
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as buffer:
             got = _copy(body, buffer, wanted, segment, running)
