@@ -335,6 +335,13 @@ class ServerConfig:
         "int",
         "Live-update streams per server process (each holds a thread); more viewers poll every 5 s instead",
     )
+    dashboard_upload_streams: int = setting(
+        1,
+        "DASHBOARD_UPLOAD_STREAMS",
+        "int",
+        "Parallel tus partial uploads per file from the dashboard's Upload a bag (above 1: local-disk blobs only, "
+        "and no per-PATCH Upload-Checksum; the whole-file sha256 still verifies)",
+    )
     # --- deployment (metrics, logging, backups, scale-out) ---
     log_format: str = setting(
         "text", "LOG_FORMAT", "str", "Log lines as `text` (the seed's format) or `json` (one object per line)"
@@ -383,6 +390,9 @@ class ServerConfig:
             raise ConfigError(msg)
         if self.state_store_uri and not self.state_store_uri.startswith(STATE_STORE_SCHEMES):
             msg = f"STATE_STORE_URI={self.state_store_uri!r} must be empty, sqlite:///<path> or postgresql://…"
+            raise ConfigError(msg)
+        if self.dashboard_upload_streams < 1:
+            msg = f"DASHBOARD_UPLOAD_STREAMS must be at least 1, got {self.dashboard_upload_streams}"
             raise ConfigError(msg)
         if self.state_pool_size < 1:
             msg = f"STATE_POOL_SIZE must be at least 1, got {self.state_pool_size}"

@@ -10,6 +10,7 @@ from core.server.state_store import StateStore
 from dashboard import (
     access,
     recordings,  # noqa: F401 - its routes hang on views.bp
+    upload_button,
     views,
 )
 from dashboard.metrics import open_request_metrics
@@ -27,6 +28,7 @@ def init_app(app: Flask, config: ServerConfig, state_store: StateStore | None = 
     app.extensions[views.STATE_STORE_EXTENSION] = state_store
     app.extensions[views.HUB_EXTENSION] = views.make_hub(app, config)
     app.register_blueprint(views.bp, url_prefix=URL_PREFIX)
+    upload_button.check(app, config)
 
     @app.after_request
     def count_request(response: Response) -> Response:

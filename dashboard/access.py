@@ -116,8 +116,15 @@ def session_identity() -> Identity | None:
 
 
 def browser_identity_loader() -> Identity | None:
-    """Lets a signed-in operator follow download links; never for writes (those need a key or the dashboard)."""
-    return session_identity() if request.method in ("GET", "HEAD") else None
+    """A signed-in operator on the API: reads (download links), and writes that carry the page's CSRF token.
+
+    The token in ``X-CSRF-Token`` is what lets the dashboard's own scripts upload through
+    the API as the operator ("Upload a bag", tus under /files/); a page of another site
+    gets neither the token nor (SameSite=Strict) the cookie, so it cannot write.
+    """
+    if request.method in ("GET", "HEAD") or csrf_header_ok():
+        return session_identity()
+    return None
 
 
 def viewer() -> Identity | None:
@@ -166,9 +173,18 @@ def csrf_token() -> str:
     return token
 
 
-def csrf_ok() -> bool:
+def _csrf_matches(sent: str) -> bool:
     expected = session.get(CSRF_FIELD)
-    sent = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD) or ""
     with contextlib.suppress(TypeError):
         return isinstance(expected, str) and hmac.compare_digest(expected.encode(), sent.encode())
     return False
+
+
+def csrf_ok() -> bool:
+    """The session's token in the header (scripts) or the form field (the page's forms)."""
+    return _csrf_matches(request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD) or "")
+
+
+def csrf_header_ok() -> bool:
+    """The token in the header only: an API body (a tus PATCH) is never parsed as a form to look for it."""
+    return _csrf_matches(request.headers.get(CSRF_HEADER) or "")

@@ -13,8 +13,8 @@ from flask import Response, jsonify, redirect, url_for
 
 from core.server import bags_api, signed_links
 from core.server.errors import Forbidden
-from dashboard import access
-from dashboard.views import _page, _require_viewer, bp
+from dashboard import access, upload_button
+from dashboard.views import _config, _page, _require_viewer, bp
 
 # How often the page asks for the list again: a bag appears once its last file is verified.
 REFRESH_SECONDS = 3
@@ -26,7 +26,11 @@ def recordings() -> Response:
     if identity is None:
         return redirect(url_for("dashboard.login"))  # type: ignore[return-value]
     return _page(
-        "dashboard/recordings.html", identity=identity, csrf_token=access.csrf_token(), refresh=REFRESH_SECONDS
+        "dashboard/recordings.html",
+        identity=identity,
+        csrf_token=access.csrf_token(),
+        refresh=REFRESH_SECONDS,
+        upload=upload_button.button(_config()),
     )
 
 

@@ -33,7 +33,7 @@ from core.server.errors import Forbidden, InvalidField, InvalidJson, Unauthorize
 from core.server.identity import Identity
 from core.server.robots import Command, RobotStatus, robot_store, validate_robot_id
 from core.server.state_store import StateStore, UploadRecord
-from dashboard import access, signin_limit, snapshot
+from dashboard import access, signin_limit, snapshot, upload_button
 from dashboard.hub import SnapshotHub
 from dashboard.metrics import RequestMetrics
 
@@ -89,6 +89,7 @@ def index() -> Response:
         csrf_token=access.csrf_token(),
         auth_enabled=_config().auth_enabled,
         actions=[a.value for a in RobotAction],
+        upload=upload_button.button(_config()),
     )
 
 

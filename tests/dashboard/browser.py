@@ -26,11 +26,21 @@ PHONE = {"width": 390, "height": 844}
 
 
 @contextmanager
-def chromium(user_data_dir: Path, viewport: dict[str, int] = LAPTOP) -> Iterator[BrowserContext]:
-    """Debian's Chromium with a fresh profile (``playwright install`` is neither needed nor possible)."""
+def chromium(
+    user_data_dir: Path, viewport: dict[str, int] = LAPTOP, *, ignore_https_errors: bool = False
+) -> Iterator[BrowserContext]:
+    """Debian's Chromium with a fresh profile (``playwright install`` is neither needed nor possible).
+
+    ``ignore_https_errors``: for a site whose certificate a test CA signed (nginx in front, TLS).
+    """
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(user_data_dir), executable_path=CHROMIUM, headless=True, args=ARGS, viewport=viewport
+            str(user_data_dir),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=ARGS,
+            viewport=viewport,
+            ignore_https_errors=ignore_https_errors,
         )
         try:
             yield context

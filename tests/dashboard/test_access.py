@@ -81,10 +81,16 @@ def test_scripts_send_an_admin_key_header(client: FlaskClient, admin_key: str, r
     assert client.get(STATE, headers=bearer(robot_key)).status_code == 401
 
 
-def test_signed_in_operator_can_follow_download_links_but_not_write(client: FlaskClient, admin_key: str) -> None:
+def test_signed_in_operator_writes_through_the_api_only_with_the_csrf_token(
+    client: FlaskClient, admin_key: str
+) -> None:
     sign_in(client, admin_key)
     assert client.get("/uploads").status_code == 200
     assert client.delete("/upload/0123456789abcdef").status_code == 401
+    assert client.delete("/upload/0123456789abcdef", headers={"X-CSRF-Token": "forged"}).status_code == 401
+    token = csrf_of(client, "/dashboard/")
+    # Past the key check as the operator: the upload is simply unknown.
+    assert client.delete("/upload/0123456789abcdef", headers={"X-CSRF-Token": token}).status_code == 404
 
 
 def test_session_commands_need_the_csrf_token(client: FlaskClient, admin_key: str) -> None:
