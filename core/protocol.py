@@ -203,6 +203,12 @@ class InitRequest(TypedDict, total=False):
     metadata: dict[str, Any]
 
 
+class FinalizeRequest(TypedDict, total=False):
+    """Optional body of ``POST /upload/<id>/finalize`` (an empty body is the seed's finalize)."""
+
+    sha256: str  # whole-file sha256 hex, from a client that hashed while sending; must match init's if both
+
+
 class CommandDoc(TypedDict):
     """One operator command in a heartbeat reply's ``commands`` list."""
 

@@ -36,6 +36,7 @@ from core.protocol import (
     HEADER_CHUNK_OFFSET,
     HEADER_CHUNK_SHA256,
     HEADER_PIECE_SHA256,
+    FinalizeRequest,
     InitRequest,
     chunk_url,
     finalize_url,
@@ -231,9 +232,11 @@ class ServerClient:
         url = upload_status_url(self.upload_url, upload_id)
         return self._json("GET", url, f"status {upload_id}", (timeout, timeout), gone=(404, 410))
 
-    def finalize(self, upload_id: str, timeout: float) -> dict[str, Any]:
+    def finalize(self, upload_id: str, timeout: float, *, sha256: str | None = None) -> dict[str, Any]:
+        """Ask for verification and storage; ``sha256`` is the whole-file digest computed while sending."""
         url = finalize_url(self.upload_url, upload_id)
-        return self._json("POST", url, f"finalize {upload_id}", (timeout, timeout), gone=(404, 410))
+        body: FinalizeRequest | None = None if sha256 is None else {"sha256": sha256}
+        return self._json("POST", url, f"finalize {upload_id}", (timeout, timeout), gone=(404, 410), json=body)
 
     def put_chunk(
         self,

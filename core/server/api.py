@@ -41,6 +41,7 @@ from core.server.validation import (
     chunk_sha256_header,
     content_md5_header,
     page_param,
+    parse_finalize,
     parse_init,
     piece_headers,
     state_param,
@@ -193,7 +194,14 @@ def upload_status(upload_id: str) -> tuple[Response, int]:
 
 @api.post(FINALIZE_PATH)
 def finalize(upload_id: str) -> tuple[Response, int]:
-    status, accepted = _service().finalize(current_identity(), upload_id)
+    # The seed's finalize has no body; a client that hashed while sending declares its sha256 here.
+    raw = request.get_data(cache=True)
+    body = request.get_json(force=True, silent=True) if raw else None
+    if raw and body is None:
+        msg = "the body must be empty or a JSON object"
+        raise InvalidJson(msg)
+    sha256 = parse_finalize(body)
+    status, accepted = _service().finalize(current_identity(), upload_id, sha256=sha256)
     return _ok(202 if accepted else 200, **status)
 
 

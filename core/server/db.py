@@ -3,8 +3,8 @@
 Every store (uploads, chunk receipts, jobs and leases, API keys, robots and
 commands, dashboard counters) is a table here, so one transaction can change
 several of them and one ``pg_dump`` or SQLite snapshot holds all of them.
-SQLite is opened in WAL mode with ``synchronous=FULL`` (an acknowledged chunk
-receipt must survive power loss) and every write transaction starts with
+SQLite is opened in WAL mode with ``synchronous=FULL`` (chunk receipts excepted, see
+``write``: a chunk costs one fsync, its data's own) and every write transaction starts with
 ``BEGIN IMMEDIATE``, so read-then-write cannot race between processes.
 Times that decide who may act (job leases, the sweep lease) come from the
 database's clock (``db_now``), never from each host's.
@@ -257,6 +257,20 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.execute("PRAGMA synchronous=FULL")
 
 
+@contextmanager
+def _sqlite_synchronous(conn: Connection, level: str) -> Iterator[None]:
+    """Run one transaction at SQLite ``synchronous=level`` (set outside it: SQLite refuses inside one)."""
+    if level == "FULL" or conn.dialect.name != "sqlite":
+        yield
+        return
+    raw = conn.connection.driver_connection
+    raw.execute(f"PRAGMA synchronous={level}")
+    try:
+        yield
+    finally:
+        raw.execute("PRAGMA synchronous=FULL")
+
+
 def _sqlite_begin(conn: Connection) -> None:
     # IMMEDIATE takes the write lock up front; reads ask for a plain (deferred) transaction.
     immediate = not conn.get_execution_options().get("read_only", False)
@@ -276,10 +290,17 @@ def _dispose_after_fork(engine: Engine) -> None:
 
 
 @contextmanager
-def write(engine: Engine) -> Iterator[Connection]:
-    """One write transaction; a full disk or database is the same ``OSError(ENOSPC)`` as the blob store's."""
+def write(engine: Engine, *, durable: bool = True) -> Iterator[Connection]:
+    """One write transaction; a full disk or database is the same ``OSError(ENOSPC)`` as the blob store's.
+
+    ``durable=False`` (chunk receipts only) commits on SQLite with ``synchronous=NORMAL``: the WAL is
+    not fsynced, so the commit survives a crash of any process but perhaps not a power loss. A receipt
+    lost that way costs a re-sent chunk, never data: its bytes are fsynced before the receipt, the robot
+    deletes nothing before "verified", and the next durable commit (finalize's, among others) fsyncs
+    the WAL with every receipt before it. PostgreSQL commits are durable either way.
+    """
     try:
-        with engine.begin() as conn:
+        with engine.connect() as conn, _sqlite_synchronous(conn, "FULL" if durable else "NORMAL"), conn.begin():
             yield conn
     except exc.OperationalError as err:
         if is_disk_full(err):

@@ -123,6 +123,17 @@ def init_request(config: ServerConfig) -> Schema:
     }
 
 
+FINALIZE_REQUEST: Schema = {
+    "type": "object",
+    "properties": {
+        "sha256": {
+            **OPTIONAL_SHA256,
+            "description": "Whole-file sha256 from a client that hashed while sending; must match init's if both",
+        },
+    },
+}
+
+
 COMMAND_REQUEST: Schema = {
     "type": "object",
     "required": ["action"],
@@ -452,7 +463,10 @@ BAG_FILTERS = (
     query_param(PARAM_LIMIT, {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_SIZE}, "Page size"),
     query_param(PARAM_OFFSET, {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_OFFSET}, "Page start"),
 )
+STATES = [s.value for s in UploadState]
 JSON_BODY = {"required": True, "content": {"application/json": {"schema": ref("InitRequest")}}}
+# Optional: the seed's finalize has no body.
+FINALIZE_BODY = {"required": False, "content": {"application/json": {"schema": ref("FinalizeRequest")}}}
 HTML = {"text/html": {"schema": STRING}}
 RANGE_HEADERS = (
     header_param(HEADER_RANGE, STRING, "bytes=START-END, START- or -SUFFIX (one range)"),
@@ -563,8 +577,9 @@ PATHS: dict[str, dict[str, Schema]] = {
                 202: json_reply("Verification queued (state finalizing)", ref("UploadReply")),
             },
             operation_id=FINALIZE,
-            errors=(404, 409, 410),
+            errors=(400, 404, 409, 410),
             parameters=(UPLOAD_ID,),
+            body=FINALIZE_BODY,
         )
     },
     UPLOADS_PATH: {
@@ -575,7 +590,7 @@ PATHS: dict[str, dict[str, Schema]] = {
             parameters=(
                 query_param(PARAM_LIMIT, {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_SIZE}, "Page size"),
                 query_param(PARAM_OFFSET, {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_OFFSET}, "Page start"),
-                query_param(PARAM_STATE, {"type": "string", "enum": [s.value for s in UploadState]}, "Filter"),
+                query_param(PARAM_STATE, {"type": "string", "enum": ["", *STATES]}, "Filter (empty: all)"),
                 query_param(PARAM_CLIENT, STRING, "Owner filter (admins)"),
             ),
         )
@@ -812,7 +827,12 @@ def openapi_path(rule: str) -> str:
 def document(server_url: str | None = None, config: ServerConfig | None = None) -> dict[str, Any]:
     """The document for ``config``'s limits (the defaults without one)."""
     limits = config or ServerConfig()
-    schemas = {**SCHEMAS, "InitRequest": init_request(limits), "CommandRequest": COMMAND_REQUEST}
+    schemas = {
+        **SCHEMAS,
+        "InitRequest": init_request(limits),
+        "FinalizeRequest": FINALIZE_REQUEST,
+        "CommandRequest": COMMAND_REQUEST,
+    }
     doc: dict[str, Any] = {
         "openapi": "3.0.3",
         "info": {

@@ -39,6 +39,7 @@ from core.server import catalog, events
 from core.server.blobs import BlobStore, PartMissing, is_valid_id
 from core.server.compression import iter_decompressed
 from core.server.errors import (
+    ChecksumConflict,
     ChecksumMismatch,
     ChunkIndexOutOfRange,
     ChunkSizeMismatch,
@@ -656,9 +657,17 @@ class UploadService:
         return {"uploads": uploads, "total": total, "limit": limit, "offset": offset}
 
     # --- finalize, abort ------------------------------------------------------------------
-    def finalize(self, identity: Identity, upload_id: str) -> tuple[dict[str, Any], bool]:
-        """Queue verification and storage; (status, accepted) — accepted is False when already complete."""
+    def finalize(self, identity: Identity, upload_id: str, *, sha256: str | None = None) -> tuple[dict[str, Any], bool]:
+        """Queue verification and storage; (status, accepted) — accepted is False when already complete.
+
+        ``sha256`` is the whole-file digest of a client that hashed while sending (it declared none at
+        init): it is recorded with the move to finalizing, so the job verifies against it. One that
+        contradicts the digest already recorded is refused, whatever the state.
+        """
         record = self.get(identity, upload_id)
+        if sha256 is not None and record.sha256 is not None and not hex_digests_equal(sha256, record.sha256):
+            msg = f"finalize declares sha256 {sha256}, upload {upload_id} has {record.sha256}"
+            raise ChecksumConflict(msg)
         if record.state in (UploadState.FINALIZING, UploadState.COMPLETE):
             return self.describe(record), record.state is UploadState.FINALIZING
         self._require_state(record, UploadState.UPLOADING)
@@ -667,9 +676,9 @@ class UploadService:
             missing = [i for i in range(record.chunks) if i not in received]
             msg = f"{len(missing)} of {record.chunks} chunks are missing"
             raise UploadIncomplete(msg, details={"missing": missing})
-        queued = self.state.start_finalize(upload_id, self.clock())
+        queued = self.state.start_finalize(upload_id, self.clock(), sha256=sha256 if record.sha256 is None else None)
         if queued is None:  # another worker finalized or aborted it in between
-            return self.finalize(identity, upload_id)
+            return self.finalize(identity, upload_id, sha256=sha256)
         log.info("Finalizing upload: %s (%d bytes) - ID: %s", record.filename, record.filesize, upload_id)
         self.on_job_queued()
         return self.describe(queued), True

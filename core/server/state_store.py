@@ -155,8 +155,11 @@ class StateStore(BagCatalog):
         """Forget the chunk receipts of complete and aborted uploads (never read again); how many rows went."""
 
     @abc.abstractmethod
-    def start_finalize(self, upload_id: str, now: float) -> UploadRecord | None:
-        """Atomically move an upload from uploading to finalizing and queue its finalize job."""
+    def start_finalize(self, upload_id: str, now: float, *, sha256: str | None = None) -> UploadRecord | None:
+        """Atomically move an upload from uploading to finalizing and queue its finalize job.
+
+        ``sha256``, if given, becomes the upload's whole-file digest in the same transaction.
+        """
 
     @abc.abstractmethod
     def claim_job(self, holder: str, lease: float) -> tuple[str, int] | None:
@@ -348,7 +351,7 @@ class SQLStateStore(SQLBagCatalog, StateStore):
 
     def record_chunk(self, upload_id: str, index: int, sha256: str, now: float) -> int | None:
         c = uploads.c
-        with db.write(self.engine) as conn:
+        with db.write(self.engine, durable=False) as conn:
             touched = conn.execute(
                 update(uploads)
                 .where(c.upload_id == upload_id, c.state == UploadState.UPLOADING.value)
@@ -404,7 +407,10 @@ class SQLStateStore(SQLBagCatalog, StateStore):
         with db.write(self.engine) as conn:
             return int(conn.execute(delete(chunks).where(chunks.c.upload_id.in_(finished))).rowcount)
 
-    def start_finalize(self, upload_id: str, now: float) -> UploadRecord | None:
+    def start_finalize(self, upload_id: str, now: float, *, sha256: str | None = None) -> UploadRecord | None:
+        changes: dict[str, Any] = {"state": UploadState.FINALIZING, "progress": 0}
+        if sha256 is not None:
+            changes["sha256"] = sha256
         with db.write(self.engine) as conn:
             record = self._transition(
                 conn,
@@ -413,7 +419,7 @@ class SQLStateStore(SQLBagCatalog, StateStore):
                 now,
                 None,
                 None,
-                {"state": UploadState.FINALIZING, "progress": 0},
+                changes,
             )
             if record is None:
                 return None

@@ -187,6 +187,16 @@ def parse_init(body: object, config: ServerConfig) -> InitSpec:
     )
 
 
+def parse_finalize(body: object) -> str | None:
+    """The whole-file sha256 a finalize body declares (None: no body, or no ``sha256``)."""
+    if body is None:
+        return None
+    if not isinstance(body, dict):
+        msg = "body must be a JSON object"
+        raise InvalidField(msg)
+    return _digest_field(body, "sha256", "sha256")
+
+
 def chunk_sha256_header(value: str | None, header: str = HEADER_CHUNK_SHA256) -> str | None:
     if value is None:
         return None

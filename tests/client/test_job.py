@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 from pathlib import Path
 
@@ -163,6 +165,32 @@ def test_a_resumed_upload_sends_only_the_missing_chunks(tmp_path, run_job, bag):
 
     sent = [c.request.url for c in responses.calls if c.request.method == "PUT"]
     assert sent == [chunk_url(URL, "u1", 1)]
+    # The chunks the server had were read to hash them, not sent again.
+    assert finalize_bodies() == [{"sha256": sha256_hex(bag.read_bytes())}]
+
+
+def finalize_bodies() -> list[object]:
+    return [json.loads(c.request.body) for c in responses.calls if c.request.url.endswith("/finalize")]
+
+
+@responses.activate
+@pytest.mark.parametrize("parallelism", [1, 3])
+def test_the_bag_is_read_once_and_its_sha256_is_declared_at_finalize(run_job, bag, monkeypatch, parallelism):
+    responses.post(init_url(URL), status=201, json=init_reply("u1"))
+    serve_upload("u1", bag)
+    read: list[int] = []
+    pread = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, offset: read.append(n) or pread(fd, n, offset))
+
+    job = run_job(chunk_parallelism=parallelism)
+
+    assert job.record.state is JobState.COMPLETE
+    assert sum(read) == bag.stat().st_size  # each chunk read once, for its hash, the file's and the wire
+    init = json.loads(responses.calls[0].request.body)
+    assert "checksum" not in init
+    assert "sha256" not in init  # nothing is known before sending
+    assert finalize_bodies() == [{"sha256": sha256_hex(bag.read_bytes())}]
+    assert job.record.sha256 == sha256_hex(bag.read_bytes())
 
 
 @responses.activate

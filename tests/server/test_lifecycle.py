@@ -264,3 +264,52 @@ def test_unexpected_exception_is_500_json_without_traceback(
     assert b"secret internals" not in response.data
     assert b"Traceback" not in response.data
     assert "secret internals" in caplog.text
+
+
+def test_a_sha256_declared_at_finalize_verifies_an_upload_initialised_without_one(new_upload: Any, jobs: Any) -> None:
+    upload = new_upload(os.urandom(2 * CHUNK + 3))
+    upload.init(checksum=None, sha256=None)  # a client that hashes while it sends
+    upload.send_all()
+
+    assert upload.finalize({"sha256": hashlib.sha256(upload.data).hexdigest().upper()}).status_code == 202
+    jobs.run_once()
+
+    status = upload.status()
+    assert status["state"] == "complete"
+    assert status["verified"] is True
+    assert status["sha256"] == hashlib.sha256(upload.data).hexdigest()
+
+
+def test_a_wrong_sha256_declared_at_finalize_fails_the_upload(new_upload: Any, jobs: Any) -> None:
+    upload = new_upload(os.urandom(CHUNK))
+    upload.init(checksum=None, sha256=None)
+    upload.send_all()
+
+    assert upload.finalize({"sha256": "1" * 64}).status_code == 202
+    jobs.run_once()
+
+    status = upload.status()
+    assert status["state"] == "failed"
+    assert status["verified"] is False
+    assert status["error"]["code"] == "checksum_mismatch"
+
+
+def test_a_finalize_sha256_contradicting_init_is_refused_and_changes_nothing(upload: Upload) -> None:
+    upload.send_all()
+
+    assert_error(upload.finalize({"sha256": "2" * 64}), 409, "checksum_mismatch")
+
+    assert upload.status()["state"] == "uploading"
+    assert upload.finalize({"sha256": hashlib.sha256(upload.data).hexdigest()}).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [(b"[1]", "invalid_field"), (b"{not json", "invalid_json"), (b'{"sha256": "xyz"}', "invalid_field")],
+)
+def test_a_malformed_finalize_body_is_a_400(upload: Upload, body: bytes, code: str) -> None:
+    upload.send_all()
+    url = f"/upload/{upload.upload_id}/finalize"
+
+    assert_error(upload.client.post(url, data=body, content_type="application/json"), 400, code)
+    assert upload.status()["state"] == "uploading"

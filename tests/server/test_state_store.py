@@ -213,3 +213,24 @@ def test_an_explicit_sqlite_uri_puts_the_database_where_it_says(tmp_path: Path) 
     assert not (tmp_path / "uploads").exists()
     assert store.get_upload("a" * 32) == record()
     store.close()
+
+
+def test_only_chunk_receipts_skip_the_sqlite_wal_fsync(tmp_path: Path) -> None:
+    """A chunk's one fsync is its data's; every other commit (finalize, complete, keys...) stays FULL."""
+    store = SQLStateStore(open_engine(tmp_path, ""))
+    levels: list[tuple[str, int]] = []
+
+    def note_level(conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        raw = conn.connection.driver_connection  # type: ignore[attr-defined]
+        levels.append((statement.split()[0], raw.execute("PRAGMA synchronous").fetchone()[0]))
+
+    store.create_upload(record())
+    event.listen(store.engine, "before_cursor_execute", note_level)
+    assert store.record_chunk("a" * 32, 0, "0" * 64, NOW) == 1
+    receipt = list(levels)
+    levels.clear()
+    store.create_upload(record("b" * 32))
+
+    assert {level for _, level in receipt} == {1}  # NORMAL
+    assert {level for _, level in levels} == {2}  # FULL again on the same pooled connection
+    store.close()
