@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core.checksums import sha256_hex
+from core.checksums import StreamingDigests, fingerprint, iter_file, sha256_hex
 from core.client.bandwidth import TokenBucket
 from core.client.compressibility import worth_compressing
 from core.client.errors import (
@@ -41,6 +41,7 @@ from core.client.transfer import ConnectionSlot, ServerClient
 from core.client.watchdog import Verdict, Watch, Watchdog
 from core.protocol import (
     DEFAULT_CHUNK_SIZE,
+    FEATURE_FINALIZE_SHA256,
     BlockedReason,
     ErrorCode,
     InitRequest,
@@ -302,8 +303,50 @@ class UploadJob:
             raise TransientUploadError(msg, blocked=BlockedReason.FILE_CHANGING.value)
         self._save(size=stat.st_size, mtime_ns=stat.st_mtime_ns, inode=stat.st_ino, compression=compression)
 
+    def _hash_whole(self, *, md5: bool) -> None:
+        """Read the whole bag for its sha256 (and the seed's md5) before sending; ``stop()`` interrupts it.
+
+        Only where reading once is not enough: a server without FEATURE_FINALIZE_SHA256 (it must be told
+        the checksum at init), a likely duplicate (no byte needs to move if it is one), or a resumed upload
+        the server already holds whole.
+        """
+        self.enter(JobState.HASHING)
+        digests = StreamingDigests(md5=md5)
+        for piece in iter_file(self.path):
+            self._check_stopping()
+            digests.update(piece)
+        result = digests.result()
+        self._check_unchanged(when="while it was hashed")
+        self._save(sha256=result.sha256, md5=result.md5)
+
     def _init(self) -> dict[str, Any]:
-        """A new upload; it declares no checksum (none is known before sending): finalize declares the sha256."""
+        """A new upload. Without a known sha256 it declares only a fingerprint: finalize declares the sha256.
+
+        A server that does not list FEATURE_FINALIZE_SHA256 in its init reply would ignore that finalize
+        body and never verify the copy: the upload it just made is abandoned and the bag is hashed first.
+        """
+        if self.record.sha256 is None and not self.client.finalize_sha256:
+            self._hash_whole(md5=True)
+        reply = self._init_request()
+        if self.record.sha256 is None and FEATURE_FINALIZE_SHA256 not in (reply.get("features") or ()):
+            log.warning(
+                "upload %s: the server does not take the sha256 at finalize; hashing %s before init",
+                self.record.job_id,
+                self.record.path,
+            )
+            self.client.finalize_sha256 = False
+            self.client.abandon(reply["upload_id"], self.settings.init_timeout)
+            self._hash_whole(md5=True)
+            reply = self._init_request()
+        if reply.get("dedup_candidate") and self.record.sha256 is None:
+            # The server holds a verified file of this size and fingerprint: if the sha256 matches too,
+            # finalize completes the upload as its copy and not one chunk is sent.
+            log.info("upload %s: the server may have %s already; hashing it first", self.record.job_id, self.path)
+            self._hash_whole(md5=False)
+            return self._finalize()
+        return reply
+
+    def _init_request(self) -> dict[str, Any]:
         rec = self.record
         size = known(rec.size, "size")
         chunk_size = self.settings.chunk_size
@@ -314,7 +357,12 @@ class UploadJob:
             "chunk_size": chunk_size,
             "compression": bool(rec.compression),
             "metadata": rec.metadata,
+            "fingerprint": fingerprint(self.path),
         }
+        if rec.sha256 is not None:
+            request["sha256"] = rec.sha256
+        if rec.md5 is not None:
+            request["checksum"] = rec.md5
         self.enter(JobState.INITIALIZING)
         reply = self._policy().call(lambda: self.client.init(request, self.settings.init_timeout))
         upload_id = reply.get("upload_id")
@@ -386,6 +434,10 @@ class UploadJob:
                 self.enter(JobState.UPLOADING, bytes_sent=self._acked_bytes(missing))
                 self._send_chunks(missing)
                 status = self._finalize()
+            elif self.record.sha256 is None and state in (UploadState.FINALIZING.value, UploadState.COMPLETE.value):
+                # Resumed (by fingerprint or journal) onto an upload the server holds whole: our sha256 is what
+                # "verified" gets compared with, so it is computed before the server's answer counts.
+                self._hash_whole(md5=False)
             elif state == UploadState.FINALIZING.value:
                 self.enter(JobState.FINALIZING)
                 self.sleep(poll)

@@ -26,7 +26,7 @@ from core.checksums import sha256_hex
 from core.client import wire
 from core.client.bandwidth import TokenBucket
 from core.client.chunk_sizing import PieceSizer
-from core.client.errors import StalledTransferError, TransientUploadError
+from core.client.errors import StalledTransferError, TransientUploadError, UploadError
 from core.client.retry import classify_response, transient_from_exception
 from core.client.wire import WireSample
 from core.protocol import (
@@ -185,6 +185,8 @@ class ServerClient:
     verify: bool | str = True
     # How much of a chunk one request carries: learned from this link's failures (shared by every job).
     sizer: PieceSizer = field(default_factory=PieceSizer)
+    # False once an init reply lacked FEATURE_FINALIZE_SHA256 (an older server): bags are hashed before init.
+    finalize_sha256: bool = True
     _local: threading.local = field(default_factory=threading.local, init=False, repr=False)
 
     def session(self) -> requests.Session:
@@ -231,6 +233,12 @@ class ServerClient:
     def status(self, upload_id: str, timeout: float) -> dict[str, Any]:
         url = upload_status_url(self.upload_url, upload_id)
         return self._json("GET", url, f"status {upload_id}", (timeout, timeout), gone=(404, 410))
+
+    def abandon(self, upload_id: str, timeout: float) -> None:
+        """Best-effort DELETE of an upload this client will not use; one it cannot delete expires by UPLOAD_TTL."""
+        url = upload_status_url(self.upload_url, upload_id)
+        with contextlib.suppress(UploadError):
+            self._json("DELETE", url, f"abandon {upload_id}", (timeout, timeout), gone=(404, 410))
 
     def finalize(self, upload_id: str, timeout: float, *, sha256: str | None = None) -> dict[str, Any]:
         """Ask for verification and storage; ``sha256`` is the whole-file digest computed while sending."""

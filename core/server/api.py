@@ -13,6 +13,7 @@ from core.protocol import (
     CHUNK_PATH,
     DOWNLOAD_PATH,
     FEATURE_CHUNK_PIECES,
+    FEATURE_FINALIZE_SHA256,
     FINALIZE_PATH,
     HEADER_CHUNK_OFFSET,
     HEADER_CHUNK_SHA256,
@@ -57,6 +58,7 @@ FEATURES = (
     "checksums",
     "deduplication",
     FEATURE_CHUNK_PIECES,
+    FEATURE_FINALIZE_SHA256,
 )
 
 api = Blueprint("upload_api", __name__)
@@ -103,6 +105,8 @@ def _init_reply(result: InitResult) -> dict[str, Any]:
         "deduplicated": record.deduplicated,
         "resumed": result.resumed,
         "verified": record.verified,
+        "dedup_candidate": result.dedup_candidate,
+        "features": _features(),
     }
 
 

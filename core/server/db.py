@@ -87,9 +87,11 @@ uploads = Table(
     Column("error_message", Text),
     Column("progress", BigInteger, nullable=False, default=0),
     Column("metadata", Text, nullable=False, default="{}"),
+    Column("fingerprint", Text),  # core.protocol.FINGERPRINT_EDGE; from clients that declare sha256 at finalize
     Index("uploads_by_file", "owner", "filename", "filesize", "state"),
     Index("uploads_by_sha256", "sha256", "state"),
     Index("uploads_by_md5", "md5", "filesize", "state"),
+    Index("uploads_by_fingerprint", "fingerprint", "filesize", "state"),
     Index("uploads_by_created", "created_at"),
     Index("uploads_by_activity", "state", "updated_at"),
 )

@@ -110,6 +110,11 @@ def init_request(config: ServerConfig) -> Schema:
             "chunk_size": {"type": "integer", "minimum": 1, "maximum": config.max_chunk_size, "nullable": True},
             "checksum": {**OPTIONAL_MD5, "description": "Whole-file md5 (the seed's contract)"},
             "sha256": OPTIONAL_SHA256,
+            "fingerprint": {
+                **OPTIONAL_SHA256,
+                "description": "sha256 of the size (8 bytes big-endian), first MiB and last MiB: resume and "
+                "dedup candidates for a client that declares the sha256 at finalize",
+            },
             "compression": {
                 "oneOf": [BOOLEAN, {"type": "string", "enum": [c.value for c in Codec]}],
                 "nullable": True,
@@ -220,6 +225,12 @@ SCHEMAS: dict[str, Schema] = {
             "deduplicated": BOOLEAN,
             "resumed": BOOLEAN,
             "verified": BOOLEAN,
+            "dedup_candidate": {
+                **BOOLEAN,
+                "description": "A verified copy has this size and fingerprint: finalize with the sha256 "
+                "before sending chunks, deduplicated if it matches",
+            },
+            "features": {"type": "array", "items": STRING, "description": "As in GET /health"},
         },
     },
     "ChunkReply": {

@@ -115,6 +115,9 @@ def compression_ratio(record: UploadRecord) -> float | None:
 class InitResult:
     record: UploadRecord
     resumed: bool
+    # A verified copy of this owner has the init's size and fingerprint: the client may hash the bag and
+    # finalize with its sha256 before sending any chunk (deduplicated if the sha256 matches too).
+    dedup_candidate: bool = False
 
 
 @dataclass(frozen=True)
@@ -225,7 +228,7 @@ class UploadService:
     # --- init --------------------------------------------------------------------
     def init_upload(self, identity: Identity, spec: InitSpec) -> InitResult:
         now = self.clock()
-        if spec.md5 or spec.sha256:
+        if spec.md5 or spec.sha256 or spec.fingerprint:
             existing = self.state.find_resumable(
                 owner=identity.name,
                 filename=spec.filename,
@@ -233,6 +236,7 @@ class UploadService:
                 chunk_size=spec.chunk_size,
                 md5=spec.md5,
                 sha256=spec.sha256,
+                fingerprint=spec.fingerprint,
             )
             if existing is not None:
                 log.info("Resumed upload: %s - ID: %s", existing.filename, existing.upload_id)
@@ -251,11 +255,16 @@ class UploadService:
             sha256=spec.sha256,
             compression=spec.compression,
             metadata=spec.metadata,
+            fingerprint=spec.fingerprint,
         )
         # Owner-scoped (admins excepted): knowing a hash must not grant a copy of another robot's file.
-        duplicate = self._intact_duplicate(spec, owner=None if identity.admin else identity.name)
+        owner = None if identity.admin else identity.name
+        duplicate = self._intact_duplicate(record, owner=owner)
         if duplicate is not None:
             return self._init_deduplicated(record, duplicate)
+        candidate = False
+        if not (spec.md5 or spec.sha256) and spec.fingerprint:
+            candidate = self._intact_duplicate(record, owner=owner, fingerprint=spec.fingerprint) is not None
         self._require_free_disk(record)
         with storage_errors():
             self.blobs.create_part(record.upload_id, record.filesize, record.chunk_size)
@@ -274,17 +283,22 @@ class UploadService:
             record.compression is not Codec.NONE,
         )
         self._emit_initialized(record, resumed=False)
-        return InitResult(record, resumed=False)
+        return InitResult(record, resumed=False, dedup_candidate=candidate)
 
-    def _intact_duplicate(self, spec: InitSpec, owner: str | None) -> UploadRecord | None:
-        """A verified copy of the same content whose stored file is there with the size its record says.
+    def _intact_duplicate(
+        self, record: UploadRecord, owner: str | None, *, fingerprint: str | None = None
+    ) -> UploadRecord | None:
+        """A verified copy of ``record``'s content whose stored file is there with the size its record says.
 
         Answering ``complete`` from a record alone would spread the loss of one stored file to
-        every later upload of the same content: the robots would delete their bags.
+        every later upload of the same content: the robots would delete their bags. With
+        ``fingerprint`` (and no checksum on ``record``), only a candidate worth hashing the bag for.
         """
-        candidates = self.state.find_duplicates(filesize=spec.filesize, md5=spec.md5, sha256=spec.sha256, owner=owner)
+        candidates = self.state.find_duplicates(
+            filesize=record.filesize, md5=record.md5, sha256=record.sha256, owner=owner, fingerprint=fingerprint
+        )
         for candidate in candidates:
-            if candidate.filesize != spec.filesize or candidate.blob_id is None or candidate.stored_size is None:
+            if candidate.filesize != record.filesize or candidate.blob_id is None or candidate.stored_size is None:
                 continue
             if self.blobs.has_blob(candidate.blob_id, candidate.codec or Codec.NONE, candidate.stored_size):
                 return candidate
@@ -326,31 +340,23 @@ class UploadService:
         raise InsufficientStorage(msg, details={"free_bytes": free, "needed_bytes": record.filesize, "floor": floor})
 
     def _init_deduplicated(self, record: UploadRecord, duplicate: UploadRecord) -> InitResult:
-        record = UploadRecord(
-            **{
-                **record.__dict__,
-                "state": UploadState.COMPLETE,
-                "md5": duplicate.md5,
-                "sha256": duplicate.sha256,
-                "blob_id": duplicate.blob_id,
-                "codec": duplicate.codec,
-                "stored_size": duplicate.stored_size,
-                "verified": True,
-                "deduplicated": True,
-                "progress": record.filesize,
-            }
-        )
+        record = UploadRecord(**{**record.__dict__, **_shared_copy(duplicate)})
         self.state.create_upload(record)
-        catalog.record_upload(self.state, self.blobs, record, self.clock())  # verified without a finalize
+        self._deduplicated(record, duplicate, when="init")
+        self._emit_initialized(record, resumed=False)
+        return InitResult(record, resumed=False)
+
+    def _deduplicated(self, record: UploadRecord, duplicate: UploadRecord, *, when: str) -> None:
+        """Catalogue and log an upload that now shares ``duplicate``'s stored file (verified without a finalize)."""
+        catalog.record_upload(self.state, self.blobs, record, self.clock())
         log.info(
-            "Deduplicated upload: %s (%d bytes) - ID: %s - same content as %s",
+            "Deduplicated upload at %s: %s (%d bytes) - ID: %s - same content as %s",
+            when,
             record.filename,
             record.filesize,
             record.upload_id,
             duplicate.upload_id,
         )
-        self._emit_initialized(record, resumed=False)
-        return InitResult(record, resumed=False)
 
     def _emit_initialized(self, record: UploadRecord, *, resumed: bool) -> None:
         events.upload_initialized.send(
@@ -671,6 +677,9 @@ class UploadService:
         if record.state in (UploadState.FINALIZING, UploadState.COMPLETE):
             return self.describe(record), record.state is UploadState.FINALIZING
         self._require_state(record, UploadState.UPLOADING)
+        linked = self._finalize_deduplicated(identity, record, sha256 or record.sha256)
+        if linked is not None:
+            return self.describe(linked), False
         received = self.state.received_chunks(upload_id)
         if len(received) < record.chunks:
             missing = [i for i in range(record.chunks) if i not in received]
@@ -682,6 +691,43 @@ class UploadService:
         log.info("Finalizing upload: %s (%d bytes) - ID: %s", record.filename, record.filesize, upload_id)
         self.on_job_queued()
         return self.describe(queued), True
+
+    def _finalize_deduplicated(
+        self, identity: Identity, record: UploadRecord, sha256: str | None
+    ) -> UploadRecord | None:
+        """Complete ``record`` as a copy of an intact verified upload with the declared ``sha256``, if there is one.
+
+        Whatever chunks arrived are dropped unread: the shared stored file was checked end to end
+        against this sha256 when it was stored, which is what init's deduplication relies on too.
+        Owner-scoped like init's; None when there is no such copy (or the upload moved on meanwhile).
+        """
+        if sha256 is None:
+            return None
+        probe = UploadRecord(**{**record.__dict__, "md5": None, "sha256": sha256})
+        duplicate = self._intact_duplicate(probe, owner=None if identity.admin else record.owner)
+        if duplicate is None:
+            return None
+        linked = self.state.transition(
+            record.upload_id, (UploadState.UPLOADING,), self.clock(), **_shared_copy(duplicate)
+        )
+        if linked is None:
+            return None
+        with storage_errors():
+            self.blobs.remove_part(record.upload_id)
+        self._deduplicated(linked, duplicate, when="finalize")
+        stored = linked.stored_size or 0
+        events.upload_completed.send(
+            self,
+            upload_id=linked.upload_id,
+            owner=linked.owner,
+            filesize=linked.filesize,
+            stored_size=stored,
+            codec=(linked.codec or Codec.NONE).value,
+            ratio=linked.filesize / stored if stored else 1.0,
+            verified=True,
+            seconds=0.0,
+        )
+        return linked
 
     def abort(self, identity: Identity, upload_id: str) -> dict[str, Any]:
         record = self.get(identity, upload_id)
@@ -863,6 +909,21 @@ class UploadService:
                 )
                 removed += 1
         return removed + self.blobs.remove_stale_staging(max(60.0, 2 * self.config.job_lease))
+
+
+def _shared_copy(duplicate: UploadRecord) -> dict[str, Any]:
+    """The fields that make an upload a complete, verified copy sharing ``duplicate``'s stored file."""
+    return {
+        "state": UploadState.COMPLETE,
+        "md5": duplicate.md5,
+        "sha256": duplicate.sha256,
+        "blob_id": duplicate.blob_id,
+        "codec": duplicate.codec,
+        "stored_size": duplicate.stored_size,
+        "verified": True,
+        "deduplicated": True,
+        "progress": duplicate.filesize,
+    }
 
 
 def _check_digest(index: int, header: str, claimed: str, actual: str) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, true, update
 
 from core.protocol import Codec, UploadState
 from core.server import db
@@ -52,6 +52,7 @@ class UploadRecord:
     error_message: str | None = None
     progress: int = 0  # bytes processed by the finalize job
     metadata: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str | None = None  # size + head + tail (core.protocol.FINGERPRINT_EDGE), declared at init
 
 
 MUTABLE_FIELDS = frozenset(
@@ -93,17 +94,36 @@ class StateStore(BagCatalog):
 
     @abc.abstractmethod
     def find_resumable(
-        self, *, owner: str, filename: str, filesize: int, chunk_size: int, md5: str | None, sha256: str | None
+        self,
+        *,
+        owner: str,
+        filename: str,
+        filesize: int,
+        chunk_size: int,
+        md5: str | None,
+        sha256: str | None,
+        fingerprint: str | None = None,
     ) -> UploadRecord | None:
-        """The newest uploading/finalizing upload of the same file by the same owner."""
+        """The newest uploading/finalizing upload of the same file by the same owner.
+
+        The same file: the same checksums declared at init, or none and the same ``fingerprint``.
+        """
 
     @abc.abstractmethod
     def find_duplicates(
-        self, *, filesize: int, md5: str | None, sha256: str | None, owner: str | None, limit: int = 5
+        self,
+        *,
+        filesize: int,
+        md5: str | None,
+        sha256: str | None,
+        owner: str | None,
+        limit: int = 5,
+        fingerprint: str | None = None,
     ) -> list[UploadRecord]:
-        """Complete, verified uploads with this sha256 (or md5 and size), oldest first; ``owner=None``: all owners.
+        """Complete, verified uploads with this sha256 (or md5 and size, or else fingerprint and size), oldest first.
 
-        Several, so that the caller can skip a copy whose stored file turns out to be missing.
+        ``owner=None``: all owners. Several, so that the caller can skip a copy whose stored file
+        turns out to be missing. A fingerprint match is only a candidate: its whole-file sha256 is not checked.
         """
 
     @abc.abstractmethod
@@ -252,7 +272,15 @@ class SQLStateStore(SQLBagCatalog, StateStore):
         return self._one(select(uploads).where(uploads.c.upload_id == upload_id))
 
     def find_resumable(
-        self, *, owner: str, filename: str, filesize: int, chunk_size: int, md5: str | None, sha256: str | None
+        self,
+        *,
+        owner: str,
+        filename: str,
+        filesize: int,
+        chunk_size: int,
+        md5: str | None,
+        sha256: str | None,
+        fingerprint: str | None = None,
     ) -> UploadRecord | None:
         c = uploads.c
         return self._one(
@@ -260,19 +288,29 @@ class SQLStateStore(SQLBagCatalog, StateStore):
             .where(c.owner == owner, c.filename == filename, c.filesize == filesize, c.chunk_size == chunk_size)
             .where(c.md5.is_(None) if md5 is None else c.md5 == md5)
             .where(c.sha256.is_(None) if sha256 is None else c.sha256 == sha256)
+            .where(true() if md5 or sha256 else c.fingerprint == fingerprint)
             .where(c.state.in_(_ACTIVE))
             .order_by(c.created_at.desc())
             .limit(1)
         )
 
     def find_duplicates(
-        self, *, filesize: int, md5: str | None, sha256: str | None, owner: str | None, limit: int = 5
+        self,
+        *,
+        filesize: int,
+        md5: str | None,
+        sha256: str | None,
+        owner: str | None,
+        limit: int = 5,
+        fingerprint: str | None = None,
     ) -> list[UploadRecord]:
         c = uploads.c
         if sha256:
             query = select(uploads).where(c.sha256 == sha256)
         elif md5:
             query = select(uploads).where(c.md5 == md5, c.filesize == filesize)
+        elif fingerprint:
+            query = select(uploads).where(c.fingerprint == fingerprint, c.filesize == filesize)
         else:
             return []
         if owner is not None:

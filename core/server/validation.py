@@ -84,6 +84,7 @@ class InitSpec:
     sha256: str | None
     compression: Codec
     metadata: dict[str, Any]
+    fingerprint: str | None = None
 
 
 def display_name(raw: object) -> str:
@@ -184,6 +185,7 @@ def parse_init(body: object, config: ServerConfig) -> InitSpec:
         sha256=_digest_field(body, "sha256", "sha256"),
         compression=_compression_field(body.get("compression"), config),
         metadata=_metadata_field(body.get("metadata"), config),
+        fingerprint=_digest_field(body, "fingerprint", "sha256"),
     )
 
 

@@ -21,6 +21,7 @@ from core.client.retention import Retention
 from core.client.transfer import ServerClient
 from core.client.watchdog import Watchdog
 from core.protocol import (
+    FEATURE_FINALIZE_SHA256,
     HEADER_CHUNK_OFFSET,
     HEADER_CHUNK_SHA256,
     HEADER_RETRY_AFTER,
@@ -91,6 +92,7 @@ def init_reply(upload_id: str) -> dict[str, object]:
         "chunks": 3,
         "received": [],
         "state": "uploading",
+        "features": [FEATURE_FINALIZE_SHA256],
     }
 
 
