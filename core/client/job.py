@@ -128,6 +128,7 @@ class UploadJob:
         on_blocked: Callable[[str, str | None], object] | None = None,
     ) -> None:
         self.record = record
+        self._path = Path(record.path)  # a job never changes its path (retention moves the bag after it ended)
         self.on_blocked = on_blocked
         self.journal = journal
         self.client = client
@@ -150,7 +151,7 @@ class UploadJob:
     # --- bookkeeping -----------------------------------------------------------------------
     @property
     def path(self) -> Path:
-        return Path(self.record.path)
+        return self._path
 
     def _save(self, **changes: Any) -> JobRecord:
         self.record = self.journal.update(self.record.job_id, **changes)
