@@ -209,6 +209,9 @@ class UploadService:
     def get(self, identity: Identity, upload_id: str) -> UploadRecord:
         """The caller's upload; foreign and unknown ids are indistinguishable (404), swept ones are 410."""
         record = self.state.get_upload(upload_id) if is_valid_id(upload_id) else None
+        return self._accessible(identity, upload_id, record)
+
+    def _accessible(self, identity: Identity, upload_id: str, record: UploadRecord | None) -> UploadRecord:
         if record is None or not identity.may_access(record.owner):
             msg = f"upload {upload_id} not found"
             raise NotFound(msg)
@@ -614,14 +617,21 @@ class UploadService:
 
     # --- status, listing ----------------------------------------------------------------
     def status(self, identity: Identity, upload_id: str) -> dict[str, Any]:
-        return self.describe(self.get(identity, upload_id))
+        """The status document, from one read of the state store (a polled route)."""
+        record, receipts = self.state.get_upload_with_receipts(upload_id) if is_valid_id(upload_id) else (None, {})
+        return self.describe(self._accessible(identity, upload_id, record), receipts=receipts)
 
-    def describe(self, record: UploadRecord, *, detailed: bool = True) -> dict[str, Any]:
-        """The JSON status document: everything a client needs to resume, and to decide deletion safely."""
+    def describe(
+        self, record: UploadRecord, *, detailed: bool = True, receipts: dict[int, str] | None = None
+    ) -> dict[str, Any]:
+        """The JSON status document: everything a client needs to resume, and to decide deletion safely.
+
+        ``receipts``: the upload's chunk receipts when the caller read them already.
+        """
         if record.state is UploadState.COMPLETE:
             received = list(range(record.chunks))
         else:
-            received = sorted(self.state.received_chunks(record.upload_id))
+            received = sorted(self.state.received_chunks(record.upload_id) if receipts is None else receipts)
         document: dict[str, Any] = {
             "upload_id": record.upload_id,
             "state": record.state.value,

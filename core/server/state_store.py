@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, true, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, select, true, update
 
 from core.protocol import Codec, UploadState
 from core.server import db
@@ -91,6 +91,10 @@ class StateStore(BagCatalog):
 
     @abc.abstractmethod
     def get_upload(self, upload_id: str) -> UploadRecord | None: ...
+
+    @abc.abstractmethod
+    def get_upload_with_receipts(self, upload_id: str) -> tuple[UploadRecord | None, dict[int, str]]:
+        """``get_upload`` and ``received_chunks`` read together, in one transaction (the status poll)."""
 
     @abc.abstractmethod
     def find_resumable(
@@ -242,6 +246,11 @@ def _to_column(name: str, value: Any) -> Any:
     return getattr(value, "value", value)
 
 
+# Built once: a status poll runs both, and building a statement costs more than running it.
+_UPLOAD_BY_ID = select(uploads).where(uploads.c.upload_id == bindparam("upload_id"))
+_RECEIVED = select(chunks.c.idx, chunks.c.sha256).where(chunks.c.upload_id == bindparam("upload_id"))
+
+
 def _from_row(row: Mapping[str, Any]) -> UploadRecord:
     values = {name: row[name] for name in _COLUMNS}
     values["metadata"] = json.loads(values["metadata"])
@@ -269,7 +278,19 @@ class SQLStateStore(SQLBagCatalog, StateStore):
             conn.execute(insert(uploads).values(_to_row(record)))
 
     def get_upload(self, upload_id: str) -> UploadRecord | None:
-        return self._one(select(uploads).where(uploads.c.upload_id == upload_id))
+        with db.read(self.engine) as conn:
+            row = conn.execute(_UPLOAD_BY_ID, {"upload_id": upload_id}).mappings().first()
+        return _from_row(row) if row else None
+
+    def get_upload_with_receipts(self, upload_id: str) -> tuple[UploadRecord | None, dict[int, str]]:
+        with db.read(self.engine) as conn:
+            row = conn.execute(_UPLOAD_BY_ID, {"upload_id": upload_id}).mappings().first()
+            if row is None:
+                return None, {}
+            record = _from_row(row)
+            if record.state is UploadState.COMPLETE:  # every chunk, by definition; its receipts may be pruned
+                return record, {}
+            return record, {int(idx): str(digest) for idx, digest in conn.execute(_RECEIVED, {"upload_id": upload_id})}
 
     def find_resumable(
         self,
@@ -413,7 +434,7 @@ class SQLStateStore(SQLBagCatalog, StateStore):
 
     def received_chunks(self, upload_id: str) -> dict[int, str]:
         with db.read(self.engine) as conn:
-            rows = conn.execute(select(chunks.c.idx, chunks.c.sha256).where(chunks.c.upload_id == upload_id))
+            rows = conn.execute(_RECEIVED, {"upload_id": upload_id})
             return {int(idx): str(digest) for idx, digest in rows}
 
     def stale_uploads(self, idle_before: float, limit: int = 100) -> list[UploadRecord]:
