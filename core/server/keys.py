@@ -145,8 +145,10 @@ class KeyStore(abc.ABC):
 
 
 # Built once: every authenticated request runs it, and building a statement costs more than running it.
-_ACTIVE_KEY = select(api_keys.c.name, api_keys.c.admin, api_keys.c.secret_sha256).where(
-    api_keys.c.key_id == bindparam("key_id"), api_keys.c.revoked_at.is_(None)
+_ACTIVE_KEY = db.DirectRead(
+    select(api_keys.c.name, api_keys.c.admin, api_keys.c.secret_sha256).where(
+        api_keys.c.key_id == bindparam("key_id"), api_keys.c.revoked_at.is_(None)
+    )
 )
 
 
@@ -187,9 +189,8 @@ class SQLKeyStore(KeyStore):
             return int(conn.execute(query).rowcount)
 
     def _find_active(self, key_id: str) -> _ActiveKey | None:
-        with db.read(self.engine) as conn:
-            row = conn.execute(_ACTIVE_KEY, {"key_id": key_id}).first()
-        return None if row is None else _ActiveKey(row[0], bool(row[1]), row[2])
+        row = _ACTIVE_KEY.first(self.engine, key_id=key_id)
+        return None if row is None else _ActiveKey(row["name"], bool(row["admin"]), row["secret_sha256"])
 
     def close(self) -> None:
         self.engine.dispose()

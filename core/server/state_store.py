@@ -94,7 +94,7 @@ class StateStore(BagCatalog):
 
     @abc.abstractmethod
     def get_upload_with_receipts(self, upload_id: str) -> tuple[UploadRecord | None, dict[int, str]]:
-        """``get_upload`` and ``received_chunks`` read together, in one transaction (the status poll)."""
+        """``get_upload``, then (unless complete) ``received_chunks``: what a status poll reads."""
 
     @abc.abstractmethod
     def find_resumable(
@@ -247,8 +247,8 @@ def _to_column(name: str, value: Any) -> Any:
 
 
 # Built once: a status poll runs both, and building a statement costs more than running it.
-_UPLOAD_BY_ID = select(uploads).where(uploads.c.upload_id == bindparam("upload_id"))
-_RECEIVED = select(chunks.c.idx, chunks.c.sha256).where(chunks.c.upload_id == bindparam("upload_id"))
+_UPLOAD_BY_ID = db.DirectRead(select(uploads).where(uploads.c.upload_id == bindparam("upload_id")))
+_RECEIVED = db.DirectRead(select(chunks.c.idx, chunks.c.sha256).where(chunks.c.upload_id == bindparam("upload_id")))
 
 
 def _from_row(row: Mapping[str, Any]) -> UploadRecord:
@@ -278,19 +278,16 @@ class SQLStateStore(SQLBagCatalog, StateStore):
             conn.execute(insert(uploads).values(_to_row(record)))
 
     def get_upload(self, upload_id: str) -> UploadRecord | None:
-        with db.read(self.engine) as conn:
-            row = conn.execute(_UPLOAD_BY_ID, {"upload_id": upload_id}).mappings().first()
+        row = _UPLOAD_BY_ID.first(self.engine, upload_id=upload_id)
         return _from_row(row) if row else None
 
     def get_upload_with_receipts(self, upload_id: str) -> tuple[UploadRecord | None, dict[int, str]]:
-        with db.read(self.engine) as conn:
-            row = conn.execute(_UPLOAD_BY_ID, {"upload_id": upload_id}).mappings().first()
-            if row is None:
-                return None, {}
-            record = _from_row(row)
-            if record.state is UploadState.COMPLETE:  # every chunk, by definition; its receipts may be pruned
-                return record, {}
-            return record, {int(idx): str(digest) for idx, digest in conn.execute(_RECEIVED, {"upload_id": upload_id})}
+        # The receipts are read after the record: a chunk acknowledged in between shows, none can vanish
+        # (receipts are pruned only once an upload is complete or aborted, and complete needs none).
+        record = self.get_upload(upload_id)
+        if record is None or record.state is UploadState.COMPLETE:
+            return record, {}
+        return record, self.received_chunks(upload_id)
 
     def find_resumable(
         self,
@@ -433,9 +430,8 @@ class SQLStateStore(SQLBagCatalog, StateStore):
         return None if value is None else str(value)
 
     def received_chunks(self, upload_id: str) -> dict[int, str]:
-        with db.read(self.engine) as conn:
-            rows = conn.execute(_RECEIVED, {"upload_id": upload_id})
-            return {int(idx): str(digest) for idx, digest in rows}
+        _, rows = _RECEIVED.rows(self.engine, upload_id=upload_id)
+        return {int(idx): str(digest) for idx, digest in rows}
 
     def stale_uploads(self, idle_before: float, limit: int = 100) -> list[UploadRecord]:
         c = uploads.c
