@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -232,3 +233,56 @@ def test_a_server_that_refuses_chunk_pieces_gets_whole_chunks(run_job, bag):
     assert HEADER_CHUNK_OFFSET in puts[0].headers
     assert [HEADER_CHUNK_OFFSET in p.headers for p in puts[1:]] == [False, False, False]
     assert client.sizer.pieces_supported is False
+
+
+@responses.activate
+def test_an_init_resumed_onto_an_upload_the_server_holds_whole_hashes_the_bag_before_trusting_verified(run_job, bag):
+    """Resumed by fingerprint onto an upload already finalizing: "verified" is compared with our own sha256."""
+    responses.post(init_url(URL), status=200, json={**init_reply("u1"), "state": "finalizing", "resumed": True})
+    responses.get(upload_status_url(URL, "u1"), json={"state": "finalizing", "received": [0, 1, 2]})
+    responses.get(
+        upload_status_url(URL, "u1"),
+        json={"state": "complete", "verified": True, "sha256": "0" * 64, "codec": "none"},  # another file's copy
+    )
+
+    # The bag was hashed although nothing was sent; the server's copy is not ours, so the bag stays.
+    with pytest.raises(TransientUploadError, match=f"differs from local {sha256_hex(bag.read_bytes())}"):
+        run_job(Retention.DELETE)
+
+    assert bag.exists()
+    assert not [c for c in responses.calls if c.request.method == "PUT"]
+
+
+@responses.activate
+def test_a_dedup_candidate_is_hashed_and_finalized_before_any_chunk_is_sent(run_job, bag):
+    sha = sha256_hex(bag.read_bytes())
+    responses.post(init_url(URL), status=201, json={**init_reply("u1"), "dedup_candidate": True})
+    responses.post(finalize_url(URL, "u1"), json={"success": True, "state": "complete", "verified": True})
+    responses.get(
+        upload_status_url(URL, "u1"),
+        json={"state": "complete", "verified": True, "sha256": sha, "codec": "none", "deduplicated": True},
+    )
+
+    job = run_job()
+
+    assert job.record.state is JobState.COMPLETE
+    assert not [c for c in responses.calls if c.request.method == "PUT"]
+    assert finalize_bodies() == [{"sha256": sha}]
+
+
+@responses.activate
+def test_a_server_without_finalize_sha256_gets_the_checksums_at_init(run_job, bag):
+    older = {k: v for k, v in init_reply("u1").items() if k != "features"}
+    responses.post(init_url(URL), status=201, json=older)
+    responses.delete(upload_status_url(URL, "u1"), json={"success": True, "state": "aborted"})
+    responses.post(init_url(URL), status=201, json={**older, "upload_id": "u2"})
+    serve_upload("u2", bag)
+
+    job = run_job()
+
+    assert job.record.state is JobState.COMPLETE
+    inits = [json.loads(c.request.body) for c in responses.calls if c.request.url == init_url(URL)]
+    assert "sha256" not in inits[0]
+    assert inits[1]["sha256"] == sha256_hex(bag.read_bytes())
+    assert inits[1]["checksum"] == hashlib.md5(bag.read_bytes(), usedforsecurity=False).hexdigest()
+    assert [c.request.method for c in responses.calls if c.request.url == upload_status_url(URL, "u1")] == ["DELETE"]
