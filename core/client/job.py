@@ -142,6 +142,8 @@ class UploadJob:
         self._lock = threading.Lock()
         self._inflight = 0
         self._last_progress_event = 0.0
+        # Server uploads this run gave up on: an init that resumes one of them by fingerprint is redone by sha256.
+        self._abandoned: set[str] = set()
 
     @property
     def settings(self) -> JobSettings:
@@ -259,6 +261,8 @@ class UploadJob:
                     last = err
                     changed = isinstance(err, FileChangedError)
                     reason = BlockedReason.FILE_CHANGING if changed else BlockedReason.SERVER_FAILED
+                    if self.record.upload_id:
+                        self._abandoned.add(self.record.upload_id)
                     log.warning("upload %s: %s; re-hashing and starting over with a new init", self.record.job_id, err)
                     self._save(upload_id=None, bytes_sent=0, error=str(err), blocked=reason.value)
             msg = f"upload had to start over {MAX_REINITS} times in a row; last: {last}"
@@ -338,6 +342,12 @@ class UploadJob:
             self.client.finalize_sha256 = False
             self.client.abandon(reply["upload_id"], self.settings.init_timeout)
             self._hash_whole(md5=True)
+            reply = self._init_request()
+        if self.record.sha256 is None and reply.get("upload_id") in self._abandoned:
+            # The fingerprint (size, head, tail) resumed an upload that failed us: another file with the same
+            # edges, or a bag rewritten in its middle. The sha256 names this file exactly.
+            log.warning("upload %s: init resumed %s again; hashing it first", self.record.job_id, reply["upload_id"])
+            self._hash_whole(md5=False)
             reply = self._init_request()
         if reply.get("dedup_candidate") and self.record.sha256 is None:
             # The server holds a verified file of this size and fingerprint: if the sha256 matches too,

@@ -115,10 +115,14 @@ def test_a_verified_upload_with_our_sha256_completes_and_applies_retention(run_j
 @responses.activate
 @pytest.mark.parametrize(("sha", "verified"), [("0" * 64, True), (None, False)], ids=["other-sha256", "unverified"])
 def test_a_copy_the_server_did_not_verify_as_ours_is_resent_and_the_bag_stays(run_job, bag, sha, verified):
-    responses.post(init_url(URL), status=201, json=init_reply("u1"))
-    serve_upload("u1", bag, final_sha256=sha, verified=verified)
-    # The detail fetch after a brief "complete" says the same.
-    responses.get(upload_status_url(URL, "u1"), json={"state": "complete", "verified": verified, "sha256": sha})
+    for round_ in range(MAX_REINITS):  # a new upload each time, as a real server answers an init
+        upload_id = f"u{round_}"
+        responses.post(init_url(URL), status=201, json=init_reply(upload_id))
+        serve_upload(upload_id, bag, final_sha256=sha, verified=verified)
+        # The detail fetch after a brief "complete" says the same.
+        responses.get(
+            upload_status_url(URL, upload_id), json={"state": "complete", "verified": verified, "sha256": sha}
+        )
 
     with pytest.raises(TransientUploadError, match="start over"):
         run_job(Retention.DELETE)
@@ -286,3 +290,20 @@ def test_a_server_without_finalize_sha256_gets_the_checksums_at_init(run_job, ba
     assert inits[1]["sha256"] == sha256_hex(bag.read_bytes())
     assert inits[1]["checksum"] == hashlib.md5(bag.read_bytes(), usedforsecurity=False).hexdigest()
     assert [c.request.method for c in responses.calls if c.request.url == upload_status_url(URL, "u1")] == ["DELETE"]
+
+
+@responses.activate
+def test_an_init_that_resumes_an_upload_that_failed_us_is_redone_by_sha256(run_job, bag):
+    """Same name, size and edges (fingerprint) but another file's upload: the sha256 tells them apart."""
+    responses.post(init_url(URL), status=201, json=init_reply("u1"))
+    serve_upload("u1", bag, final_sha256="0" * 64)  # the copy verifies as another file
+    responses.post(init_url(URL), status=200, json={**init_reply("u1"), "resumed": True})
+    responses.post(init_url(URL), status=201, json=init_reply("u2"))
+    serve_upload("u2", bag)
+
+    job = run_job()
+
+    assert job.record.state is JobState.COMPLETE
+    assert job.record.upload_id == "u2"
+    inits = [json.loads(c.request.body) for c in responses.calls if c.request.url == init_url(URL)]
+    assert ["sha256" in body for body in inits] == [False, False, True]
