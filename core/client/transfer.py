@@ -44,11 +44,9 @@ from core.protocol import (
     upload_status_url,
 )
 
+# Not larger: a socket timeout bounds one whole sendall (Python >= 3.5), so on a slow link a bigger
+# piece times out while still moving (1 MiB pieces failed tests/client/test_slow_link.py).
 PIECE_SIZE = 64 * 1024
-# Pieces handed to the socket when no bandwidth limit applies: each piece costs a few Python calls
-# (progress, watchdog, meter), and the watchdog reads progress from the wire (core.client.wire), so
-# 64 KiB pieces only cost CPU there (16384 per GiB against 1024).
-UNLIMITED_PIECE_SIZE = 1024 * 1024
 _current = threading.local()
 
 
@@ -165,10 +163,8 @@ class ChunkBody:
 
     def _piece_length(self) -> int:
         rate = self._bucket.rate if self._bucket is not None else 0
-        if rate <= 0:
-            return max(self._piece_size, UNLIMITED_PIECE_SIZE)
         # At low rates, smaller pieces keep the limit smooth and the watchdog fed.
-        return max(1024, min(self._piece_size, int(rate / 20)))
+        return self._piece_size if rate <= 0 else max(1024, min(self._piece_size, int(rate / 20)))
 
     def __iter__(self) -> Iterator[memoryview]:
         offset = 0
