@@ -84,6 +84,15 @@ DEFAULT_CHUNK_SIZE = 8 * MiB
 # one request and one fsync, so a link that breaks this often is not worth a faster cadence.
 MIN_PIECE_SIZE = 64 * KiB
 FEATURE_CHUNK_PIECES = "chunk-pieces"  # listed in GET /health "features" by servers that accept pieces
+# Listed in GET /health and in the init reply's "features" by servers that take the whole-file sha256 in
+# the finalize body (FinalizeRequest). A client that finds it missing in the init reply hashes the bag
+# before init and declares the seed's checksum (md5) and sha256 there: an older server ignores the body.
+FEATURE_FINALIZE_SHA256 = "finalize-sha256"
+# Init's "fingerprint": sha256 of the file's size (8 bytes, big-endian), its first FINGERPRINT_EDGE bytes
+# and its last FINGERPRINT_EDGE bytes (the whole file when shorter than twice that). Known before sending,
+# it finds a verified copy worth hashing the whole bag for (the reply's "dedup_candidate") and the upload
+# to resume; it never stands in for the whole-file sha256.
+FINGERPRINT_EDGE = 1 * MiB
 
 
 class ChecksumAlgorithm(str, enum.Enum):
@@ -201,6 +210,13 @@ class InitRequest(TypedDict, total=False):
     sha256: str  # whole-file sha256 hex; preferred for verification and dedup
     chunk_size: int  # optional; otherwise ceil(filesize / chunks)
     metadata: dict[str, Any]
+    fingerprint: str  # see FINGERPRINT_EDGE; sent by clients that declare the sha256 at finalize
+
+
+class FinalizeRequest(TypedDict, total=False):
+    """Optional body of ``POST /upload/<id>/finalize`` (an empty body is the seed's finalize)."""
+
+    sha256: str  # whole-file sha256 hex, from a client that hashed while sending; must match init's if both
 
 
 class CommandDoc(TypedDict):

@@ -86,24 +86,28 @@ class RateMeter:
         self._window = window
         self._clock = clock
         self._samples: collections.deque[tuple[float, int]] = collections.deque()
+        self._total = 0  # sum of the samples' bytes, kept so ``rate`` does not walk the window
         self._lock = threading.Lock()
+
+    def _expire(self, now: float) -> None:
+        while self._samples and now - self._samples[0][0] > self._window:
+            self._total -= self._samples.popleft()[1]
 
     def add(self, nbytes: int) -> None:
         now = self._clock()
         with self._lock:
             self._samples.append((now, nbytes))
-            while self._samples and now - self._samples[0][0] > self._window:
-                self._samples.popleft()
+            self._total += nbytes
+            self._expire(now)
 
     def rate(self) -> float:
         now = self._clock()
         with self._lock:
-            while self._samples and now - self._samples[0][0] > self._window:
-                self._samples.popleft()
+            self._expire(now)
             if not self._samples:
                 return 0.0
             span = max(now - self._samples[0][0], 0.5)
-            return sum(n for _, n in self._samples) / span
+            return self._total / span
 
     def eta(self, remaining: int) -> float | None:
         rate = self.rate()

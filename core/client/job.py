@@ -1,22 +1,26 @@
-"""One bag's way to a verified copy on the server: hash, init or resume, send missing chunks, finalize, confirm.
+"""One bag's way to a verified copy on the server: init or resume, send missing chunks, finalize, confirm.
 
-The server is the source of truth for which chunks it has: a resumed job asks
-for the upload's status and sends only what is missing. Every outcome leaves
-the journal in a state the next ``start()`` can continue from.
+The file is read once: each chunk is hashed for its ``X-Chunk-SHA256`` and, in
+file order, into the whole-file sha256 that finalize declares. The server is the
+source of truth for which chunks it has: a resumed job asks for the upload's
+status and sends only what is missing (reading the others just to hash them, if
+the journal has no whole-file sha256 yet). Every outcome leaves the journal in a
+state the next ``start()`` can continue from.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core.checksums import FileDigests, StreamingDigests, iter_file, sha256_hex
+from core.checksums import StreamingDigests, fingerprint, iter_file, sha256_hex
 from core.client.bandwidth import TokenBucket
 from core.client.compressibility import worth_compressing
 from core.client.errors import (
@@ -37,6 +41,7 @@ from core.client.transfer import ConnectionSlot, ServerClient
 from core.client.watchdog import Verdict, Watch, Watchdog
 from core.protocol import (
     DEFAULT_CHUNK_SIZE,
+    FEATURE_FINALIZE_SHA256,
     BlockedReason,
     ErrorCode,
     InitRequest,
@@ -99,7 +104,8 @@ class JobSettings:
     retention: Retention = Retention.KEEP
     uploaded_dir: Path | None = None
     poll_interval: float = 0.2
-    max_poll_interval: float = 2.0
+    # At most this long between "verified" on the server and the client seeing it (a status poll is ~1 ms).
+    max_poll_interval: float = 0.5
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
 
@@ -122,6 +128,7 @@ class UploadJob:
         on_blocked: Callable[[str, str | None], object] | None = None,
     ) -> None:
         self.record = record
+        self._path = Path(record.path)  # a job never changes its path (retention moves the bag after it ended)
         self.on_blocked = on_blocked
         self.journal = journal
         self.client = client
@@ -135,6 +142,8 @@ class UploadJob:
         self._lock = threading.Lock()
         self._inflight = 0
         self._last_progress_event = 0.0
+        # Server uploads this run gave up on: an init that resumes one of them by fingerprint is redone by sha256.
+        self._abandoned: set[str] = set()
 
     @property
     def settings(self) -> JobSettings:
@@ -144,7 +153,7 @@ class UploadJob:
     # --- bookkeeping -----------------------------------------------------------------------
     @property
     def path(self) -> Path:
-        return Path(self.record.path)
+        return self._path
 
     def _save(self, **changes: Any) -> JobRecord:
         self.record = self.journal.update(self.record.job_id, **changes)
@@ -240,18 +249,20 @@ class UploadJob:
 
         A server upload that failed or expired, a copy that did not verify, or a
         bag that changed on disk all lead to the same recovery: hash the file
-        again and send it as a new upload.
+        again (while sending it) as a new upload.
         """
         try:
             last: UploadExpiredError | None = None
             for _ in range(MAX_REINITS):
-                self._ensure_digests(rehash=last is not None)
+                self._ensure_identity(rehash=last is not None)
                 try:
                     return self._upload()
                 except UploadExpiredError as err:
                     last = err
                     changed = isinstance(err, FileChangedError)
                     reason = BlockedReason.FILE_CHANGING if changed else BlockedReason.SERVER_FAILED
+                    if self.record.upload_id:
+                        self._abandoned.add(self.record.upload_id)
                     log.warning("upload %s: %s; re-hashing and starting over with a new init", self.record.job_id, err)
                     self._save(upload_id=None, bytes_sent=0, error=str(err), blocked=reason.value)
             msg = f"upload had to start over {MAX_REINITS} times in a row; last: {last}"
@@ -278,39 +289,75 @@ class UploadJob:
             )
             raise FileChangedError(msg)
 
-    def _ensure_digests(self, *, rehash: bool = False) -> None:
-        """Hash the file (md5 + sha256 in one pass) unless the journaled digests still match it."""
+    def _ensure_identity(self, *, rehash: bool = False) -> None:
+        """Note which file this upload sends (size, mtime, inode), unless the journal already names it as it is.
+
+        Nothing is read here but a few compressibility samples: the sha256 is computed while the
+        chunks are read for sending (``_send_chunks``), and journaled once every chunk was hashed.
+        """
         stat = self.path.stat()
         rec = self.record
-        if rec.sha256 and not rehash and self._unchanged(stat):
+        if rec.size is not None and not rehash and self._unchanged(stat):
             return
         if rec.upload_id:
             log.warning("upload %s: %s changed since it was hashed; starting a new upload", rec.job_id, rec.path)
-        self.enter(JobState.HASHING, upload_id=None, bytes_sent=0)
-        digests = self._hash()
-        after = self.path.stat()
-        if stat_key(after) != stat_key(stat) or digests.size != stat.st_size:
+        self.enter(JobState.HASHING, upload_id=None, bytes_sent=0, sha256=None, md5=None)
+        compression = worth_compressing(self.path, stat.st_size)
+        if stat_key(self.path.stat()) != stat_key(stat):
             msg = f"{self.path} is still being written; retrying later"
             raise TransientUploadError(msg, blocked=BlockedReason.FILE_CHANGING.value)
-        compression = worth_compressing(self.path, digests.size)
-        self._save(
-            size=digests.size,
-            mtime_ns=stat.st_mtime_ns,
-            inode=stat.st_ino,
-            md5=digests.md5,
-            sha256=digests.sha256,
-            compression=compression,
-        )
+        self._save(size=stat.st_size, mtime_ns=stat.st_mtime_ns, inode=stat.st_ino, compression=compression)
 
-    def _hash(self) -> FileDigests:
-        """md5 + sha256 in one pass; ``stop()`` interrupts it between pieces, so stop never waits for a big hash."""
-        digests = StreamingDigests()
+    def _hash_whole(self, *, md5: bool) -> None:
+        """Read the whole bag for its sha256 (and the seed's md5) before sending; ``stop()`` interrupts it.
+
+        Only where reading once is not enough: a server without FEATURE_FINALIZE_SHA256 (it must be told
+        the checksum at init), a likely duplicate (no byte needs to move if it is one), or a resumed upload
+        the server already holds whole.
+        """
+        self.enter(JobState.HASHING)
+        digests = StreamingDigests(md5=md5)
         for piece in iter_file(self.path):
             self._check_stopping()
             digests.update(piece)
-        return digests.result()
+        result = digests.result()
+        self._check_unchanged(when="while it was hashed")
+        self._save(sha256=result.sha256, md5=result.md5)
 
     def _init(self) -> dict[str, Any]:
+        """A new upload. Without a known sha256 it declares only a fingerprint: finalize declares the sha256.
+
+        A server that does not list FEATURE_FINALIZE_SHA256 in its init reply would ignore that finalize
+        body and never verify the copy: the upload it just made is abandoned and the bag is hashed first.
+        """
+        if self.record.sha256 is None and not self.client.finalize_sha256:
+            self._hash_whole(md5=True)
+        reply = self._init_request()
+        if self.record.sha256 is None and FEATURE_FINALIZE_SHA256 not in (reply.get("features") or ()):
+            log.warning(
+                "upload %s: the server does not take the sha256 at finalize; hashing %s before init",
+                self.record.job_id,
+                self.record.path,
+            )
+            self.client.finalize_sha256 = False
+            self.client.abandon(reply["upload_id"], self.settings.init_timeout)
+            self._hash_whole(md5=True)
+            reply = self._init_request()
+        if self.record.sha256 is None and reply.get("upload_id") in self._abandoned:
+            # The fingerprint (size, head, tail) resumed an upload that failed us: another file with the same
+            # edges, or a bag rewritten in its middle. The sha256 names this file exactly.
+            log.warning("upload %s: init resumed %s again; hashing it first", self.record.job_id, reply["upload_id"])
+            self._hash_whole(md5=False)
+            reply = self._init_request()
+        if reply.get("dedup_candidate") and self.record.sha256 is None:
+            # The server holds a verified file of this size and fingerprint: if the sha256 matches too,
+            # finalize completes the upload as its copy and not one chunk is sent.
+            log.info("upload %s: the server may have %s already; hashing it first", self.record.job_id, self.path)
+            self._hash_whole(md5=False)
+            return self._finalize()
+        return reply
+
+    def _init_request(self) -> dict[str, Any]:
         rec = self.record
         size = known(rec.size, "size")
         chunk_size = self.settings.chunk_size
@@ -318,12 +365,15 @@ class UploadJob:
             "filename": self.path.name,
             "filesize": size,
             "chunks": chunk_count(size, chunk_size),
-            "checksum": known(rec.md5, "md5"),
-            "sha256": known(rec.sha256, "sha256"),
             "chunk_size": chunk_size,
             "compression": bool(rec.compression),
             "metadata": rec.metadata,
+            "fingerprint": fingerprint(self.path),
         }
+        if rec.sha256 is not None:
+            request["sha256"] = rec.sha256
+        if rec.md5 is not None:
+            request["checksum"] = rec.md5
         self.enter(JobState.INITIALIZING)
         reply = self._policy().call(lambda: self.client.init(request, self.settings.init_timeout))
         upload_id = reply.get("upload_id")
@@ -395,6 +445,10 @@ class UploadJob:
                 self.enter(JobState.UPLOADING, bytes_sent=self._acked_bytes(missing))
                 self._send_chunks(missing)
                 status = self._finalize()
+            elif self.record.sha256 is None and state in (UploadState.FINALIZING.value, UploadState.COMPLETE.value):
+                # Resumed (by fingerprint or journal) onto an upload the server holds whole: our sha256 is what
+                # "verified" gets compared with, so it is computed before the server's answer counts.
+                self._hash_whole(md5=False)
             elif state == UploadState.FINALIZING.value:
                 self.enter(JobState.FINALIZING)
                 self.sleep(poll)
@@ -415,13 +469,14 @@ class UploadJob:
 
     def _finalize(self) -> dict[str, Any]:
         upload_id = known(self.record.upload_id, "upload_id")
+        sha256 = known(self.record.sha256, "sha256")
         # A bag that grew or was rewritten after hashing must not be finalized as its old prefix.
         self._check_unchanged(when="while it was uploaded")
         self.enter(JobState.FINALIZING)
 
         def attempt() -> dict[str, Any]:
             try:
-                return self.client.finalize(upload_id, self.settings.init_timeout)
+                return self.client.finalize(upload_id, self.settings.init_timeout, sha256=sha256)
             except UploadError as err:
                 if err.code in FINALIZE_REFUSALS:
                     raise _FinalizeRefused(str(err), status=err.status, code=err.code) from err
@@ -466,23 +521,42 @@ class UploadJob:
 
     # --- chunks ----------------------------------------------------------------------------
     def _send_chunks(self, missing: list[int]) -> None:
-        """Send ``missing`` in order, ``chunk_parallelism`` at a time; the first error stops the rest."""
-        if not missing:
-            return
-        width = max(1, min(self.settings.chunk_parallelism, len(missing)))
+        """Send ``missing`` in order, ``chunk_parallelism`` at a time; the first error stops the rest.
+
+        Without a journaled sha256 every chunk is read in file order and hashed into it (the ones
+        the server has are read only for that); the digest is journaled once the last was read.
+        """
+        whole = None if self.record.sha256 else hashlib.sha256()
+        order = range(known(self.record.chunks, "chunks")) if whole is not None else missing
         fd = os.open(self.path, os.O_RDONLY)
         try:
+            chunks = self._chunks_to_send(fd, order, set(missing), whole)
+            width = max(1, min(self.settings.chunk_parallelism, len(missing)))
             if width == 1:
-                for index in missing:
-                    self._check_stopping()
-                    self._send_chunk(fd, index)
-                return
-            self._send_parallel(fd, missing, width)
+                for index, data in chunks:
+                    self._send_chunk(index, data)
+            else:
+                self._send_parallel(chunks, width)
         finally:
             os.close(fd)
+        if whole is not None:
+            self._check_unchanged(when="while it was hashed")
+            self._save(sha256=whole.hexdigest())
 
-    def _send_parallel(self, fd: int, missing: list[int], width: int) -> None:
-        pending = iter(missing)
+    def _chunks_to_send(
+        self, fd: int, order: Iterable[int], wanted: set[int], whole: hashlib._Hash | None
+    ) -> Iterator[tuple[int, bytes]]:
+        """(index, bytes) of each wanted chunk, read in ``order``; every chunk read feeds ``whole``."""
+        for index in order:
+            self._check_stopping()
+            data = self._read_chunk(fd, index)
+            if whole is not None:
+                whole.update(data)
+            if index in wanted:
+                yield index, data
+
+    def _send_parallel(self, chunks: Iterator[tuple[int, bytes]], width: int) -> None:
+        """``width`` threads send chunks as they are read; reading (and the whole-file hash) stays in order."""
         lock = threading.Lock()
         failures: list[BaseException] = []
 
@@ -494,15 +568,14 @@ class UploadJob:
 
         def send_until_done() -> None:
             while True:
-                with lock:
-                    if failures:
-                        return
-                    index = next(pending, None)
-                if index is None:
-                    return
                 try:
-                    self._check_stopping()
-                    self._send_chunk(fd, index)
+                    with lock:
+                        if failures:
+                            return
+                        chunk = next(chunks, None)
+                    if chunk is None:
+                        return
+                    self._send_chunk(*chunk)
                 except BaseException as err:
                     with lock:
                         failures.append(err)
@@ -525,20 +598,19 @@ class UploadJob:
         if len(data) != length:
             msg = f"{rec.path} shrank while uploading (chunk {index} short by {length - len(data)} bytes)"
             raise FileChangedError(msg)
-        # The bytes must come from the file that was hashed: a rewrite (same inode, so fstat sees it) or a
+        # The bytes must come from the file whose identity was noted: a rewrite (same inode, so fstat sees it) or a
         # replacement (a new inode at the path) between hash and read is re-hashed.
         self._check_unchanged(os.fstat(fd), when=f"before chunk {index} was read")
         self._check_unchanged(when=f"before chunk {index} was read")
         return data
 
-    def _send_chunk(self, fd: int, index: int) -> None:
+    def _send_chunk(self, index: int, data: bytes) -> None:
         """Send chunk ``index`` whole, or in pieces while the link keeps breaking (``core.client.chunk_sizing``).
 
         Acknowledged pieces are kept across attempts, so each retry sends only what the server does not
         have; the chunk counts as sent once the server acknowledged the piece that completes it.
         """
         upload_id = known(self.record.upload_id, "upload_id")
-        data = self._read_chunk(fd, index)
         chunk_sha256 = sha256_hex(data)
         sizer = self.client.sizer
         acked = 0  # bytes of this chunk acknowledged as pieces

@@ -26,7 +26,7 @@ from core.checksums import sha256_hex
 from core.client import wire
 from core.client.bandwidth import TokenBucket
 from core.client.chunk_sizing import PieceSizer
-from core.client.errors import StalledTransferError, TransientUploadError
+from core.client.errors import StalledTransferError, TransientUploadError, UploadError
 from core.client.retry import classify_response, transient_from_exception
 from core.client.wire import WireSample
 from core.protocol import (
@@ -36,6 +36,7 @@ from core.protocol import (
     HEADER_CHUNK_OFFSET,
     HEADER_CHUNK_SHA256,
     HEADER_PIECE_SHA256,
+    FinalizeRequest,
     InitRequest,
     chunk_url,
     finalize_url,
@@ -43,6 +44,8 @@ from core.protocol import (
     upload_status_url,
 )
 
+# Not larger: a socket timeout bounds one whole sendall (Python >= 3.5), so on a slow link a bigger
+# piece times out while still moving (1 MiB pieces failed tests/client/test_slow_link.py).
 PIECE_SIZE = 64 * 1024
 _current = threading.local()
 
@@ -184,6 +187,8 @@ class ServerClient:
     verify: bool | str = True
     # How much of a chunk one request carries: learned from this link's failures (shared by every job).
     sizer: PieceSizer = field(default_factory=PieceSizer)
+    # False once an init reply lacked FEATURE_FINALIZE_SHA256 (an older server): bags are hashed before init.
+    finalize_sha256: bool = True
     _local: threading.local = field(default_factory=threading.local, init=False, repr=False)
 
     def session(self) -> requests.Session:
@@ -231,9 +236,17 @@ class ServerClient:
         url = upload_status_url(self.upload_url, upload_id)
         return self._json("GET", url, f"status {upload_id}", (timeout, timeout), gone=(404, 410))
 
-    def finalize(self, upload_id: str, timeout: float) -> dict[str, Any]:
+    def abandon(self, upload_id: str, timeout: float) -> None:
+        """Best-effort DELETE of an upload this client will not use; one it cannot delete expires by UPLOAD_TTL."""
+        url = upload_status_url(self.upload_url, upload_id)
+        with contextlib.suppress(UploadError):
+            self._json("DELETE", url, f"abandon {upload_id}", (timeout, timeout), gone=(404, 410))
+
+    def finalize(self, upload_id: str, timeout: float, *, sha256: str | None = None) -> dict[str, Any]:
+        """Ask for verification and storage; ``sha256`` is the whole-file digest computed while sending."""
         url = finalize_url(self.upload_url, upload_id)
-        return self._json("POST", url, f"finalize {upload_id}", (timeout, timeout), gone=(404, 410))
+        body: FinalizeRequest | None = None if sha256 is None else {"sha256": sha256}
+        return self._json("POST", url, f"finalize {upload_id}", (timeout, timeout), gone=(404, 410), json=body)
 
     def put_chunk(
         self,

@@ -13,6 +13,7 @@ from core.protocol import (
     CHUNK_PATH,
     DOWNLOAD_PATH,
     FEATURE_CHUNK_PIECES,
+    FEATURE_FINALIZE_SHA256,
     FINALIZE_PATH,
     HEADER_CHUNK_OFFSET,
     HEADER_CHUNK_SHA256,
@@ -41,6 +42,7 @@ from core.server.validation import (
     chunk_sha256_header,
     content_md5_header,
     page_param,
+    parse_finalize,
     parse_init,
     piece_headers,
     state_param,
@@ -56,6 +58,7 @@ FEATURES = (
     "checksums",
     "deduplication",
     FEATURE_CHUNK_PIECES,
+    FEATURE_FINALIZE_SHA256,
 )
 
 api = Blueprint("upload_api", __name__)
@@ -102,6 +105,8 @@ def _init_reply(result: InitResult) -> dict[str, Any]:
         "deduplicated": record.deduplicated,
         "resumed": result.resumed,
         "verified": record.verified,
+        "dedup_candidate": result.dedup_candidate,
+        "features": _features(),
     }
 
 
@@ -193,7 +198,14 @@ def upload_status(upload_id: str) -> tuple[Response, int]:
 
 @api.post(FINALIZE_PATH)
 def finalize(upload_id: str) -> tuple[Response, int]:
-    status, accepted = _service().finalize(current_identity(), upload_id)
+    # The seed's finalize has no body; a client that hashed while sending declares its sha256 here.
+    raw = request.get_data(cache=True)
+    body = request.get_json(force=True, silent=True) if raw else None
+    if raw and body is None:
+        msg = "the body must be empty or a JSON object"
+        raise InvalidJson(msg)
+    sha256 = parse_finalize(body)
+    status, accepted = _service().finalize(current_identity(), upload_id, sha256=sha256)
     return _ok(202 if accepted else 200, **status)
 
 

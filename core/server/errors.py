@@ -125,6 +125,12 @@ class ChecksumMismatch(ApiError):
     error_code = ErrorCode.CHECKSUM_MISMATCH
 
 
+class ChecksumConflict(ChecksumMismatch):
+    """A finalize declares a whole-file sha256 other than the one the upload already holds."""
+
+    code = 409
+
+
 class InsufficientStorage(ApiError):
     code = 507
     error_code = ErrorCode.INSUFFICIENT_STORAGE

@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, bindparam, select, update
 
 from core.config import ServerConfig
 from core.server import db
@@ -144,6 +144,14 @@ class KeyStore(abc.ABC):
         """Release connections."""
 
 
+# Built once: every authenticated request runs it, and building a statement costs more than running it.
+_ACTIVE_KEY = db.DirectRead(
+    select(api_keys.c.name, api_keys.c.admin, api_keys.c.secret_sha256).where(
+        api_keys.c.key_id == bindparam("key_id"), api_keys.c.revoked_at.is_(None)
+    )
+)
+
+
 class SQLKeyStore(KeyStore):
     """Keys in the ``api_keys`` table of the state database, shared by every worker and host."""
 
@@ -181,12 +189,8 @@ class SQLKeyStore(KeyStore):
             return int(conn.execute(query).rowcount)
 
     def _find_active(self, key_id: str) -> _ActiveKey | None:
-        c = api_keys.c
-        with db.read(self.engine) as conn:
-            row = conn.execute(
-                select(c.name, c.admin, c.secret_sha256).where(c.key_id == key_id, c.revoked_at.is_(None))
-            ).first()
-        return None if row is None else _ActiveKey(row[0], bool(row[1]), row[2])
+        row = _ACTIVE_KEY.first(self.engine, key_id=key_id)
+        return None if row is None else _ActiveKey(row["name"], bool(row["admin"]), row["secret_sha256"])
 
     def close(self) -> None:
         self.engine.dispose()

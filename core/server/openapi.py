@@ -111,6 +111,11 @@ def init_request(config: ServerConfig) -> Schema:
             "chunk_size": {"type": "integer", "minimum": 1, "maximum": config.max_chunk_size, "nullable": True},
             "checksum": {**OPTIONAL_MD5, "description": "Whole-file md5 (the seed's contract)"},
             "sha256": OPTIONAL_SHA256,
+            "fingerprint": {
+                **OPTIONAL_SHA256,
+                "description": "sha256 of the size (8 bytes big-endian), first MiB and last MiB: resume and "
+                "dedup candidates for a client that declares the sha256 at finalize",
+            },
             "compression": {
                 "oneOf": [BOOLEAN, {"type": "string", "enum": [c.value for c in Codec]}],
                 "nullable": True,
@@ -122,6 +127,17 @@ def init_request(config: ServerConfig) -> Schema:
             },
         },
     }
+
+
+FINALIZE_REQUEST: Schema = {
+    "type": "object",
+    "properties": {
+        "sha256": {
+            **OPTIONAL_SHA256,
+            "description": "Whole-file sha256 from a client that hashed while sending; must match init's if both",
+        },
+    },
+}
 
 
 COMMAND_REQUEST: Schema = {
@@ -210,6 +226,12 @@ SCHEMAS: dict[str, Schema] = {
             "deduplicated": BOOLEAN,
             "resumed": BOOLEAN,
             "verified": BOOLEAN,
+            "dedup_candidate": {
+                **BOOLEAN,
+                "description": "A verified copy has this size and fingerprint: finalize with the sha256 "
+                "before sending chunks, deduplicated if it matches",
+            },
+            "features": {"type": "array", "items": STRING, "description": "As in GET /health"},
         },
     },
     "ChunkReply": {
@@ -455,7 +477,10 @@ BAG_FILTERS = (
     query_param(PARAM_LIMIT, {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_SIZE}, "Page size"),
     query_param(PARAM_OFFSET, {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_OFFSET}, "Page start"),
 )
+STATES = [s.value for s in UploadState]
 JSON_BODY = {"required": True, "content": {"application/json": {"schema": ref("InitRequest")}}}
+# Optional: the seed's finalize has no body.
+FINALIZE_BODY = {"required": False, "content": {"application/json": {"schema": ref("FinalizeRequest")}}}
 HTML = {"text/html": {"schema": STRING}}
 RANGE_HEADERS = (
     header_param(HEADER_RANGE, STRING, "bytes=START-END, START- or -SUFFIX (one range)"),
@@ -691,8 +716,9 @@ PATHS: dict[str, dict[str, Schema]] = {
                 202: json_reply("Verification queued (state finalizing)", ref("UploadReply")),
             },
             operation_id=FINALIZE,
-            errors=(404, 409, 410),
+            errors=(400, 404, 409, 410),
             parameters=(UPLOAD_ID,),
+            body=FINALIZE_BODY,
         )
     },
     UPLOADS_PATH: {
@@ -703,7 +729,7 @@ PATHS: dict[str, dict[str, Schema]] = {
             parameters=(
                 query_param(PARAM_LIMIT, {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_SIZE}, "Page size"),
                 query_param(PARAM_OFFSET, {"type": "integer", "minimum": 0, "maximum": MAX_PAGE_OFFSET}, "Page start"),
-                query_param(PARAM_STATE, {"type": "string", "enum": [s.value for s in UploadState]}, "Filter"),
+                query_param(PARAM_STATE, {"type": "string", "enum": ["", *STATES]}, "Filter (empty: all)"),
                 query_param(PARAM_CLIENT, STRING, "Owner filter (admins)"),
             ),
         )
@@ -940,7 +966,12 @@ def openapi_path(rule: str) -> str:
 def document(server_url: str | None = None, config: ServerConfig | None = None) -> dict[str, Any]:
     """The document for ``config``'s limits (the defaults without one)."""
     limits = config or ServerConfig()
-    schemas = {**SCHEMAS, "InitRequest": init_request(limits), "CommandRequest": COMMAND_REQUEST}
+    schemas = {
+        **SCHEMAS,
+        "InitRequest": init_request(limits),
+        "FinalizeRequest": FINALIZE_REQUEST,
+        "CommandRequest": COMMAND_REQUEST,
+    }
     doc: dict[str, Any] = {
         "openapi": "3.0.3",
         "info": {

@@ -39,6 +39,7 @@ from core.server import catalog, events
 from core.server.blobs import BlobStore, PartMissing, is_valid_id
 from core.server.compression import iter_decompressed
 from core.server.errors import (
+    ChecksumConflict,
     ChecksumMismatch,
     ChunkIndexOutOfRange,
     ChunkSizeMismatch,
@@ -114,6 +115,9 @@ def compression_ratio(record: UploadRecord) -> float | None:
 class InitResult:
     record: UploadRecord
     resumed: bool
+    # A verified copy of this owner has the init's size and fingerprint: the client may hash the bag and
+    # finalize with its sha256 before sending any chunk (deduplicated if the sha256 matches too).
+    dedup_candidate: bool = False
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,9 @@ class UploadService:
     def get(self, identity: Identity, upload_id: str) -> UploadRecord:
         """The caller's upload; foreign and unknown ids are indistinguishable (404), swept ones are 410."""
         record = self.state.get_upload(upload_id) if is_valid_id(upload_id) else None
+        return self._accessible(identity, upload_id, record)
+
+    def _accessible(self, identity: Identity, upload_id: str, record: UploadRecord | None) -> UploadRecord:
         if record is None or not identity.may_access(record.owner):
             msg = f"upload {upload_id} not found"
             raise NotFound(msg)
@@ -228,7 +235,7 @@ class UploadService:
         The tus front passes ``resume=False``: a tus client resumes through its own upload URL.
         """
         now = self.clock()
-        if resume and (spec.md5 or spec.sha256):
+        if resume and (spec.md5 or spec.sha256 or spec.fingerprint):
             existing = self.state.find_resumable(
                 owner=identity.name,
                 filename=spec.filename,
@@ -236,6 +243,7 @@ class UploadService:
                 chunk_size=spec.chunk_size,
                 md5=spec.md5,
                 sha256=spec.sha256,
+                fingerprint=spec.fingerprint,
             )
             if existing is not None:
                 log.info("Resumed upload: %s - ID: %s", existing.filename, existing.upload_id)
@@ -254,11 +262,16 @@ class UploadService:
             sha256=spec.sha256,
             compression=spec.compression,
             metadata=spec.metadata,
+            fingerprint=spec.fingerprint,
         )
         # Owner-scoped (admins excepted): knowing a hash must not grant a copy of another robot's file.
-        duplicate = self._intact_duplicate(spec, owner=None if identity.admin else identity.name)
+        owner = None if identity.admin else identity.name
+        duplicate = self._intact_duplicate(record, owner=owner)
         if duplicate is not None:
             return self._init_deduplicated(record, duplicate)
+        candidate = False
+        if not (spec.md5 or spec.sha256) and spec.fingerprint:
+            candidate = self._intact_duplicate(record, owner=owner, fingerprint=spec.fingerprint) is not None
         self._require_free_disk(record)
         with storage_errors():
             self.blobs.create_part(record.upload_id, record.filesize, record.chunk_size)
@@ -277,17 +290,22 @@ class UploadService:
             record.compression is not Codec.NONE,
         )
         self._emit_initialized(record, resumed=False)
-        return InitResult(record, resumed=False)
+        return InitResult(record, resumed=False, dedup_candidate=candidate)
 
-    def _intact_duplicate(self, spec: InitSpec, owner: str | None) -> UploadRecord | None:
-        """A verified copy of the same content whose stored file is there with the size its record says.
+    def _intact_duplicate(
+        self, record: UploadRecord, owner: str | None, *, fingerprint: str | None = None
+    ) -> UploadRecord | None:
+        """A verified copy of ``record``'s content whose stored file is there with the size its record says.
 
         Answering ``complete`` from a record alone would spread the loss of one stored file to
-        every later upload of the same content: the robots would delete their bags.
+        every later upload of the same content: the robots would delete their bags. With
+        ``fingerprint`` (and no checksum on ``record``), only a candidate worth hashing the bag for.
         """
-        candidates = self.state.find_duplicates(filesize=spec.filesize, md5=spec.md5, sha256=spec.sha256, owner=owner)
+        candidates = self.state.find_duplicates(
+            filesize=record.filesize, md5=record.md5, sha256=record.sha256, owner=owner, fingerprint=fingerprint
+        )
         for candidate in candidates:
-            if candidate.filesize != spec.filesize or candidate.blob_id is None or candidate.stored_size is None:
+            if candidate.filesize != record.filesize or candidate.blob_id is None or candidate.stored_size is None:
                 continue
             if self.blobs.has_blob(candidate.blob_id, candidate.codec or Codec.NONE, candidate.stored_size):
                 return candidate
@@ -329,31 +347,23 @@ class UploadService:
         raise InsufficientStorage(msg, details={"free_bytes": free, "needed_bytes": record.filesize, "floor": floor})
 
     def _init_deduplicated(self, record: UploadRecord, duplicate: UploadRecord) -> InitResult:
-        record = UploadRecord(
-            **{
-                **record.__dict__,
-                "state": UploadState.COMPLETE,
-                "md5": duplicate.md5,
-                "sha256": duplicate.sha256,
-                "blob_id": duplicate.blob_id,
-                "codec": duplicate.codec,
-                "stored_size": duplicate.stored_size,
-                "verified": True,
-                "deduplicated": True,
-                "progress": record.filesize,
-            }
-        )
+        record = UploadRecord(**{**record.__dict__, **_shared_copy(duplicate)})
         self.state.create_upload(record)
-        catalog.record_upload(self.state, self.blobs, record, self.clock())  # verified without a finalize
+        self._deduplicated(record, duplicate, when="init")
+        self._emit_initialized(record, resumed=False)
+        return InitResult(record, resumed=False)
+
+    def _deduplicated(self, record: UploadRecord, duplicate: UploadRecord, *, when: str) -> None:
+        """Catalogue and log an upload that now shares ``duplicate``'s stored file (verified without a finalize)."""
+        catalog.record_upload(self.state, self.blobs, record, self.clock())
         log.info(
-            "Deduplicated upload: %s (%d bytes) - ID: %s - same content as %s",
+            "Deduplicated upload at %s: %s (%d bytes) - ID: %s - same content as %s",
+            when,
             record.filename,
             record.filesize,
             record.upload_id,
             duplicate.upload_id,
         )
-        self._emit_initialized(record, resumed=False)
-        return InitResult(record, resumed=False)
 
     def _emit_initialized(self, record: UploadRecord, *, resumed: bool) -> None:
         events.upload_initialized.send(
@@ -611,14 +621,21 @@ class UploadService:
 
     # --- status, listing ----------------------------------------------------------------
     def status(self, identity: Identity, upload_id: str) -> dict[str, Any]:
-        return self.describe(self.get(identity, upload_id))
+        """The status document, from one read of the state store (a polled route)."""
+        record, receipts = self.state.get_upload_with_receipts(upload_id) if is_valid_id(upload_id) else (None, {})
+        return self.describe(self._accessible(identity, upload_id, record), receipts=receipts)
 
-    def describe(self, record: UploadRecord, *, detailed: bool = True) -> dict[str, Any]:
-        """The JSON status document: everything a client needs to resume, and to decide deletion safely."""
+    def describe(
+        self, record: UploadRecord, *, detailed: bool = True, receipts: dict[int, str] | None = None
+    ) -> dict[str, Any]:
+        """The JSON status document: everything a client needs to resume, and to decide deletion safely.
+
+        ``receipts``: the upload's chunk receipts when the caller read them already.
+        """
         if record.state is UploadState.COMPLETE:
             received = list(range(record.chunks))
         else:
-            received = sorted(self.state.received_chunks(record.upload_id))
+            received = sorted(self.state.received_chunks(record.upload_id) if receipts is None else receipts)
         document: dict[str, Any] = {
             "upload_id": record.upload_id,
             "state": record.state.value,
@@ -660,23 +677,71 @@ class UploadService:
         return {"uploads": uploads, "total": total, "limit": limit, "offset": offset}
 
     # --- finalize, abort ------------------------------------------------------------------
-    def finalize(self, identity: Identity, upload_id: str) -> tuple[dict[str, Any], bool]:
-        """Queue verification and storage; (status, accepted) — accepted is False when already complete."""
+    def finalize(self, identity: Identity, upload_id: str, *, sha256: str | None = None) -> tuple[dict[str, Any], bool]:
+        """Queue verification and storage; (status, accepted) — accepted is False when already complete.
+
+        ``sha256`` is the whole-file digest of a client that hashed while sending (it declared none at
+        init): it is recorded with the move to finalizing, so the job verifies against it. One that
+        contradicts the digest already recorded is refused, whatever the state.
+        """
         record = self.get(identity, upload_id)
+        if sha256 is not None and record.sha256 is not None and not hex_digests_equal(sha256, record.sha256):
+            msg = f"finalize declares sha256 {sha256}, upload {upload_id} has {record.sha256}"
+            raise ChecksumConflict(msg)
         if record.state in (UploadState.FINALIZING, UploadState.COMPLETE):
             return self.describe(record), record.state is UploadState.FINALIZING
         self._require_state(record, UploadState.UPLOADING)
+        linked = self._finalize_deduplicated(identity, record, sha256 or record.sha256)
+        if linked is not None:
+            return self.describe(linked), False
         received = self.state.received_chunks(upload_id)
         if len(received) < record.chunks:
             missing = [i for i in range(record.chunks) if i not in received]
             msg = f"{len(missing)} of {record.chunks} chunks are missing"
             raise UploadIncomplete(msg, details={"missing": missing})
-        queued = self.state.start_finalize(upload_id, self.clock())
+        queued = self.state.start_finalize(upload_id, self.clock(), sha256=sha256 if record.sha256 is None else None)
         if queued is None:  # another worker finalized or aborted it in between
-            return self.finalize(identity, upload_id)
+            return self.finalize(identity, upload_id, sha256=sha256)
         log.info("Finalizing upload: %s (%d bytes) - ID: %s", record.filename, record.filesize, upload_id)
         self.on_job_queued()
         return self.describe(queued), True
+
+    def _finalize_deduplicated(
+        self, identity: Identity, record: UploadRecord, sha256: str | None
+    ) -> UploadRecord | None:
+        """Complete ``record`` as a copy of an intact verified upload with the declared ``sha256``, if there is one.
+
+        Whatever chunks arrived are dropped unread: the shared stored file was checked end to end
+        against this sha256 when it was stored, which is what init's deduplication relies on too.
+        Owner-scoped like init's; None when there is no such copy (or the upload moved on meanwhile).
+        """
+        if sha256 is None:
+            return None
+        probe = UploadRecord(**{**record.__dict__, "md5": None, "sha256": sha256})
+        duplicate = self._intact_duplicate(probe, owner=None if identity.admin else record.owner)
+        if duplicate is None:
+            return None
+        linked = self.state.transition(
+            record.upload_id, (UploadState.UPLOADING,), self.clock(), **_shared_copy(duplicate)
+        )
+        if linked is None:
+            return None
+        with storage_errors():
+            self.blobs.remove_part(record.upload_id)
+        self._deduplicated(linked, duplicate, when="finalize")
+        stored = linked.stored_size or 0
+        events.upload_completed.send(
+            self,
+            upload_id=linked.upload_id,
+            owner=linked.owner,
+            filesize=linked.filesize,
+            stored_size=stored,
+            codec=(linked.codec or Codec.NONE).value,
+            ratio=linked.filesize / stored if stored else 1.0,
+            verified=True,
+            seconds=0.0,
+        )
+        return linked
 
     def abort(self, identity: Identity, upload_id: str) -> dict[str, Any]:
         record = self.get(identity, upload_id)
@@ -858,6 +923,21 @@ class UploadService:
                 )
                 removed += 1
         return removed + self.blobs.remove_stale_staging(max(60.0, 2 * self.config.job_lease))
+
+
+def _shared_copy(duplicate: UploadRecord) -> dict[str, Any]:
+    """The fields that make an upload a complete, verified copy sharing ``duplicate``'s stored file."""
+    return {
+        "state": UploadState.COMPLETE,
+        "md5": duplicate.md5,
+        "sha256": duplicate.sha256,
+        "blob_id": duplicate.blob_id,
+        "codec": duplicate.codec,
+        "stored_size": duplicate.stored_size,
+        "verified": True,
+        "deduplicated": True,
+        "progress": duplicate.filesize,
+    }
 
 
 def _check_digest(index: int, header: str, claimed: str, actual: str) -> None:

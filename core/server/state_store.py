@@ -18,7 +18,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, select, true, update
 
 from core.protocol import Codec, UploadState
 from core.server import db
@@ -52,6 +52,7 @@ class UploadRecord:
     error_message: str | None = None
     progress: int = 0  # bytes processed by the finalize job
     metadata: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str | None = None  # size + head + tail (core.protocol.FINGERPRINT_EDGE), declared at init
 
 
 MUTABLE_FIELDS = frozenset(
@@ -92,18 +93,41 @@ class StateStore(BagCatalog):
     def get_upload(self, upload_id: str) -> UploadRecord | None: ...
 
     @abc.abstractmethod
+    def get_upload_with_receipts(self, upload_id: str) -> tuple[UploadRecord | None, dict[int, str]]:
+        """``get_upload``, then (unless complete) ``received_chunks``: what a status poll reads."""
+
+    @abc.abstractmethod
     def find_resumable(
-        self, *, owner: str, filename: str, filesize: int, chunk_size: int, md5: str | None, sha256: str | None
+        self,
+        *,
+        owner: str,
+        filename: str,
+        filesize: int,
+        chunk_size: int,
+        md5: str | None,
+        sha256: str | None,
+        fingerprint: str | None = None,
     ) -> UploadRecord | None:
-        """The newest uploading/finalizing upload of the same file by the same owner."""
+        """The newest uploading/finalizing upload of the same file by the same owner.
+
+        The same file: the same checksums declared at init, or none and the same ``fingerprint``.
+        """
 
     @abc.abstractmethod
     def find_duplicates(
-        self, *, filesize: int, md5: str | None, sha256: str | None, owner: str | None, limit: int = 5
+        self,
+        *,
+        filesize: int,
+        md5: str | None,
+        sha256: str | None,
+        owner: str | None,
+        limit: int = 5,
+        fingerprint: str | None = None,
     ) -> list[UploadRecord]:
-        """Complete, verified uploads with this sha256 (or md5 and size), oldest first; ``owner=None``: all owners.
+        """Complete, verified uploads with this sha256 (or md5 and size, or else fingerprint and size), oldest first.
 
-        Several, so that the caller can skip a copy whose stored file turns out to be missing.
+        ``owner=None``: all owners. Several, so that the caller can skip a copy whose stored file
+        turns out to be missing. A fingerprint match is only a candidate: its whole-file sha256 is not checked.
         """
 
     @abc.abstractmethod
@@ -155,8 +179,11 @@ class StateStore(BagCatalog):
         """Forget the chunk receipts of complete and aborted uploads (never read again); how many rows went."""
 
     @abc.abstractmethod
-    def start_finalize(self, upload_id: str, now: float) -> UploadRecord | None:
-        """Atomically move an upload from uploading to finalizing and queue its finalize job."""
+    def start_finalize(self, upload_id: str, now: float, *, sha256: str | None = None) -> UploadRecord | None:
+        """Atomically move an upload from uploading to finalizing and queue its finalize job.
+
+        ``sha256``, if given, becomes the upload's whole-file digest in the same transaction.
+        """
 
     @abc.abstractmethod
     def claim_job(self, holder: str, lease: float) -> tuple[str, int] | None:
@@ -219,6 +246,11 @@ def _to_column(name: str, value: Any) -> Any:
     return getattr(value, "value", value)
 
 
+# Built once: a status poll runs both, and building a statement costs more than running it.
+_UPLOAD_BY_ID = db.DirectRead(select(uploads).where(uploads.c.upload_id == bindparam("upload_id")))
+_RECEIVED = db.DirectRead(select(chunks.c.idx, chunks.c.sha256).where(chunks.c.upload_id == bindparam("upload_id")))
+
+
 def _from_row(row: Mapping[str, Any]) -> UploadRecord:
     values = {name: row[name] for name in _COLUMNS}
     values["metadata"] = json.loads(values["metadata"])
@@ -246,10 +278,27 @@ class SQLStateStore(SQLBagCatalog, StateStore):
             conn.execute(insert(uploads).values(_to_row(record)))
 
     def get_upload(self, upload_id: str) -> UploadRecord | None:
-        return self._one(select(uploads).where(uploads.c.upload_id == upload_id))
+        row = _UPLOAD_BY_ID.first(self.engine, upload_id=upload_id)
+        return _from_row(row) if row else None
+
+    def get_upload_with_receipts(self, upload_id: str) -> tuple[UploadRecord | None, dict[int, str]]:
+        # The receipts are read after the record: a chunk acknowledged in between shows, none can vanish
+        # (receipts are pruned only once an upload is complete or aborted, and complete needs none).
+        record = self.get_upload(upload_id)
+        if record is None or record.state is UploadState.COMPLETE:
+            return record, {}
+        return record, self.received_chunks(upload_id)
 
     def find_resumable(
-        self, *, owner: str, filename: str, filesize: int, chunk_size: int, md5: str | None, sha256: str | None
+        self,
+        *,
+        owner: str,
+        filename: str,
+        filesize: int,
+        chunk_size: int,
+        md5: str | None,
+        sha256: str | None,
+        fingerprint: str | None = None,
     ) -> UploadRecord | None:
         c = uploads.c
         return self._one(
@@ -257,19 +306,29 @@ class SQLStateStore(SQLBagCatalog, StateStore):
             .where(c.owner == owner, c.filename == filename, c.filesize == filesize, c.chunk_size == chunk_size)
             .where(c.md5.is_(None) if md5 is None else c.md5 == md5)
             .where(c.sha256.is_(None) if sha256 is None else c.sha256 == sha256)
+            .where(true() if md5 or sha256 else c.fingerprint == fingerprint)
             .where(c.state.in_(_ACTIVE))
             .order_by(c.created_at.desc())
             .limit(1)
         )
 
     def find_duplicates(
-        self, *, filesize: int, md5: str | None, sha256: str | None, owner: str | None, limit: int = 5
+        self,
+        *,
+        filesize: int,
+        md5: str | None,
+        sha256: str | None,
+        owner: str | None,
+        limit: int = 5,
+        fingerprint: str | None = None,
     ) -> list[UploadRecord]:
         c = uploads.c
         if sha256:
             query = select(uploads).where(c.sha256 == sha256)
         elif md5:
             query = select(uploads).where(c.md5 == md5, c.filesize == filesize)
+        elif fingerprint:
+            query = select(uploads).where(c.fingerprint == fingerprint, c.filesize == filesize)
         else:
             return []
         if owner is not None:
@@ -348,7 +407,7 @@ class SQLStateStore(SQLBagCatalog, StateStore):
 
     def record_chunk(self, upload_id: str, index: int, sha256: str, now: float) -> int | None:
         c = uploads.c
-        with db.write(self.engine) as conn:
+        with db.write(self.engine, durable=False) as conn:
             touched = conn.execute(
                 update(uploads)
                 .where(c.upload_id == upload_id, c.state == UploadState.UPLOADING.value)
@@ -371,9 +430,8 @@ class SQLStateStore(SQLBagCatalog, StateStore):
         return None if value is None else str(value)
 
     def received_chunks(self, upload_id: str) -> dict[int, str]:
-        with db.read(self.engine) as conn:
-            rows = conn.execute(select(chunks.c.idx, chunks.c.sha256).where(chunks.c.upload_id == upload_id))
-            return {int(idx): str(digest) for idx, digest in rows}
+        _, rows = _RECEIVED.rows(self.engine, upload_id=upload_id)
+        return {int(idx): str(digest) for idx, digest in rows}
 
     def stale_uploads(self, idle_before: float, limit: int = 100) -> list[UploadRecord]:
         c = uploads.c
@@ -404,7 +462,10 @@ class SQLStateStore(SQLBagCatalog, StateStore):
         with db.write(self.engine) as conn:
             return int(conn.execute(delete(chunks).where(chunks.c.upload_id.in_(finished))).rowcount)
 
-    def start_finalize(self, upload_id: str, now: float) -> UploadRecord | None:
+    def start_finalize(self, upload_id: str, now: float, *, sha256: str | None = None) -> UploadRecord | None:
+        changes: dict[str, Any] = {"state": UploadState.FINALIZING, "progress": 0}
+        if sha256 is not None:
+            changes["sha256"] = sha256
         with db.write(self.engine) as conn:
             record = self._transition(
                 conn,
@@ -413,7 +474,7 @@ class SQLStateStore(SQLBagCatalog, StateStore):
                 now,
                 None,
                 None,
-                {"state": UploadState.FINALIZING, "progress": 0},
+                changes,
             )
             if record is None:
                 return None

@@ -84,6 +84,7 @@ class InitSpec:
     sha256: str | None
     compression: Codec
     metadata: dict[str, Any]
+    fingerprint: str | None = None
 
 
 def display_name(raw: object) -> str:
@@ -184,7 +185,18 @@ def parse_init(body: object, config: ServerConfig) -> InitSpec:
         sha256=_digest_field(body, "sha256", "sha256"),
         compression=_compression_field(body.get("compression"), config),
         metadata=_metadata_field(body.get("metadata"), config),
+        fingerprint=_digest_field(body, "fingerprint", "sha256"),
     )
+
+
+def parse_finalize(body: object) -> str | None:
+    """The whole-file sha256 a finalize body declares (None: no body, or no ``sha256``)."""
+    if body is None:
+        return None
+    if not isinstance(body, dict):
+        msg = "body must be a JSON object"
+        raise InvalidField(msg)
+    return _digest_field(body, "sha256", "sha256")
 
 
 def chunk_sha256_header(value: str | None, header: str = HEADER_CHUNK_SHA256) -> str | None:

@@ -34,13 +34,14 @@ def hang(*_args, **_kwargs):
     Path(marker).write_text(window)
     time.sleep(3600)
 
-if window == "while-hashing":
-    real_iter = job.iter_file
-    def iter_file(path, *args, **kwargs):
-        pieces = real_iter(path, *args, **kwargs)
-        yield next(pieces)
-        hang()
-    job.iter_file = iter_file
+if window == "mid-send":
+    # Chunk 0 was read, hashed and acknowledged; the whole-file sha256 is not journaled yet.
+    real_read = job.UploadJob._read_chunk
+    def read_chunk(self, fd, index):
+        if index == 1:
+            hang()
+        return real_read(self, fd, index)
+    job.UploadJob._read_chunk = read_chunk
 elif window == "after-finalize":
     real_finalize = ServerClient.finalize
     def finalize(self, *args, **kwargs):
@@ -62,7 +63,7 @@ manager.start()
 time.sleep(3600)
 """
 
-WINDOWS = ["while-hashing", "after-finalize", "complete-before-retention", "retention-before-journal"]
+WINDOWS = ["mid-send", "after-finalize", "complete-before-retention", "retention-before-journal"]
 
 
 @pytest.mark.parametrize("retention", ["delete", "move"])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import threading
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from core.client.retention import Retention
 from core.client.transfer import ServerClient
 from core.client.watchdog import Watchdog
 from core.protocol import (
+    FEATURE_FINALIZE_SHA256,
     HEADER_CHUNK_OFFSET,
     HEADER_CHUNK_SHA256,
     HEADER_RETRY_AFTER,
@@ -89,6 +93,7 @@ def init_reply(upload_id: str) -> dict[str, object]:
         "chunks": 3,
         "received": [],
         "state": "uploading",
+        "features": [FEATURE_FINALIZE_SHA256],
     }
 
 
@@ -110,10 +115,14 @@ def test_a_verified_upload_with_our_sha256_completes_and_applies_retention(run_j
 @responses.activate
 @pytest.mark.parametrize(("sha", "verified"), [("0" * 64, True), (None, False)], ids=["other-sha256", "unverified"])
 def test_a_copy_the_server_did_not_verify_as_ours_is_resent_and_the_bag_stays(run_job, bag, sha, verified):
-    responses.post(init_url(URL), status=201, json=init_reply("u1"))
-    serve_upload("u1", bag, final_sha256=sha, verified=verified)
-    # The detail fetch after a brief "complete" says the same.
-    responses.get(upload_status_url(URL, "u1"), json={"state": "complete", "verified": verified, "sha256": sha})
+    for round_ in range(MAX_REINITS):  # a new upload each time, as a real server answers an init
+        upload_id = f"u{round_}"
+        responses.post(init_url(URL), status=201, json=init_reply(upload_id))
+        serve_upload(upload_id, bag, final_sha256=sha, verified=verified)
+        # The detail fetch after a brief "complete" says the same.
+        responses.get(
+            upload_status_url(URL, upload_id), json={"state": "complete", "verified": verified, "sha256": sha}
+        )
 
     with pytest.raises(TransientUploadError, match="start over"):
         run_job(Retention.DELETE)
@@ -163,6 +172,32 @@ def test_a_resumed_upload_sends_only_the_missing_chunks(tmp_path, run_job, bag):
 
     sent = [c.request.url for c in responses.calls if c.request.method == "PUT"]
     assert sent == [chunk_url(URL, "u1", 1)]
+    # The chunks the server had were read to hash them, not sent again.
+    assert finalize_bodies() == [{"sha256": sha256_hex(bag.read_bytes())}]
+
+
+def finalize_bodies() -> list[object]:
+    return [json.loads(c.request.body) for c in responses.calls if c.request.url.endswith("/finalize")]
+
+
+@responses.activate
+@pytest.mark.parametrize("parallelism", [1, 3])
+def test_the_bag_is_read_once_and_its_sha256_is_declared_at_finalize(run_job, bag, monkeypatch, parallelism):
+    responses.post(init_url(URL), status=201, json=init_reply("u1"))
+    serve_upload("u1", bag)
+    read: list[int] = []
+    pread = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, offset: read.append(n) or pread(fd, n, offset))
+
+    job = run_job(chunk_parallelism=parallelism)
+
+    assert job.record.state is JobState.COMPLETE
+    assert sum(read) == bag.stat().st_size  # each chunk read once, for its hash, the file's and the wire
+    init = json.loads(responses.calls[0].request.body)
+    assert "checksum" not in init
+    assert "sha256" not in init  # nothing is known before sending
+    assert finalize_bodies() == [{"sha256": sha256_hex(bag.read_bytes())}]
+    assert job.record.sha256 == sha256_hex(bag.read_bytes())
 
 
 @responses.activate
@@ -202,3 +237,73 @@ def test_a_server_that_refuses_chunk_pieces_gets_whole_chunks(run_job, bag):
     assert HEADER_CHUNK_OFFSET in puts[0].headers
     assert [HEADER_CHUNK_OFFSET in p.headers for p in puts[1:]] == [False, False, False]
     assert client.sizer.pieces_supported is False
+
+
+@responses.activate
+def test_an_init_resumed_onto_an_upload_the_server_holds_whole_hashes_the_bag_before_trusting_verified(run_job, bag):
+    """Resumed by fingerprint onto an upload already finalizing: "verified" is compared with our own sha256."""
+    responses.post(init_url(URL), status=200, json={**init_reply("u1"), "state": "finalizing", "resumed": True})
+    responses.get(upload_status_url(URL, "u1"), json={"state": "finalizing", "received": [0, 1, 2]})
+    responses.get(
+        upload_status_url(URL, "u1"),
+        json={"state": "complete", "verified": True, "sha256": "0" * 64, "codec": "none"},  # another file's copy
+    )
+
+    # The bag was hashed although nothing was sent; the server's copy is not ours, so the bag stays.
+    with pytest.raises(TransientUploadError, match=f"differs from local {sha256_hex(bag.read_bytes())}"):
+        run_job(Retention.DELETE)
+
+    assert bag.exists()
+    assert not [c for c in responses.calls if c.request.method == "PUT"]
+
+
+@responses.activate
+def test_a_dedup_candidate_is_hashed_and_finalized_before_any_chunk_is_sent(run_job, bag):
+    sha = sha256_hex(bag.read_bytes())
+    responses.post(init_url(URL), status=201, json={**init_reply("u1"), "dedup_candidate": True})
+    responses.post(finalize_url(URL, "u1"), json={"success": True, "state": "complete", "verified": True})
+    responses.get(
+        upload_status_url(URL, "u1"),
+        json={"state": "complete", "verified": True, "sha256": sha, "codec": "none", "deduplicated": True},
+    )
+
+    job = run_job()
+
+    assert job.record.state is JobState.COMPLETE
+    assert not [c for c in responses.calls if c.request.method == "PUT"]
+    assert finalize_bodies() == [{"sha256": sha}]
+
+
+@responses.activate
+def test_a_server_without_finalize_sha256_gets_the_checksums_at_init(run_job, bag):
+    older = {k: v for k, v in init_reply("u1").items() if k != "features"}
+    responses.post(init_url(URL), status=201, json=older)
+    responses.delete(upload_status_url(URL, "u1"), json={"success": True, "state": "aborted"})
+    responses.post(init_url(URL), status=201, json={**older, "upload_id": "u2"})
+    serve_upload("u2", bag)
+
+    job = run_job()
+
+    assert job.record.state is JobState.COMPLETE
+    inits = [json.loads(c.request.body) for c in responses.calls if c.request.url == init_url(URL)]
+    assert "sha256" not in inits[0]
+    assert inits[1]["sha256"] == sha256_hex(bag.read_bytes())
+    assert inits[1]["checksum"] == hashlib.md5(bag.read_bytes(), usedforsecurity=False).hexdigest()
+    assert [c.request.method for c in responses.calls if c.request.url == upload_status_url(URL, "u1")] == ["DELETE"]
+
+
+@responses.activate
+def test_an_init_that_resumes_an_upload_that_failed_us_is_redone_by_sha256(run_job, bag):
+    """Same name, size and edges (fingerprint) but another file's upload: the sha256 tells them apart."""
+    responses.post(init_url(URL), status=201, json=init_reply("u1"))
+    serve_upload("u1", bag, final_sha256="0" * 64)  # the copy verifies as another file
+    responses.post(init_url(URL), status=200, json={**init_reply("u1"), "resumed": True})
+    responses.post(init_url(URL), status=201, json=init_reply("u2"))
+    serve_upload("u2", bag)
+
+    job = run_job()
+
+    assert job.record.state is JobState.COMPLETE
+    assert job.record.upload_id == "u2"
+    inits = [json.loads(c.request.body) for c in responses.calls if c.request.url == init_url(URL)]
+    assert ["sha256" in body for body in inits] == [False, False, True]

@@ -23,6 +23,7 @@ from core.client.transfer import ServerClient
 from core.client.watchdog import Watchdog
 from core.network_manager import NO_KEY_HINT, NetworkManager
 from core.protocol import (
+    FEATURE_FINALIZE_SHA256,
     HEADER_RETRY_AFTER,
     BlockedReason,
     ErrorCode,
@@ -43,7 +44,14 @@ def error(code: ErrorCode, message: str = "nope", **details: Any) -> dict[str, A
 
 
 def init_reply(upload_id: str) -> dict[str, Any]:
-    return {"success": True, "upload_id": upload_id, "chunk_size": CHUNK, "chunks": 3, "received": []}
+    return {
+        "success": True,
+        "upload_id": upload_id,
+        "chunk_size": CHUNK,
+        "chunks": 3,
+        "received": [],
+        "features": [FEATURE_FINALIZE_SHA256],
+    }
 
 
 def serve_rest(upload_id: str, bag: Path) -> None:

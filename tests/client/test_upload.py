@@ -159,7 +159,8 @@ def test_an_upload_the_server_forgot_starts_over(server, make_manager, make_file
 
 
 def test_a_bag_the_server_already_has_completes_without_sending_it_again(server, make_manager, make_file, tmp_path):
-    bag = make_file(2 * MiB)
+    """Init's fingerprint finds the stored copy; the bag is hashed and finalize links to it: no chunk is sent."""
+    bag = make_file(3 * MiB)
     copy = tmp_path / "copy-of-bag.mcap"
     copy.write_bytes(bag.read_bytes())
     manager = make_manager(server.upload_url)
@@ -173,6 +174,29 @@ def test_a_bag_the_server_already_has_completes_without_sending_it_again(server,
 
     assert_identical_on_server(server, record, local_sha256(copy))
     assert proxy.bytes_up < 64 * 1024
+    assert requests.get(upload_status_url(server.upload_url, record.upload_id), timeout=10).json()["deduplicated"]
+
+
+@pytest.fixture(scope="module")
+def older_server(tmp_path_factory: pytest.TempPathFactory):
+    """The server as a release without FEATURE_FINALIZE_SHA256 answers (tests/helpers/older_server.py)."""
+    root = tmp_path_factory.mktemp("older")
+    with GunicornServer(root / "uploads", workers=1, app="tests.helpers.older_server:app") as srv:
+        yield srv
+
+
+def test_a_server_that_ignores_the_finalize_sha256_gets_the_checksums_at_init(older_server, make_manager, make_file):
+    bags = [make_file(3 * MiB + 5), make_file(MiB)]
+    manager = make_manager(older_server.upload_url)
+    ids = [manager.add_upload(bag) for bag in bags]
+    manager.start()
+
+    for job_id, bag in zip(ids, bags, strict=True):
+        record = finished(manager, job_id)
+        assert_identical_on_server(older_server, record, local_sha256(bag))
+        assert record.md5 is not None  # the seed's checksum, declared at init
+        status = requests.get(upload_status_url(older_server.upload_url, record.upload_id), timeout=10).json()
+        assert status["verified"] is True
 
 
 def test_a_bag_deleted_before_upload_fails_with_a_reason(server, make_manager, make_file):

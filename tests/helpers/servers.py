@@ -31,6 +31,7 @@ class GunicornServer:
         port: int | None = None,
         extra_args: Sequence[str] = (),
         scheme: str = "http",
+        app: str = "upload_server:app",
         log_dir: Path | None = None,
         auth: bool = False,
     ) -> None:
@@ -39,6 +40,7 @@ class GunicornServer:
         self.port = port or free_port()
         self.scheme = scheme
         self.extra_args = list(extra_args)
+        self.app = app  # tests.helpers.older_server:app answers as an older release
         # Auth and rate limits have their own tests; other tests opt in through ``env``.
         self.env = {
             "UPLOAD_DIR": str(upload_dir),
@@ -76,7 +78,7 @@ class GunicornServer:
             "-w", str(self.workers),
             "-b", f"127.0.0.1:{self.port}",
             *self.extra_args,
-            "upload_server:app",
+            self.app,
         ]  # fmt: skip
 
     def start(self, timeout: float = 30.0) -> GunicornServer:

@@ -12,6 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 import core
+from core.protocol import FEATURE_FINALIZE_SHA256, FINGERPRINT_EDGE
 from tests.server.conftest import CHUNK
 from tests.server.uploads import Upload, assert_error, identity_header
 
@@ -264,3 +265,151 @@ def test_unexpected_exception_is_500_json_without_traceback(
     assert b"secret internals" not in response.data
     assert b"Traceback" not in response.data
     assert "secret internals" in caplog.text
+
+
+def test_a_sha256_declared_at_finalize_verifies_an_upload_initialised_without_one(new_upload: Any, jobs: Any) -> None:
+    upload = new_upload(os.urandom(2 * CHUNK + 3))
+    upload.init(checksum=None, sha256=None)  # a client that hashes while it sends
+    upload.send_all()
+
+    assert upload.finalize({"sha256": hashlib.sha256(upload.data).hexdigest().upper()}).status_code == 202
+    jobs.run_once()
+
+    status = upload.status()
+    assert status["state"] == "complete"
+    assert status["verified"] is True
+    assert status["sha256"] == hashlib.sha256(upload.data).hexdigest()
+
+
+def test_a_wrong_sha256_declared_at_finalize_fails_the_upload(new_upload: Any, jobs: Any) -> None:
+    upload = new_upload(os.urandom(CHUNK))
+    upload.init(checksum=None, sha256=None)
+    upload.send_all()
+
+    assert upload.finalize({"sha256": "1" * 64}).status_code == 202
+    jobs.run_once()
+
+    status = upload.status()
+    assert status["state"] == "failed"
+    assert status["verified"] is False
+    assert status["error"]["code"] == "checksum_mismatch"
+
+
+def test_a_finalize_sha256_contradicting_init_is_refused_and_changes_nothing(upload: Upload) -> None:
+    upload.send_all()
+
+    assert_error(upload.finalize({"sha256": "2" * 64}), 409, "checksum_mismatch")
+
+    assert upload.status()["state"] == "uploading"
+    assert upload.finalize({"sha256": hashlib.sha256(upload.data).hexdigest()}).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [(b"[1]", "invalid_field"), (b"{not json", "invalid_json"), (b'{"sha256": "xyz"}', "invalid_field")],
+)
+def test_a_malformed_finalize_body_is_a_400(upload: Upload, body: bytes, code: str) -> None:
+    upload.send_all()
+    url = f"/upload/{upload.upload_id}/finalize"
+
+    assert_error(upload.client.post(url, data=body, content_type="application/json"), 400, code)
+    assert upload.status()["state"] == "uploading"
+
+
+def fingerprint_of(data: bytes) -> str:
+    """core.checksums.fingerprint of bytes (the test files are smaller than twice FINGERPRINT_EDGE)."""
+    assert len(data) <= 2 * FINGERPRINT_EDGE
+    return hashlib.sha256(len(data).to_bytes(8, "big") + data).hexdigest()
+
+
+def stored_first(new_upload: Any, jobs: Any, data: bytes, **fields: Any) -> Upload:
+    """A verified stored copy of ``data`` with its fingerprint."""
+    first = new_upload(data, **fields)
+    first.init(fingerprint=fingerprint_of(data))
+    first.send_all()
+    assert first.finalize().status_code == 202
+    jobs.run_once()
+    assert first.status()["verified"] is True
+    return first
+
+
+def test_init_advertises_the_sha256_at_finalize(upload: Upload, client: FlaskClient) -> None:
+    assert FEATURE_FINALIZE_SHA256 in upload.reply["features"]
+    assert FEATURE_FINALIZE_SHA256 in client.get("/health").get_json()["features"]
+
+
+def test_a_sha256_at_finalize_matching_a_stored_copy_completes_without_its_chunks(
+    new_upload: Any, jobs: Any, upload_dir: Path
+) -> None:
+    data = os.urandom(2 * CHUNK + 5)
+    first = stored_first(new_upload, jobs, data)
+    again = new_upload(data, filename="renamed.bag")
+    reply = again.init(checksum=None, sha256=None, fingerprint=fingerprint_of(data)).get_json()
+    assert reply["dedup_candidate"] is True
+    assert reply["state"] == "uploading"
+
+    response = again.finalize({"sha256": hashlib.sha256(data).hexdigest()})
+
+    assert response.status_code == 200
+    status = again.status()
+    assert (status["state"], status["verified"], status["deduplicated"]) == ("complete", True, True)
+    assert status["sha256"] == first.status()["sha256"]
+    assert not any(upload_dir.rglob(f"{again.upload_id}*"))
+
+
+def test_a_sha256_at_finalize_after_every_chunk_links_to_a_stored_copy_and_drops_the_staged_one(
+    new_upload: Any, jobs: Any, upload_dir: Path
+) -> None:
+    data = os.urandom(CHUNK + 7)
+    stored_first(new_upload, jobs, data)
+    again = new_upload(data)
+    reply = again.init(checksum=None, sha256=None).get_json()  # no fingerprint: no candidate known at init
+    assert reply["dedup_candidate"] is False
+    again.send_all()
+
+    assert again.finalize({"sha256": hashlib.sha256(data).hexdigest()}).status_code == 200
+
+    status = again.status()
+    assert (status["state"], status["verified"], status["deduplicated"]) == ("complete", True, True)
+    assert not any(upload_dir.rglob(f"{again.upload_id}*"))
+    assert again.download().data == data
+
+
+def test_a_sha256_at_finalize_matching_nothing_stored_still_needs_every_chunk(new_upload: Any, jobs: Any) -> None:
+    data = os.urandom(2 * CHUNK)
+    stored_first(new_upload, jobs, data)
+    other = new_upload(os.urandom(2 * CHUNK))
+    assert other.init(checksum=None, sha256=None, fingerprint=fingerprint_of(data)).get_json()["dedup_candidate"]
+
+    response = other.finalize({"sha256": hashlib.sha256(other.data).hexdigest()})
+
+    assert_error(response, 409, "upload_incomplete")
+    other.send_all()
+    assert other.finalize({"sha256": hashlib.sha256(other.data).hexdigest()}).status_code == 202
+    jobs.run_once()
+    assert other.status()["deduplicated"] is False
+    assert other.status()["verified"] is True
+
+
+def test_finalize_never_links_to_another_robots_copy(new_upload: Any, jobs: Any) -> None:
+    data = os.urandom(CHUNK)
+    stored_first(new_upload, jobs, data, headers=identity_header("robot-a"))
+    other = new_upload(data, headers=identity_header("robot-b"))
+    reply = other.init(checksum=None, sha256=None, fingerprint=fingerprint_of(data)).get_json()
+    assert reply["dedup_candidate"] is False
+
+    assert_error(other.finalize({"sha256": hashlib.sha256(data).hexdigest()}), 409, "upload_incomplete")
+
+
+def test_an_init_with_the_same_fingerprint_resumes_the_upload_in_progress(new_upload: Any) -> None:
+    data = os.urandom(2 * CHUNK)
+    first = new_upload(data)
+    first.init(checksum=None, sha256=None, fingerprint=fingerprint_of(data))
+    first.send(0)
+    again = new_upload(data)
+
+    response = again.init(checksum=None, sha256=None, fingerprint=fingerprint_of(data))
+
+    assert response.status_code == 200
+    assert again.upload_id == first.upload_id
+    assert response.get_json()["received"] == [0]

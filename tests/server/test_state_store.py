@@ -162,6 +162,37 @@ def test_duplicates_are_listed_oldest_first_and_only_when_verified(open_store: C
     assert [r.upload_id for r in found] == [f"{1:032x}", f"{3:032x}"]
 
 
+def test_a_fingerprint_finds_verified_copies_of_the_same_size_and_the_upload_to_resume(
+    open_store: Callable[[], StateStore],
+) -> None:
+    store = open_store()
+    store.create_upload(record("1" * 32, fingerprint="f", sha256="s", state=UploadState.COMPLETE, verified=True))
+    store.create_upload(record("2" * 32, fingerprint="f", filesize=11, state=UploadState.COMPLETE, verified=True))
+    store.create_upload(record("3" * 32, fingerprint="f"))  # uploading, no checksum declared
+
+    found = store.find_duplicates(filesize=10, md5=None, sha256=None, owner="robot1", fingerprint="f")
+    resumed = store.find_resumable(
+        owner="robot1", filename="x.bag", filesize=10, chunk_size=10, md5=None, sha256=None, fingerprint="f"
+    )
+
+    assert [r.upload_id for r in found] == ["1" * 32]
+    assert resumed is not None
+    assert resumed.upload_id == "3" * 32
+    assert resumed.fingerprint == "f"
+
+
+def test_an_upload_and_its_receipts_are_read_together(open_store: Callable[[], StateStore]) -> None:
+    store = open_store()
+    store.create_upload(record(chunks=2, chunk_size=5))
+    store.record_chunk("a" * 32, 1, "d" * 64, NOW)
+
+    found, receipts = store.get_upload_with_receipts("a" * 32)
+
+    assert found == store.get_upload("a" * 32)
+    assert receipts == {1: "d" * 64}
+    assert store.get_upload_with_receipts("b" * 32) == (None, {})
+
+
 def test_lease_is_exclusive_until_it_expires(open_store: Callable[[], StateStore]) -> None:
     first, second = open_store(), open_store()
 
@@ -212,4 +243,25 @@ def test_an_explicit_sqlite_uri_puts_the_database_where_it_says(tmp_path: Path) 
     assert target.is_file()
     assert not (tmp_path / "uploads").exists()
     assert store.get_upload("a" * 32) == record()
+    store.close()
+
+
+def test_only_chunk_receipts_skip_the_sqlite_wal_fsync(tmp_path: Path) -> None:
+    """A chunk's one fsync is its data's; every other commit (finalize, complete, keys...) stays FULL."""
+    store = SQLStateStore(open_engine(tmp_path, ""))
+    levels: list[tuple[str, int]] = []
+
+    def note_level(conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        raw = conn.connection.driver_connection  # type: ignore[attr-defined]
+        levels.append((statement.split()[0], raw.execute("PRAGMA synchronous").fetchone()[0]))
+
+    store.create_upload(record())
+    event.listen(store.engine, "before_cursor_execute", note_level)
+    assert store.record_chunk("a" * 32, 0, "0" * 64, NOW) == 1
+    receipt = list(levels)
+    levels.clear()
+    store.create_upload(record("b" * 32))
+
+    assert {level for _, level in receipt} == {1}  # NORMAL
+    assert {level for _, level in levels} == {2}  # FULL again on the same pooled connection
     store.close()

@@ -67,8 +67,9 @@ class Upload:
             response = self.send(index)
             assert response.status_code in (200, 201), response.get_json()
 
-    def finalize(self) -> TestResponse:
-        return self.client.post(f"/upload/{self.upload_id}/finalize", headers=self.headers)
+    def finalize(self, body: dict[str, Any] | None = None) -> TestResponse:
+        url = f"/upload/{self.upload_id}/finalize"
+        return self.client.post(url, headers=self.headers, **({} if body is None else {"json": body}))
 
     def status(self) -> dict[str, Any]:
         """The status document; an aborted (expired, deleted) upload is gone: 410, the document still in the reply."""

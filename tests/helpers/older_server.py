@@ -1,0 +1,75 @@
+"""The upload server as an older release answers: no FEATURE_FINALIZE_SHA256, no fingerprint, finalize bodies ignored.
+
+``gunicorn ... tests.helpers.older_server:app`` (``OlderGunicornServer``): the real server with a WSGI
+layer that removes what the older release did not have, so a new client can be tested against it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from core.protocol import FEATURE_FINALIZE_SHA256, HEALTH_PATH, INIT_PATH
+from core.server.app import create_app
+
+NEW_INIT_FIELDS = ("fingerprint",)
+NEW_REPLY_FIELDS = ("features", "dedup_candidate")
+
+StartResponse = Callable[..., Any]
+
+
+def _replace_body(environ: dict[str, Any], body: bytes) -> None:
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+
+
+def _older_reply(path: str, body: bytes) -> bytes:
+    doc = json.loads(body)
+    if path == HEALTH_PATH:
+        doc["features"] = [f for f in doc.get("features", []) if f != FEATURE_FINALIZE_SHA256]
+    else:
+        for name in NEW_REPLY_FIELDS:
+            doc.pop(name, None)
+    return json.dumps(doc).encode()
+
+
+class OlderRelease:
+    """WSGI middleware: the request and reply changes listed in the module docstring."""
+
+    def __init__(self, wsgi: Callable[[dict[str, Any], StartResponse], Iterable[bytes]]) -> None:
+        self.wsgi = wsgi
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD")
+        if method == "POST" and path.endswith("/finalize"):
+            _replace_body(environ, b"")
+        if method == "POST" and path == INIT_PATH:
+            raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            try:
+                doc = json.loads(raw)
+                for name in NEW_INIT_FIELDS:
+                    doc.pop(name, None)
+                raw = json.dumps(doc).encode()
+            except (ValueError, AttributeError):
+                pass  # the server answers a bad body itself
+            _replace_body(environ, raw)
+        if path not in (HEALTH_PATH, INIT_PATH):
+            return self.wsgi(environ, start_response)
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            captured.update(status=status, headers=headers)
+            return lambda _data: None
+
+        reply = b"".join(self.wsgi(environ, capture))
+        if captured["status"].startswith("2"):
+            reply = _older_reply(path, reply)
+        headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
+        start_response(captured["status"], [*headers, ("Content-Length", str(len(reply)))])
+        return [reply]
+
+
+app = create_app()
+app.wsgi_app = OlderRelease(app.wsgi_app)  # type: ignore[method-assign]
