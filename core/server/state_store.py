@@ -26,6 +26,9 @@ from core.server.bag_store import SQLBagCatalog
 from core.server.catalog import BagCatalog
 from core.server.db import chunks, jobs, leases, uploads, upsert
 
+# ``chunks`` of an upload whose size is not known yet (a real upload, even an empty one, has at least one chunk).
+SIZE_UNKNOWN = 0
+
 
 @dataclass(frozen=True)
 class UploadRecord:
@@ -52,6 +55,15 @@ class UploadRecord:
     error_message: str | None = None
     progress: int = 0  # bytes processed by the finalize job
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size_known(self) -> bool:
+        """False for a tus upload created with Upload-Defer-Length: ``filesize`` is then MAX_FILE_SIZE, a bound.
+
+        Such a record has ``chunks == SIZE_UNKNOWN`` until the tus front sets the real size and
+        chunk count in one transaction (``TusStore.declare_length``); it cannot finalize before.
+        """
+        return self.chunks != SIZE_UNKNOWN
 
 
 MUTABLE_FIELDS = frozenset(

@@ -16,6 +16,7 @@ from sqlalchemy import Engine, insert, select, update
 from core.protocol import UploadState
 from core.server import db
 from core.server.db import chunks, tus_uploads, uploads, upsert
+from core.server.state_store import SIZE_UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,11 @@ class TusStore:
             with db.write(self.engine) as conn:
                 moved = conn.execute(
                     update(tus_uploads)
-                    .where(tus_uploads.c.upload_id == upload_id, tus_uploads.c.upload_offset == start)
+                    .where(
+                        tus_uploads.c.upload_id == upload_id,
+                        tus_uploads.c.upload_offset == start,
+                        tus_uploads.c.upload_length >= end,  # a length declared meanwhile below ``end``
+                    )
                     .values(upload_offset=end, received_sha256=received_sha256)
                 )
                 if moved.rowcount != 1:
@@ -112,6 +117,36 @@ class TusStore:
                     conn.execute(
                         stmt.on_conflict_do_update(index_elements=["upload_id", "idx"], set_={"sha256": sha256})
                     )
+        except _Stale:
+            return False
+        return True
+
+    def declare_length(self, upload_id: str, length: int, chunk_count: int, now: float) -> bool:
+        """Set the length of an upload created with Upload-Defer-Length, on both rows at once; False if it moved.
+
+        Fenced: only while the native size is still unknown and the upload uploading, and only
+        if the offset has not passed ``length`` meanwhile (a racing PATCH may have advanced it).
+        """
+        try:
+            with db.write(self.engine) as conn:
+                moved = conn.execute(
+                    update(tus_uploads)
+                    .where(tus_uploads.c.upload_id == upload_id, tus_uploads.c.upload_offset <= length)
+                    .values(upload_length=length)
+                )
+                if moved.rowcount != 1:
+                    return False
+                sized = conn.execute(
+                    update(uploads)
+                    .where(
+                        uploads.c.upload_id == upload_id,
+                        uploads.c.state == UploadState.UPLOADING.value,
+                        uploads.c.chunks == SIZE_UNKNOWN,
+                    )
+                    .values(filesize=length, chunks=chunk_count, updated_at=now)
+                )
+                if sized.rowcount != 1:
+                    raise _Stale
         except _Stale:
             return False
         return True
