@@ -161,3 +161,16 @@ def test_a_deferred_length_is_refused_with_upload_length_or_on_a_final_upload(ap
     assert_error(upload.create(defer_length=True, **{HEADER_UPLOAD_DEFER_LENGTH: "2"}), 400, "invalid_field")
     final = upload.create(defer_length=True, **{"Upload-Concat": "final;/files/" + "0" * 32})
     assert_error(final, 400, "invalid_field")
+
+
+def test_an_offset_cannot_pass_a_length_declared_meanwhile_and_a_length_is_set_once(app: Flask) -> None:
+    """The store's fences: a PATCH racing the declaration cannot overshoot it, a second declaration fails."""
+    upload = deferred(app, os.urandom(2 * CHUNK))
+    store = app.extensions["tus_service"].store
+    now = app.extensions["upload_service"].clock()
+
+    assert store.declare_length(upload.upload_id, CHUNK, 1, now) is True
+    assert store.advance(upload.upload_id, 0, 2 * CHUNK, now) is False
+    assert store.declare_length(upload.upload_id, 2 * CHUNK, 2, now) is False
+    assert store.advance(upload.upload_id, 0, CHUNK, now) is True
+    assert store.declare_length(upload.upload_id, 0, 1, now) is False  # below the offset
