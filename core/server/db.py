@@ -223,7 +223,8 @@ bag_topics = Table(
 # tus uploads (core/server/tus/): the protocol's view of an ``uploads`` row with the same id.
 # ``upload_offset`` is the contiguous byte count stored and acknowledged; ``received_sha256`` is
 # the sha256 of those bytes hashed in order as they were written, set when the upload completes
-# in one process (finalize then need not re-read them); ``concat`` is "partial", "final" or null.
+# in one process (finalize then need not re-read them); ``concat`` is "partial", "final",
+# ``CONCAT_JOINED`` or null.
 tus_uploads = Table(
     "tus_uploads",
     metadata,
@@ -235,6 +236,11 @@ tus_uploads = Table(
     Column("raw_metadata", Text, nullable=False),  # the Upload-Metadata header as sent, for HEAD
     Column("received_sha256", Text),
 )
+
+
+# A partial upload whose bytes a final upload now holds: not a failure, so listings leave it out;
+# the sweep deletes its rows after STATE_RETENTION (``TusStore.prune_joined``).
+CONCAT_JOINED = "joined"
 
 
 class SchemaOutdated(RuntimeError):

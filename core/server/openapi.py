@@ -711,7 +711,8 @@ PATHS: dict[str, dict[str, Schema]] = {
     },
     UPLOADS_PATH: {
         "get": operation(
-            "Uploads of this key (an admin key: of every robot), newest first",
+            "Uploads of this key (an admin key: of every robot), newest first; not tus partial uploads joined "
+            "into a final upload",
             {200: json_reply("One page of uploads", ref("UploadList"))},
             errors=(400,),
             parameters=(

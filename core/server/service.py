@@ -840,7 +840,7 @@ class UploadService:
         log.log(
             logging.INFO if expired or orphans or receipts or pruned else logging.DEBUG,
             "Sweep finished: %d expired upload(s), %d orphaned file(s) removed, %d chunk receipt(s) and"
-            " %d old command/robot row(s) pruned",
+            " %d old command/robot/joined tus partial upload row(s) pruned",
             expired,
             orphans,
             receipts,

@@ -13,6 +13,7 @@ from flask import Flask
 
 from core.server.tus.protocol import HEADER_UPLOAD_CONCAT, HEADER_UPLOAD_LENGTH, HEADER_UPLOAD_OFFSET
 from core.server.tus.store import TusRecord, TusStore
+from tests.server.conftest import FakeClock
 from tests.server.uploads import assert_error
 from tests.tus.client import TUS, TusUpload, final_upload
 from tests.tus.conftest import CHUNK
@@ -145,6 +146,36 @@ def test_partial_uploads_concatenate_into_one_verified_file(
     assert reads == []  # the copy hashed as it went
     assert [part.head().status_code for part in partials] == [410, 410, 410]  # their bytes now live in the final
     assert final.patch(0, body=b"").status_code == 403
+
+
+def test_joined_partial_uploads_are_not_listed_as_failures_and_are_pruned_later(
+    app: Flask, partials: list[TusUpload], clock: FakeClock
+) -> None:
+    """Operators read aborted rows as failures: the partials of a final upload are left out, then deleted."""
+    for part in partials:
+        assert part.patch(0).status_code == 204
+    unjoined = TusUpload(app.test_client(), b"abc")  # a partial upload no final upload took: still listed
+    assert unjoined.create(declare_sha256=False, **{HEADER_UPLOAD_CONCAT: "partial"}).status_code == 201
+    data = b"".join(part.data for part in partials)
+    created = final_upload(app.test_client(), partials, data)
+    final_id = created.headers["Location"].rsplit("/", 1)[-1]
+    assert app.extensions["job_runner"].run_once() is True
+
+    listing = app.test_client().get("/uploads").get_json()
+    assert {u["upload_id"] for u in listing["uploads"]} == {final_id, unjoined.upload_id}
+    assert listing["total"] == 2
+    aborted = app.test_client().get("/uploads?state=aborted").get_json()
+    assert (aborted["uploads"], aborted["total"]) == ([], 0)
+    state = app.test_client().get("/dashboard/api/state").get_json()["uploads"]
+    assert {r["upload_id"] for r in state["items"]} == {final_id, unjoined.upload_id}
+    assert state["counts"]["aborted"] == 0
+    assert partials[0].status()["state"] == "aborted"  # still there when asked for by id, until pruned
+
+    clock.advance(app.extensions["server_config"].state_retention + 1)
+    app.extensions["upload_service"].sweep()
+
+    assert [part.client.get(f"/upload/{part.upload_id}").status_code for part in partials] == [404, 404, 404]
+    assert app.test_client().get(f"/uploads/{final_id}/file").data == data
 
 
 def test_a_final_upload_of_an_unfinished_partial_is_409(app: Flask, partials: list[TusUpload]) -> None:

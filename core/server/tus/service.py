@@ -243,7 +243,8 @@ class TusService:
         """Concatenate complete partial uploads into a new upload: their bytes are copied in order, then finalized.
 
         The copy hashes as it goes, so finalize does not read the result again; the partial uploads
-        are terminated once the final upload holds their bytes.
+        are terminated once the final upload holds their bytes, and marked joined: they are parts
+        of the final upload, not failures, so listings and the dashboard leave them out.
         """
         parts = [self.get(identity, part_id) for part_id in part_ids]
         for part in parts:
@@ -266,6 +267,7 @@ class TusService:
             self._complete(identity, record, partial=False)
         for part in parts:
             self.uploads.abort(identity, part.record.upload_id)
+        self.store.mark_joined(part_ids)
         log.info(
             "tus upload concatenated: %s (%d bytes from %d partial uploads) - ID: %s",
             record.filename,

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, delete, insert, select, update
 
 from core.protocol import UploadState
 from core.server import db
-from core.server.db import chunks, tus_uploads, uploads, upsert
+from core.server.db import CONCAT_JOINED, chunks, tus_uploads, uploads, upsert
 from core.server.state_store import SIZE_UNKNOWN
+from core.server.tus.protocol import CONCAT_PARTIAL
 
 
 @dataclass(frozen=True)
@@ -150,3 +151,34 @@ class TusStore:
         except _Stale:
             return False
         return True
+
+    def mark_joined(self, upload_ids: tuple[str, ...]) -> None:
+        """These partial uploads are now in a final upload: listings leave them out from here on."""
+        with db.write(self.engine) as conn:
+            conn.execute(
+                update(tus_uploads)
+                .where(tus_uploads.c.upload_id.in_(upload_ids), tus_uploads.c.concat == CONCAT_PARTIAL)
+                .values(concat=CONCAT_JOINED)
+            )
+
+    def prune_joined(self, older_than: float) -> int:
+        """Delete joined partial uploads (their rows; abort removed their bytes) idle since before ``older_than``."""
+        with db.write(self.engine) as conn:
+            ids = (
+                conn.execute(
+                    select(uploads.c.upload_id)
+                    .join(tus_uploads, tus_uploads.c.upload_id == uploads.c.upload_id)
+                    .where(
+                        tus_uploads.c.concat == CONCAT_JOINED,
+                        uploads.c.state == UploadState.ABORTED.value,
+                        uploads.c.updated_at < older_than,
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if not ids:
+                return 0
+            for table in (chunks, tus_uploads, uploads):
+                conn.execute(delete(table).where(table.c.upload_id.in_(ids)))
+        return len(ids)

@@ -194,5 +194,6 @@ def init_app(app: Flask) -> TusService:
         app.extensions["upload_service"], TusStore(app.extensions["state_store"].engine), StreamHashes()
     )
     app.extensions[EXTENSION] = service
+    service.uploads.pruners.append(service.store.prune_joined)  # joined partial uploads go with each sweep
     app.register_blueprint(tus)
     return service
