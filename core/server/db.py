@@ -34,6 +34,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -235,6 +236,9 @@ tus_uploads = Table(
     Column("parts", Text),  # a final upload's partial upload ids, JSON
     Column("raw_metadata", Text, nullable=False),  # the Upload-Metadata header as sent, for HEAD
     Column("received_sha256", Text),
+    # The running sha256 of bytes [0, upload_offset), exported (core/server/tus/hashing.py), and its format.
+    Column("hash_format", Text),
+    Column("hash_state", LargeBinary),
 )
 
 

@@ -435,6 +435,9 @@ class UploadService:
         """The caller's uploading upload and the exact length of its chunk ``index``."""
         record = self.get(identity, upload_id)
         self._require_state(record, UploadState.UPLOADING)
+        if not record.size_known:
+            msg = f"upload {upload_id} has no size yet (tus, deferred length): send its bytes with tus PATCH"
+            raise Conflict(msg, details={"state": record.state.value})
         if not 0 <= index < record.chunks:
             msg = f"chunk index {index} is outside 0..{record.chunks - 1}"
             raise ChunkIndexOutOfRange(msg, details={"chunks": record.chunks})

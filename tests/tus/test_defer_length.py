@@ -91,8 +91,9 @@ def test_while_the_length_is_unknown_the_listing_says_so_and_nothing_finalizes(a
     assert [(r["upload_id"], r["bytes_total"], r["bytes_done"], r["progress"]) for r in rows] == [
         (upload.upload_id, None, CHUNK, None)  # the table shows no total and no percentage
     ]
-    # The native finalize cannot be asked early: the size is not known.
+    # Neither native finalize nor native chunks before the size is known.
     assert_error(app.test_client().post(f"/upload/{upload.upload_id}/finalize"), 409, "upload_incomplete")
+    assert_error(app.test_client().put(f"/upload/{upload.upload_id}/chunk/0", data=bytes(CHUNK)), 409, "conflict")
     assert app.extensions["job_runner"].run_once() is False
     assert upload.status()["verified"] is False
 

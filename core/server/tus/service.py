@@ -44,7 +44,7 @@ from core.server.errors import (
 from core.server.identity import Identity
 from core.server.service import BODY_READ_SIZE, SPOOL_IN_MEMORY, UploadService, storage_errors
 from core.server.state_store import SIZE_UNKNOWN, UploadRecord
-from core.server.tus.hashing import StreamHashes
+from core.server.tus.hashing import RunningHash, StreamHashes
 from core.server.tus.headers import Checksum, Concat, TusChecksumMismatch
 from core.server.tus.protocol import (
     CONCAT_FINAL,
@@ -368,12 +368,26 @@ class TusService:
         """Store up to ``length`` bytes of ``body`` from ``offset``, one native chunk (or piece) at a time."""
         position, end = offset, offset + length
         self._require_progress(record, offset, end)
+        running = self._running_hash(record.upload_id, offset)
         while position < end:
-            stored = self._store_segment(identity, record, position, body, end)
+            stored = self._store_segment(identity, record, position, body, end, running)
             if stored == 0:
                 break
             position += stored
         return position
+
+    def _running_hash(self, upload_id: str, offset: int) -> RunningHash | None:
+        """The in-order sha256 of bytes [0, offset), continued from the tus row's exported state (or this process).
+
+        None (finalize will re-read) when no valid state exists at exactly this offset, and always
+        on stores without a lock across hosts (S3): two hosts could store different bytes of one
+        chunk at once, and the hash of what one of them received would not stand for what is stored.
+        """
+        if not self.uploads.blobs.exclusive_chunk_lock:
+            return None
+        tus = self.store.get(upload_id) if offset else None
+        stored = tus.hash_state if tus is not None and tus.upload_offset == offset else None
+        return self.hashes.resume(upload_id, offset, stored)
 
     def _require_progress(self, record: UploadRecord, offset: int, end: int) -> None:
         """400 for a body that cannot move the offset at all: on S3 it ends inside the chunk it starts."""
@@ -388,8 +402,14 @@ class TusService:
             )
             raise ChunkSizeMismatch(msg, details={"chunk_size": record.chunk_size, "offset": offset})
 
-    def _store_segment(self, identity: Identity, record: UploadRecord, position: int, body: Any, end: int) -> int:
-        """Store bytes from ``position`` up to the next chunk boundary (or ``end``); how many were acknowledged."""
+    def _store_segment(
+        self, identity: Identity, record: UploadRecord, position: int, body: Any, end: int, running: RunningHash | None
+    ) -> int:
+        """Store bytes from ``position`` up to the next chunk boundary (or ``end``); how many were acknowledged.
+
+        ``running`` (the sha256 of bytes [0, position), if known) takes in the bytes as they are
+        copied, and its state is stored with the new offset, in the same transaction.
+        """
         blobs, upload_id = self.uploads.blobs, record.upload_id
         index = position // record.chunk_size
         chunk_start = index * record.chunk_size
@@ -399,9 +419,6 @@ class TusService:
         if not (whole or blobs.supports_pieces):
             return 0  # S3 keeps whole chunks only: the client resends from the offset we answer
         started = time.monotonic()
-        # Without a lock across hosts (S3), two hosts could store different bytes of one chunk at once;
-        # the hash of what one of them sent would not stand for what is stored: finalize re-reads.
-        running = self.hashes.resume(upload_id, position) if blobs.exclusive_chunk_lock else None
         segment = hashlib.sha256()
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as buffer:
             got = _copy(body, buffer, wanted, segment, running)
@@ -421,6 +438,7 @@ class TusService:
                         self.uploads.clock(),
                         chunk=receipt,
                         received_sha256=running.hexdigest() if complete else None,
+                        hash_state=None if complete else self.hashes.exported(running),
                     )
                 if not advanced:
                     self.uploads.get(identity, upload_id)  # 410 if expired meanwhile

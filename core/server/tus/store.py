@@ -29,6 +29,7 @@ class TusRecord:
     parts: tuple[str, ...] = ()
     raw_metadata: str = ""
     received_sha256: str | None = None
+    hash_state: tuple[str, bytes] | None = None  # (format, state) of the sha256 of bytes [0, upload_offset)
 
 
 class _Stale(Exception):
@@ -68,6 +69,7 @@ class TusStore:
             parts=tuple(json.loads(row["parts"])) if row["parts"] else (),
             raw_metadata=row["raw_metadata"],
             received_sha256=row["received_sha256"],
+            hash_state=None if row["hash_state"] is None else (str(row["hash_format"]), bytes(row["hash_state"])),
         )
 
     def received_sha256(self, upload_id: str) -> str | None:
@@ -87,11 +89,14 @@ class TusStore:
         *,
         chunk: tuple[int, str] | None = None,
         received_sha256: str | None = None,
+        hash_state: tuple[str, bytes] | None = None,
     ) -> bool:
         """Move the offset from ``start`` to ``end`` (and record ``chunk`` = (index, sha256)); False if it moved.
 
         The upload must still be uploading: a terminated or expired upload takes no more bytes.
+        ``hash_state``: the running sha256 of bytes [0, end), stored with ``end`` or cleared.
         """
+        hash_format, state = hash_state if hash_state is not None else (None, None)
         try:
             with db.write(self.engine) as conn:
                 moved = conn.execute(
@@ -101,7 +106,12 @@ class TusStore:
                         tus_uploads.c.upload_offset == start,
                         tus_uploads.c.upload_length >= end,  # a length declared meanwhile below ``end``
                     )
-                    .values(upload_offset=end, received_sha256=received_sha256)
+                    .values(
+                        upload_offset=end,
+                        received_sha256=received_sha256,
+                        hash_format=hash_format,
+                        hash_state=state,
+                    )
                 )
                 if moved.rowcount != 1:
                     return False
