@@ -72,3 +72,16 @@ def test_without_libcrypto_the_hash_stays_in_the_process_that_received_the_bytes
     assert resumed is not None
     assert resumed.hexdigest() == hashlib.sha256(b"abc").hexdigest()
     assert StreamHashes(lib=None).resume("u", 3, None) is None  # another process
+
+
+def test_a_hash_kept_in_process_is_not_changed_by_the_patch_that_goes_on_with_it() -> None:
+    """One PATCH continues its hash over several chunks; what it saved at a chunk stays at that offset."""
+    hashes = StreamHashes(lib=None)
+    running = hashes.start()
+    running.update(b"abc")
+    hashes.save("u", 3, running)
+    running.update(b"more")
+
+    resumed = hashes.resume("u", 3, None)
+    assert resumed is not None
+    assert resumed.hexdigest() == hashlib.sha256(b"abc").hexdigest()

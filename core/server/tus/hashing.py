@@ -36,6 +36,8 @@ class RunningHash(Protocol):
 
     def hexdigest(self) -> str: ...
 
+    def copy(self) -> RunningHash: ...
+
 
 class _Sha256Ctx(ctypes.Structure):
     """OpenSSL's ``SHA256_CTX`` (include/openssl/sha.h); SHA_LONG is a 32-bit unsigned int."""
@@ -113,9 +115,12 @@ class ExportableSha256:
     def export(self) -> bytes:
         return ctypes.string_at(ctypes.addressof(self._ctx), ctypes.sizeof(self._ctx))
 
+    def copy(self) -> ExportableSha256:
+        return ExportableSha256(self._lib, _Sha256Ctx.from_buffer_copy(self.export()))
+
     def hexdigest(self) -> str:
         """The digest so far; the state itself goes on (SHA256_Final runs on a copy)."""
-        ctx = _Sha256Ctx.from_buffer_copy(self.export())
+        ctx = self.copy()._ctx
         out = ctypes.create_string_buffer(SHA256_BYTES)
         if self._lib.SHA256_Final(out, ctypes.byref(ctx)) != 1:
             msg = "SHA256_Final failed"
@@ -169,7 +174,7 @@ class StreamHashes:
         if isinstance(running, ExportableSha256):
             return
         with self._lock:
-            self._states[upload_id] = (offset, running)
+            self._states[upload_id] = (offset, running.copy())  # the caller goes on updating its own
             self._states.move_to_end(upload_id)
             while len(self._states) > self._limit:
                 self._states.popitem(last=False)
