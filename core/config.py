@@ -156,7 +156,8 @@ class ServerConfig:
         7 * 86400.0,
         "STATE_RETENTION",
         "float",
-        "Seconds the sweep keeps answered commands and robots without heartbeats (chunk receipts: until finished)",
+        "Seconds the sweep keeps answered commands, robots without heartbeats and joined tus partial uploads "
+        "(chunk receipts: until finished)",
     )
     retention_days: float = setting(
         0.0,

@@ -226,7 +226,7 @@ def _server_row(record: UploadRecord, received: Mapping[str, int]) -> dict[str, 
         "filename": text(record.filename),
         "state": record.state.value,
         "reason": text(record.error_message or record.error_code),
-        "bytes_total": record.filesize,
+        "bytes_total": record.filesize if record.size_known else None,  # else only MAX_FILE_SIZE, a bound
         "bytes_done": done,
         "rate": None,
         "eta": None,

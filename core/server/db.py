@@ -34,6 +34,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -225,7 +226,8 @@ bag_topics = Table(
 # tus uploads (core/server/tus/): the protocol's view of an ``uploads`` row with the same id.
 # ``upload_offset`` is the contiguous byte count stored and acknowledged; ``received_sha256`` is
 # the sha256 of those bytes hashed in order as they were written, set when the upload completes
-# in one process (finalize then need not re-read them); ``concat`` is "partial", "final" or null.
+# in one process (finalize then need not re-read them); ``concat`` is "partial", "final",
+# ``CONCAT_JOINED`` or null.
 tus_uploads = Table(
     "tus_uploads",
     metadata,
@@ -236,7 +238,15 @@ tus_uploads = Table(
     Column("parts", Text),  # a final upload's partial upload ids, JSON
     Column("raw_metadata", Text, nullable=False),  # the Upload-Metadata header as sent, for HEAD
     Column("received_sha256", Text),
+    # The running sha256 of bytes [0, upload_offset), exported (core/server/tus/hashing.py), and its format.
+    Column("hash_format", Text),
+    Column("hash_state", LargeBinary),
 )
+
+
+# A partial upload whose bytes a final upload now holds: not a failure, so listings leave it out;
+# the sweep deletes its rows after STATE_RETENTION (``TusStore.prune_joined``).
+CONCAT_JOINED = "joined"
 
 
 class SchemaOutdated(RuntimeError):

@@ -174,9 +174,9 @@ SCHEMAS: dict[str, Schema] = {
             "upload_id": STRING,
             "state": {"type": "string", "enum": [s.value for s in UploadState]},
             "filename": STRING,
-            "filesize": INTEGER,
+            "filesize": {**nullable(INTEGER), "description": "null while a tus upload's length is deferred"},
             "chunk_size": INTEGER,
-            "chunks": INTEGER,
+            "chunks": {**nullable(INTEGER), "description": "null while a tus upload's length is deferred"},
             "received_count": INTEGER,
             "bytes_received": INTEGER,
             "md5": nullable(STRING),
@@ -531,7 +531,8 @@ TUS_PATHS: dict[str, dict[str, Schema]] = {
             tag="tus",
         ),
         "post": operation(
-            "tus creation (and creation-with-upload, concatenation): a native upload with a tus offset",
+            "tus creation (and creation-with-upload, creation-defer-length, concatenation): a native upload "
+            "with a tus offset",
             {
                 201: {
                     "description": "Created; Location is the upload's URL (relative). A body sent with it is "
@@ -543,6 +544,11 @@ TUS_PATHS: dict[str, dict[str, Schema]] = {
             parameters=(
                 TUS_RESUMABLE,
                 header_param(tus.HEADER_UPLOAD_LENGTH, {"type": "integer", "minimum": 0}, "Bytes of the file"),
+                header_param(
+                    tus.HEADER_UPLOAD_DEFER_LENGTH,
+                    {"type": "string", "enum": [tus.DEFER_LENGTH]},
+                    "Instead of Upload-Length: the length comes in a later PATCH (not on a final upload)",
+                ),
                 header_param(
                     tus.HEADER_UPLOAD_METADATA,
                     STRING,
@@ -565,10 +571,12 @@ TUS_PATHS: dict[str, dict[str, Schema]] = {
             "tus offset: where to resume",
             {
                 200: {
-                    "description": "The upload's offset and length (no body)",
+                    "description": "The upload's offset and length, or Upload-Defer-Length: 1 while the length "
+                    "is not known yet (no body)",
                     "headers": tus_headers(
                         tus.HEADER_UPLOAD_OFFSET,
                         tus.HEADER_UPLOAD_LENGTH,
+                        tus.HEADER_UPLOAD_DEFER_LENGTH,
                         tus.HEADER_UPLOAD_METADATA,
                         tus.HEADER_UPLOAD_CONCAT,
                         tus.HEADER_UPLOAD_EXPIRES,
@@ -598,6 +606,12 @@ TUS_PATHS: dict[str, dict[str, Schema]] = {
                     "schema": {"type": "integer", "minimum": 0},
                     "description": "Must equal the upload's offset (409 otherwise)",
                 },
+                header_param(
+                    tus.HEADER_UPLOAD_LENGTH,
+                    {"type": "integer", "minimum": 0},
+                    "Of an upload created with Upload-Defer-Length: its length, set once before the body is stored "
+                    "(another value later is 400, below the offset 400, above Tus-Max-Size 413)",
+                ),
                 TUS_CHECKSUM,
             ),
             body={**TUS_BODY, "required": True},
@@ -723,7 +737,8 @@ PATHS: dict[str, dict[str, Schema]] = {
     },
     UPLOADS_PATH: {
         "get": operation(
-            "Uploads of this key (an admin key: of every robot), newest first",
+            "Uploads of this key (an admin key: of every robot), newest first; not tus partial uploads joined "
+            "into a final upload",
             {200: json_reply("One page of uploads", ref("UploadList"))},
             errors=(400,),
             parameters=(

@@ -86,6 +86,13 @@ def isoformat(timestamp: float | None) -> str | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat()
 
 
+def finalize_progress(record: UploadRecord) -> float:
+    """How far the finalize job got (0..1): an empty file is done at once, one of unknown size not begun."""
+    if not record.size_known:
+        return 0.0
+    return round(record.progress / record.filesize, 4) if record.filesize else 1.0
+
+
 def is_expired(record: UploadRecord) -> bool:
     return record.state is UploadState.ABORTED and record.error_code == ErrorCode.UPLOAD_EXPIRED.value
 
@@ -266,15 +273,16 @@ class UploadService:
         )
         # Owner-scoped (admins excepted): knowing a hash must not grant a copy of another robot's file.
         owner = None if identity.admin else identity.name
-        duplicate = self._intact_duplicate(record, owner=owner)
+        duplicate = self._intact_duplicate(record, owner=owner) if record.size_known else None
         if duplicate is not None:
             return self._init_deduplicated(record, duplicate)
         candidate = False
-        if not (spec.md5 or spec.sha256) and spec.fingerprint:
+        if not (spec.md5 or spec.sha256) and spec.fingerprint and record.size_known:
             candidate = self._intact_duplicate(record, owner=owner, fingerprint=spec.fingerprint) is not None
-        self._require_free_disk(record)
+        # A size not known yet (tus Upload-Defer-Length) is checked against the disk when it is declared.
+        self.require_free_disk(record, record.filesize if record.size_known else 0)
         with storage_errors():
-            self.blobs.create_part(record.upload_id, record.filesize, record.chunk_size)
+            self.blobs.create_part(record.upload_id, record.filesize, record.chunk_size, size_known=record.size_known)
         try:
             with storage_errors():
                 self.state.create_upload(record)
@@ -282,10 +290,10 @@ class UploadService:
             self.blobs.remove_part(record.upload_id)
             raise
         log.info(
-            "Initialized upload: %s (%d bytes, %d chunks) - ID: %s - Compression: %s",
+            "Initialized upload: %s (%s bytes, %s chunks) - ID: %s - Compression: %s",
             record.filename,
-            record.filesize,
-            record.chunks,
+            record.filesize if record.size_known else "unknown",
+            record.chunks if record.size_known else "unknown",
             record.upload_id,
             record.compression is not Codec.NONE,
         )
@@ -315,18 +323,19 @@ class UploadService:
             )
         return None
 
-    def _require_free_disk(self, record: UploadRecord) -> None:
+    def require_free_disk(self, record: UploadRecord, needed: int) -> None:
         """507 while free space minus this file would fall below MIN_FREE_DISK: refuse before the disk fills.
 
         A full disk fails chunk writes of every upload at once and can corrupt
         the state database; refusing new work early keeps room for the uploads
-        already under way, and the robot keeps its bag and retries later. With an
+        already under way, and the robot keeps its bag and retries later. ``needed``:
+        the bytes still to come (the whole file at init). With an
         off-host blob store (S3) the bytes never land here: the floor then guards
         UPLOAD_DIR (the SQLite state, temporary files) without counting the file.
         """
         floor = self.config.min_free_disk
         root = self.blobs.local_root
-        where, needed = (root, record.filesize) if root is not None else (self.config.upload_dir, 0)
+        where, needed = (root, needed) if root is not None else (self.config.upload_dir, 0)
         if floor <= 0 or not where.is_dir():
             return
         free = shutil.disk_usage(where).free
@@ -335,16 +344,16 @@ class UploadService:
         log.warning(
             "Refused upload: %s (%d bytes) from %s - free disk %d bytes, floor MIN_FREE_DISK %d bytes",
             record.filename,
-            record.filesize,
+            needed,
             record.owner,
             free,
             floor,
         )
         msg = (
-            f"the server is low on disk space ({free} bytes free, {record.filesize} needed, "
+            f"the server is low on disk space ({free} bytes free, {needed} needed, "
             f"MIN_FREE_DISK keeps {floor} free); retry later"
         )
-        raise InsufficientStorage(msg, details={"free_bytes": free, "needed_bytes": record.filesize, "floor": floor})
+        raise InsufficientStorage(msg, details={"free_bytes": free, "needed_bytes": needed, "floor": floor})
 
     def _init_deduplicated(self, record: UploadRecord, duplicate: UploadRecord) -> InitResult:
         record = UploadRecord(**{**record.__dict__, **_shared_copy(duplicate)})
@@ -436,6 +445,9 @@ class UploadService:
         """The caller's uploading upload and the exact length of its chunk ``index``."""
         record = self.get(identity, upload_id)
         self._require_state(record, UploadState.UPLOADING)
+        if not record.size_known:
+            msg = f"upload {upload_id} has no size yet (tus, deferred length): send its bytes with tus PATCH"
+            raise Conflict(msg, details={"state": record.state.value})
         if not 0 <= index < record.chunks:
             msg = f"chunk index {index} is outside 0..{record.chunks - 1}"
             raise ChunkIndexOutOfRange(msg, details={"chunks": record.chunks})
@@ -636,13 +648,14 @@ class UploadService:
             received = list(range(record.chunks))
         else:
             received = sorted(self.state.received_chunks(record.upload_id) if receipts is None else receipts)
+        known = record.size_known  # else filesize is only MAX_FILE_SIZE, a bound: shown as null
         document: dict[str, Any] = {
             "upload_id": record.upload_id,
             "state": record.state.value,
             "filename": record.filename,
-            "filesize": record.filesize,
+            "filesize": record.filesize if known else None,
             "chunk_size": record.chunk_size,
-            "chunks": record.chunks,
+            "chunks": record.chunks if known else None,
             "received_count": len(received),
             "bytes_received": sum(chunk_length(record.filesize, record.chunk_size, i) for i in received),
             "md5": record.md5,
@@ -653,7 +666,7 @@ class UploadService:
             "stored_size": record.stored_size,
             "compression_ratio": compression_ratio(record),
             "deduplicated": record.deduplicated,
-            "progress": round(record.progress / record.filesize, 4) if record.filesize else 1.0,
+            "progress": finalize_progress(record),
             "error": {"code": record.error_code, "message": record.error_message} if record.error_code else None,
             "created_at": isoformat(record.created_at),
             "updated_at": isoformat(record.updated_at),
@@ -691,6 +704,9 @@ class UploadService:
         if record.state in (UploadState.FINALIZING, UploadState.COMPLETE):
             return self.describe(record), record.state is UploadState.FINALIZING
         self._require_state(record, UploadState.UPLOADING)
+        if not record.size_known:
+            msg = f"upload {upload_id} has no size yet: send Upload-Length in a tus PATCH first"
+            raise UploadIncomplete(msg, details={"missing": []})
         linked = self._finalize_deduplicated(identity, record, sha256 or record.sha256)
         if linked is not None:
             return self.describe(linked), False
@@ -892,7 +908,7 @@ class UploadService:
         log.log(
             logging.INFO if expired or orphans or receipts or pruned else logging.DEBUG,
             "Sweep finished: %d expired upload(s), %d orphaned file(s) removed, %d chunk receipt(s) and"
-            " %d old command/robot row(s) pruned",
+            " %d old command/robot/joined tus partial upload row(s) pruned",
             expired,
             orphans,
             receipts,

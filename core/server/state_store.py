@@ -24,7 +24,10 @@ from core.protocol import Codec, UploadState
 from core.server import db
 from core.server.bag_store import SQLBagCatalog
 from core.server.catalog import BagCatalog
-from core.server.db import chunks, jobs, leases, uploads, upsert
+from core.server.db import CONCAT_JOINED, chunks, jobs, leases, tus_uploads, uploads, upsert
+
+# ``chunks`` of an upload whose size is not known yet (a real upload, even an empty one, has at least one chunk).
+SIZE_UNKNOWN = 0
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,15 @@ class UploadRecord:
     progress: int = 0  # bytes processed by the finalize job
     metadata: dict[str, Any] = field(default_factory=dict)
     fingerprint: str | None = None  # size + head + tail (core.protocol.FINGERPRINT_EDGE), declared at init
+
+    @property
+    def size_known(self) -> bool:
+        """False for a tus upload created with Upload-Defer-Length: ``filesize`` is then MAX_FILE_SIZE, a bound.
+
+        Such a record has ``chunks == SIZE_UNKNOWN`` until the tus front sets the real size and
+        chunk count in one transaction (``TusStore.declare_length``); it cannot finalize before.
+        """
+        return self.chunks != SIZE_UNKNOWN
 
 
 MUTABLE_FIELDS = frozenset(
@@ -339,8 +351,10 @@ class SQLStateStore(SQLBagCatalog, StateStore):
         return [_from_row(row) for row in rows]
 
     def list_uploads(self, query: UploadQuery) -> tuple[list[UploadRecord], int]:
+        """A page of uploads; tus partial uploads already joined into a final upload are not listed."""
         c = uploads.c
-        where = []
+        joined = select(tus_uploads.c.upload_id).where(tus_uploads.c.concat == CONCAT_JOINED)
+        where = [c.upload_id.not_in(joined)]
         if query.owner is not None:
             where.append(c.owner == query.owner)
         if query.state is not None:

@@ -58,6 +58,8 @@ def _upload_status(base_url: str, upload_id: str) -> dict[str, Any] | None:
 
 
 def _fit_chunk(case: Any, status: dict[str, Any]) -> None:
+    if status.get("filesize") is None:
+        return  # a tus upload of deferred length: no chunk fits before its length is known
     missing = status.get("missing") or []
     # Nothing missing: resend chunk 0 unchanged (the idempotent "already stored" path).
     index = int(missing[0]) if missing else 0

@@ -74,6 +74,21 @@ def test_chunks_written_in_any_order_and_in_parallel_assemble_byte_identical(
     assert store.stored_size(UPLOAD, Codec.NONE) == size
 
 
+@pytest.mark.parametrize("chunk_size", [MIN_PART_SIZE, 1024])  # S3: multipart parts, or objects joined
+def test_a_part_of_unknown_size_takes_fewer_chunks_than_its_bound_and_a_short_tail(
+    store: BlobStore, chunk_size: int
+) -> None:
+    """tus Upload-Defer-Length: the part is prepared for a bound (MAX_FILE_SIZE); the real file is smaller."""
+    data = os.urandom(2 * chunk_size + 10)
+    store.create_part(UPLOAD, 1000 * chunk_size, chunk_size, size_known=False)
+    if isinstance(store, LocalBlobStore):
+        assert store.part_path(UPLOAD).stat().st_size == 0  # nothing is sized to the bound
+    _put_all(store, data, chunk_size, [0, 1, 2])
+
+    assert store.assemble(UPLOAD, UPLOAD, chunks=3) is True
+    assert _assembled(store) == data
+
+
 def test_assembling_twice_is_safe(store: BlobStore) -> None:
     """A finalize attempt that crashed after assembling is simply repeated."""
     data = os.urandom(3000)

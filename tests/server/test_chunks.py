@@ -192,7 +192,7 @@ def test_disk_full_while_storing_a_chunk_is_507_and_nothing_is_acknowledged(
 
 
 def test_disk_full_at_init_is_507(client: FlaskClient, app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
-    def disk_full(*_args: object) -> None:
+    def disk_full(*_args: object, **_kwargs: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(app.extensions["blob_store"], "create_part", disk_full)

@@ -14,6 +14,7 @@ from core.server.tus.protocol import (
     HEADER_TUS_RESUMABLE,
     HEADER_UPLOAD_CHECKSUM,
     HEADER_UPLOAD_CONCAT,
+    HEADER_UPLOAD_DEFER_LENGTH,
     HEADER_UPLOAD_LENGTH,
     HEADER_UPLOAD_METADATA,
     HEADER_UPLOAD_OFFSET,
@@ -46,14 +47,18 @@ class TusUpload:
     def upload_id(self) -> str:
         return self.url.rsplit("/", 1)[-1]
 
-    def create(self, *, declare_sha256: bool = True, body: bytes = b"", **extra: str) -> TestResponse:
+    def create(
+        self, *, declare_sha256: bool = True, body: bytes = b"", defer_length: bool = False, **extra: str
+    ) -> TestResponse:
+        """POST /files/; ``defer_length``: Upload-Defer-Length instead of Upload-Length (sent later in a PATCH)."""
         meta = {"filename": "robot.mcap"}
         if declare_sha256:
             meta["sha256"] = hashlib.sha256(self.data).hexdigest()
+        length = {HEADER_UPLOAD_DEFER_LENGTH: "1"} if defer_length else {HEADER_UPLOAD_LENGTH: str(len(self.data))}
         headers = {
             **TUS,
             **self.headers,
-            HEADER_UPLOAD_LENGTH: str(len(self.data)),
+            **length,
             HEADER_UPLOAD_METADATA: encode_metadata(meta),
             **extra,
         }

@@ -42,7 +42,7 @@ def test_options_advertises_exactly_what_is_implemented(app: Flask, on_s3: bool)
     assert response.status_code == 204
     assert response.headers[HEADER_TUS_VERSION] == TUS_VERSION
     assert response.headers[HEADER_TUS_RESUMABLE] == TUS_VERSION
-    extensions = ["creation", "creation-with-upload", "termination", "checksum", "expiration"]
+    extensions = ["creation", "creation-with-upload", "creation-defer-length", "termination", "checksum", "expiration"]
     assert response.headers[HEADER_TUS_EXTENSION].split(",") == extensions + ([] if on_s3 else ["concatenation"])
     assert response.headers[HEADER_TUS_CHECKSUM_ALGORITHM] == "sha1,sha256"
     assert int(response.headers[HEADER_TUS_MAX_SIZE]) == app.extensions["server_config"].max_file_size

@@ -10,9 +10,13 @@ from typing import IO
 
 import pytest
 from flask import Flask
+from sqlalchemy import update
 
+from core.server.db import tus_uploads
+from core.server.tus.hashing import LIBCRYPTO, STATE_FORMAT, ExportableSha256, StreamHashes
 from core.server.tus.protocol import HEADER_UPLOAD_CONCAT, HEADER_UPLOAD_LENGTH, HEADER_UPLOAD_OFFSET
 from core.server.tus.store import TusRecord, TusStore
+from tests.server.conftest import FakeClock
 from tests.server.uploads import assert_error
 from tests.tus.client import TUS, TusUpload, final_upload
 from tests.tus.conftest import CHUNK
@@ -51,30 +55,35 @@ def test_bytes_that_arrived_in_order_in_one_process_are_not_read_again_at_finali
     assert app.test_client().get(f"/uploads/{upload.upload_id}/file").data == upload.data
 
 
-def test_bytes_received_by_another_worker_are_re_read_and_verified_at_finalize(
-    build: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Two apps on the same stores are two workers (or hosts): neither holds the whole in-order hash."""
-    first, second = build(), build()
-    reads = count_full_reads(second, monkeypatch)
-    data = os.urandom(3 * CHUNK + 7)
+def alternate_workers(first: Flask, second: Flask, data: bytes) -> TusUpload:
+    """Three PATCHes, each on the other app (two workers or hosts on the same stores), the last completing it."""
     upload = TusUpload(first.test_client(), data)
     upload.create()
-    assert upload.patch(0, CHUNK).status_code == 204
-    upload.client = second.test_client()
-    assert upload.patch(CHUNK, 2 * CHUNK).status_code == 204
-    upload.client = first.test_client()  # its hash stopped at CHUNK: it cannot continue at 2 * CHUNK
-    assert upload.patch(2 * CHUNK).status_code == 204
+    for app, (start, end) in zip(
+        (first, second, first), ((0, CHUNK), (CHUNK, 2 * CHUNK), (2 * CHUNK, None)), strict=True
+    ):
+        upload.client = app.test_client()
+        assert upload.patch(start, end).status_code == 204
+    return upload
+
+
+def test_patches_alternating_between_workers_continue_one_hash_and_finalize_reads_nothing(
+    build: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch, on_s3: bool
+) -> None:
+    """The running sha256's state travels with the offset in the tus row: any worker continues it."""
+    first, second = build(), build()
+    reads = count_full_reads(second, monkeypatch)
+    upload = alternate_workers(first, second, os.urandom(3 * CHUNK + 7))
 
     assert second.extensions["job_runner"].run_once() is True
 
     status = upload.status()
     assert (status["state"], status["verified"]) == ("complete", True)
-    assert reads == [1]
+    assert reads == ([1] if on_s3 else [])
 
 
-def test_a_restarted_server_resumes_the_upload_and_re_reads_at_finalize(
-    build: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+def test_a_restarted_server_continues_the_hash_of_the_bytes_before_the_restart(
+    build: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch, on_s3: bool
 ) -> None:
     before = build()
     upload = TusUpload(before.test_client(), os.urandom(2 * CHUNK))
@@ -89,7 +98,66 @@ def test_a_restarted_server_resumes_the_upload_and_re_reads_at_finalize(
     assert after.extensions["job_runner"].run_once() is True
 
     assert upload.status()["verified"] is True
+    assert reads == ([1] if on_s3 else [])
+
+
+def test_without_exportable_hashes_another_workers_bytes_are_re_read_and_verified(
+    build: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libcrypto without SHA256_* (or failing its self-test): hashes stay in-process, finalize re-reads."""
+    first, second = build(), build()
+    for app in (first, second):
+        app.extensions["tus_service"].hashes = StreamHashes(lib=None)
+    reads = count_full_reads(second, monkeypatch)
+    upload = alternate_workers(first, second, os.urandom(3 * CHUNK + 7))
+
+    assert second.extensions["job_runner"].run_once() is True
+
+    assert upload.status()["verified"] is True
     assert reads == [1]
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        pytest.param({"hash_format": "openssl-sha256-ctx-v0/112/big"}, id="another-format"),
+        pytest.param({"hash_state": b"\0" * 112}, id="not-a-state-at-this-offset"),
+        pytest.param({"hash_state": None, "hash_format": None}, id="absent"),
+    ],
+)
+def test_a_stored_hash_state_that_does_not_validate_is_not_trusted(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, on_s3: bool, tamper: dict[str, object]
+) -> None:
+    if on_s3:
+        pytest.skip("S3 never keeps a running hash (no lock across hosts)")
+    reads = count_full_reads(app, monkeypatch)
+    upload = TusUpload(app.test_client(), os.urandom(2 * CHUNK + 3))
+    upload.create()
+    assert upload.patch(0, CHUNK).status_code == 204
+    store = app.extensions["tus_service"].store
+    assert store.get(upload.upload_id).hash_state is not None
+    with store.engine.begin() as conn:
+        conn.execute(update(tus_uploads).where(tus_uploads.c.upload_id == upload.upload_id).values(**tamper))
+
+    assert upload.patch(CHUNK).status_code == 204
+    assert app.extensions["job_runner"].run_once() is True
+
+    assert upload.status()["verified"] is True
+    assert reads == [1]
+
+
+def test_the_hash_state_round_trips_through_the_state_database(app: Flask) -> None:
+    """Both engines store the state bytes as given (BLOB / BYTEA) with its format, beside the offset."""
+    store = app.extensions["tus_service"].store
+    upload = TusUpload(app.test_client(), os.urandom(2 * CHUNK))
+    upload.create()
+    running = ExportableSha256(LIBCRYPTO)
+    running.update(upload.data[:CHUNK])
+    state = (STATE_FORMAT, running.export())
+
+    assert store.advance(upload.upload_id, 0, CHUNK, app.extensions["upload_service"].clock(), hash_state=state)
+
+    assert store.get(upload.upload_id).hash_state == state
 
 
 def test_a_patch_ending_inside_a_chunk_is_kept_on_disk_and_cut_at_the_chunk_on_s3(app: Flask, on_s3: bool) -> None:
@@ -145,6 +213,36 @@ def test_partial_uploads_concatenate_into_one_verified_file(
     assert reads == []  # the copy hashed as it went
     assert [part.head().status_code for part in partials] == [410, 410, 410]  # their bytes now live in the final
     assert final.patch(0, body=b"").status_code == 403
+
+
+def test_joined_partial_uploads_are_not_listed_as_failures_and_are_pruned_later(
+    app: Flask, partials: list[TusUpload], clock: FakeClock
+) -> None:
+    """Operators read aborted rows as failures: the partials of a final upload are left out, then deleted."""
+    for part in partials:
+        assert part.patch(0).status_code == 204
+    unjoined = TusUpload(app.test_client(), b"abc")  # a partial upload no final upload took: still listed
+    assert unjoined.create(declare_sha256=False, **{HEADER_UPLOAD_CONCAT: "partial"}).status_code == 201
+    data = b"".join(part.data for part in partials)
+    created = final_upload(app.test_client(), partials, data)
+    final_id = created.headers["Location"].rsplit("/", 1)[-1]
+    assert app.extensions["job_runner"].run_once() is True
+
+    listing = app.test_client().get("/uploads").get_json()
+    assert {u["upload_id"] for u in listing["uploads"]} == {final_id, unjoined.upload_id}
+    assert listing["total"] == 2
+    aborted = app.test_client().get("/uploads?state=aborted").get_json()
+    assert (aborted["uploads"], aborted["total"]) == ([], 0)
+    state = app.test_client().get("/dashboard/api/state").get_json()["uploads"]
+    assert {r["upload_id"] for r in state["items"]} == {final_id, unjoined.upload_id}
+    assert state["counts"]["aborted"] == 0
+    assert partials[0].status()["state"] == "aborted"  # still there when asked for by id, until pruned
+
+    clock.advance(app.extensions["server_config"].state_retention + 1)
+    app.extensions["upload_service"].sweep()
+
+    assert [part.client.get(f"/upload/{part.upload_id}").status_code for part in partials] == [404, 404, 404]
+    assert app.test_client().get(f"/uploads/{final_id}/file").data == data
 
 
 def test_a_final_upload_of_an_unfinished_partial_is_409(app: Flask, partials: list[TusUpload]) -> None:

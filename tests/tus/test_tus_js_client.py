@@ -1,4 +1,4 @@
-"""tus-js-client (npm) in Node against a real gunicorn, alone and behind nginx: resume, 460, parallel uploads.
+"""tus-js-client (npm) in Node against a real gunicorn, alone and behind nginx: resume, 460, parallel, deferred.
 
 tus-js-client has no checksum support of its own: the 460 test adds an ``Upload-Checksum`` to each
 PATCH from the client's ``onBeforeRequest`` hook (tests/tus/js/tus_client.mjs), over the exact
@@ -44,7 +44,7 @@ def bag(tmp_path: Path, deployment: Deployment) -> Path:
 
 
 def run_client(deployment: Deployment, bag: Path, **options: Any) -> list[dict[str, Any]]:
-    """One run of tus-js-client; its events (created, resumed_from, success, error) in order."""
+    """One run of tus-js-client; its events (creating, created, resumed_from, success, error) in order."""
     sha256 = hashlib.sha256(bag.read_bytes()).hexdigest()
     config = {
         "endpoint": deployment.endpoint,
@@ -118,3 +118,13 @@ def test_parallel_uploads_are_concatenated_into_one_verified_file(deployment: De
 
     url = last(events, "success")["url"]
     assert_stored_verified(deployment, url, bag)
+
+
+def test_a_stream_of_unknown_length_is_sent_with_a_deferred_length(deployment: Deployment, bag: Path) -> None:
+    """uploadLengthDeferred: created with Upload-Defer-Length, the last PATCH carries Upload-Length."""
+    events = run_client(deployment, bag, deferLength=True, chunkSize=MiB)
+
+    assert last(events, "creating")["defer_length"] == "1"
+    url = last(events, "success")["url"]
+    assert_stored_verified(deployment, url, bag)
+    assert deployment.status(upload_id(url))["filesize"] == SIZE

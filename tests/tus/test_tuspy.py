@@ -98,3 +98,18 @@ def test_checksummed_patches_of_any_size_store_the_file_verified(deployment: Dep
     upload.upload()
     status = deployment.wait_stored(upload_id(upload.url))
     assert (status["state"], status["verified"]) == ("complete", True)
+
+
+def test_patches_on_new_connections_to_any_worker_keep_the_in_order_sha256(
+    deployment: Deployment, stream: BinaryIO
+) -> None:
+    """tuspy opens a connection per PATCH (any of the gunicorn workers): the hash state travels in the tus row."""
+    client = uploader(deployment, stream, chunk_size=256 * 1024)
+    client.upload()
+
+    status = deployment.wait_stored(upload_id(client.url))
+    assert (status["state"], status["verified"]) == ("complete", True)
+    assert (
+        f"Finalize of {upload_id(client.url)}: sha256 computed as the bytes arrived, not re-read"
+        in deployment.app.log()
+    )

@@ -86,8 +86,12 @@ class BlobStore(abc.ABC):
 
     # --- uploads in progress --------------------------------------------------------------
     @abc.abstractmethod
-    def create_part(self, upload_id: str, size: int, chunk_size: int) -> None:
-        """Prepare to receive the chunks of a ``size``-byte upload (chunks of ``chunk_size``, the last shorter)."""
+    def create_part(self, upload_id: str, size: int, chunk_size: int, *, size_known: bool = True) -> None:
+        """Prepare to receive the chunks of a ``size``-byte upload (chunks of ``chunk_size``, the last shorter).
+
+        ``size_known`` False: ``size`` is only an upper bound (tus Upload-Defer-Length); nothing may
+        be reserved for it, and the chunks end wherever the declared size will put the last one.
+        """
 
     @abc.abstractmethod
     def write_chunk(self, upload_id: str, index: int, offset: int, data: IO[bytes], length: int) -> None:

@@ -92,11 +92,15 @@ class LocalBlobStore(BlobStore):
     def part_path(self, upload_id: str) -> Path:
         return self.parts / f"{checked(upload_id)}.part"
 
-    def create_part(self, upload_id: str, size: int, chunk_size: int = 0) -> None:
-        """A sparse part file of the final size, so chunks can land at any offset in any order."""
+    def create_part(self, upload_id: str, size: int, chunk_size: int = 0, *, size_known: bool = True) -> None:
+        """A sparse part file of the final size, so chunks can land at any offset in any order.
+
+        Of unknown size: an empty file, which the bytes extend as they arrive in order (tus);
+        when every byte is there, the file has exactly the declared size.
+        """
         fd = os.open(self.part_path(upload_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
-            os.ftruncate(fd, size)
+            os.ftruncate(fd, size if size_known else 0)
             os.fsync(fd)
         finally:
             os.close(fd)

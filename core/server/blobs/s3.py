@@ -192,7 +192,8 @@ class S3BlobStore(BlobStore):
             marker = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
 
     # --- uploads in progress --------------------------------------------------------------
-    def create_part(self, upload_id: str, size: int, chunk_size: int) -> None:
+    def create_part(self, upload_id: str, size: int, chunk_size: int, *, size_known: bool = True) -> None:
+        """The layout suits ``size``; a bound (not ``size_known``) fits any smaller size: fewer parts of that size."""
         chunks = max(1, -(-size // chunk_size)) if chunk_size else 1
         direct = chunks == 1 or (chunk_size >= MIN_PART_SIZE and chunks <= MAX_PARTS)
         layout: dict[str, Any] = {

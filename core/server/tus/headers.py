@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from core.protocol import ErrorCode
@@ -12,10 +13,13 @@ from core.server.tus.protocol import (
     CHECKSUM_ALGORITHMS,
     CONCAT_FINAL,
     CONCAT_PARTIAL,
+    DEFER_LENGTH,
     HEADER_TUS_RESUMABLE,
     HEADER_TUS_VERSION,
     HEADER_UPLOAD_CHECKSUM,
     HEADER_UPLOAD_CONCAT,
+    HEADER_UPLOAD_DEFER_LENGTH,
+    HEADER_UPLOAD_LENGTH,
     HEADER_UPLOAD_METADATA,
     STATUS_CHECKSUM_MISMATCH,
     TUS_PREFIX,
@@ -66,6 +70,19 @@ def byte_count(value: str | None, header: str, *, required: bool = True) -> int 
         msg = f"{header} must be a non-negative integer"
         raise InvalidField(msg, details={"field": header})
     return int(text)
+
+
+def defer_length(value: str | None, sent: Mapping[str, str], *, final: bool) -> bool:
+    """Upload-Defer-Length at creation: ``1`` or absent; never with Upload-Length, nor on a final upload."""
+    if value is None:
+        return False
+    if value.strip() != DEFER_LENGTH or HEADER_UPLOAD_LENGTH in sent or final:
+        msg = (
+            f"{HEADER_UPLOAD_DEFER_LENGTH} must be {DEFER_LENGTH}, without {HEADER_UPLOAD_LENGTH}, "
+            "and not on a final (concatenated) upload"
+        )
+        raise InvalidField(msg, details={"field": HEADER_UPLOAD_DEFER_LENGTH})
+    return True
 
 
 def metadata(value: str | None) -> dict[str, str]:

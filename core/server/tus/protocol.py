@@ -34,12 +34,16 @@ STATUS_CHECKSUM_MISMATCH = 460
 
 EXT_CREATION = "creation"
 EXT_CREATION_WITH_UPLOAD = "creation-with-upload"
+EXT_CREATION_DEFER_LENGTH = "creation-defer-length"
 EXT_TERMINATION = "termination"
 EXT_CHECKSUM = "checksum"
 EXT_EXPIRATION = "expiration"
 EXT_CONCATENATION = "concatenation"
 
 CHECKSUM_ALGORITHMS = ("sha1", "sha256")
+
+# The only value of Upload-Defer-Length: the length comes later, in a PATCH's Upload-Length.
+DEFER_LENGTH = "1"
 
 CONCAT_PARTIAL = "partial"
 CONCAT_FINAL = "final"
@@ -72,6 +76,7 @@ CORS_EXPOSED_HEADERS = (
     HEADER_TUS_CHECKSUM_ALGORITHM,
     HEADER_UPLOAD_OFFSET,
     HEADER_UPLOAD_LENGTH,
+    HEADER_UPLOAD_DEFER_LENGTH,
     HEADER_UPLOAD_METADATA,
     HEADER_UPLOAD_EXPIRES,
     HEADER_UPLOAD_CONCAT,

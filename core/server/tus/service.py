@@ -14,6 +14,7 @@ offset it is told.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import io
@@ -27,14 +28,23 @@ from typing import Any, BinaryIO
 
 from werkzeug.exceptions import ClientDisconnected
 
-from core.protocol import ErrorCode, UploadState, chunk_length
+from core.protocol import ErrorCode, UploadState, chunk_count, chunk_length
 from core.server import events
 from core.server.blobs import PartMissing
-from core.server.errors import ApiError, ChunkSizeMismatch, Conflict, Forbidden, InvalidField, NotFound, PayloadTooLarge
+from core.server.errors import (
+    ApiError,
+    ChunkSizeMismatch,
+    Conflict,
+    FileTooLarge,
+    Forbidden,
+    InvalidField,
+    NotFound,
+    PayloadTooLarge,
+)
 from core.server.identity import Identity
 from core.server.service import BODY_READ_SIZE, SPOOL_IN_MEMORY, UploadService, storage_errors
-from core.server.state_store import UploadRecord
-from core.server.tus.hashing import StreamHashes
+from core.server.state_store import SIZE_UNKNOWN, UploadRecord
+from core.server.tus.hashing import RunningHash, StreamHashes
 from core.server.tus.headers import Checksum, Concat, TusChecksumMismatch
 from core.server.tus.protocol import (
     CONCAT_FINAL,
@@ -70,6 +80,15 @@ class TusUpload:
 
     record: UploadRecord
     tus: TusRecord
+
+    @property
+    def length(self) -> int | None:
+        """Upload-Length; None while deferred (Upload-Defer-Length: 1, the length comes in a later PATCH)."""
+        return self.tus.upload_length if self.record.size_known else None
+
+    @property
+    def complete(self) -> bool:
+        return self.length is not None and self.tus.upload_offset == self.length
 
 
 def init_body(length: int, meta: dict[str, str]) -> dict[str, Any]:
@@ -154,16 +173,13 @@ class TusService:
             raise InvalidField(msg, details={"field": HEADER_UPLOAD_CONCAT})
         if concat is not None and concat.kind == CONCAT_FINAL:
             return self._create_final(identity, concat.parts, meta, raw_meta)
-        if length is None:
-            msg = "Upload-Length is required (this server does not offer creation-defer-length)"
-            raise InvalidField(msg, details={"field": "Upload-Length"})
         record = self._create_native(identity, length, meta)
         done = record.state is not UploadState.UPLOADING  # deduplicated: already complete
         tus = self._create_row(record, raw_meta, concat.kind if concat else None)
         log.info(
-            "tus upload created: %s (%d bytes%s) - ID: %s",
+            "tus upload created: %s (%s bytes%s) - ID: %s",
             record.filename,
-            length,
+            "deferred" if length is None else length,
             ", partial" if concat else ", deduplicated" if done else "",
             record.upload_id,
         )
@@ -185,9 +201,41 @@ class TusService:
         self.store.create(tus)
         return tus
 
-    def _create_native(self, identity: Identity, length: int, meta: dict[str, str]) -> UploadRecord:
-        spec = parse_init(init_body(length, meta), self.uploads.config)
+    def _create_native(self, identity: Identity, length: int | None, meta: dict[str, str]) -> UploadRecord:
+        """The native upload; of a deferred length (None): MAX_FILE_SIZE as a bound and ``SIZE_UNKNOWN`` chunks."""
+        bound = self.uploads.config.max_file_size if length is None else length
+        spec = parse_init(init_body(bound, meta), self.uploads.config)
+        if length is None:
+            spec = dataclasses.replace(spec, chunks=SIZE_UNKNOWN)
         return self.uploads.init_upload(identity, spec, resume=False).record
+
+    def _declare_length(self, identity: Identity, upload: TusUpload, length: int) -> TusUpload:
+        """Upload-Length in a PATCH: once for a deferred upload (repeating the same value is harmless)."""
+        known, offset = upload.length, upload.tus.upload_offset
+        if known is not None:
+            if known != length:
+                msg = f"Upload-Length {length} does not match the upload's length {known}"
+                raise InvalidField(msg, details={"field": "Upload-Length", "length": known})
+            return upload
+        limit = self.uploads.config.max_file_size
+        if length > limit:
+            msg = f"Upload-Length {length} exceeds the maximum of {limit} bytes"
+            raise FileTooLarge(msg, details={"max": limit})
+        if length < offset:
+            msg = f"Upload-Length {length} is below the {offset} bytes already received"
+            raise InvalidField(msg, details={"field": "Upload-Length", "offset": offset})
+        record = upload.record
+        self.uploads.require_free_disk(record, length - offset)
+        with storage_errors():
+            declared = self.store.declare_length(
+                record.upload_id, length, chunk_count(length, record.chunk_size), self.uploads.clock()
+            )
+        current = self.get(identity, record.upload_id)
+        if not declared and current.length != length:
+            msg = f"upload {record.upload_id} changed while its length was declared"
+            raise Conflict(msg, details={"offset": current.tus.upload_offset, "length": current.length})
+        log.info("tus length declared: %s (%d bytes) - ID: %s", record.filename, length, record.upload_id)
+        return current
 
     def _create_final(
         self, identity: Identity, part_ids: tuple[str, ...], meta: dict[str, str], raw_meta: str
@@ -195,11 +243,12 @@ class TusService:
         """Concatenate complete partial uploads into a new upload: their bytes are copied in order, then finalized.
 
         The copy hashes as it goes, so finalize does not read the result again; the partial uploads
-        are terminated once the final upload holds their bytes.
+        are terminated once the final upload holds their bytes, and marked joined: they are parts
+        of the final upload, not failures, so listings and the dashboard leave them out.
         """
         parts = [self.get(identity, part_id) for part_id in part_ids]
         for part in parts:
-            if part.tus.concat != CONCAT_PARTIAL or part.tus.upload_offset != part.tus.upload_length:
+            if part.tus.concat != CONCAT_PARTIAL or not part.complete:
                 msg = f"upload {part.record.upload_id} is not a complete partial upload"
                 raise Conflict(msg, details={"field": HEADER_UPLOAD_CONCAT})
         length = sum(part.tus.upload_length for part in parts)
@@ -218,6 +267,7 @@ class TusService:
             self._complete(identity, record, partial=False)
         for part in parts:
             self.uploads.abort(identity, part.record.upload_id)
+        self.store.mark_joined(part_ids)
         log.info(
             "tus upload concatenated: %s (%d bytes from %d partial uploads) - ID: %s",
             record.filename,
@@ -237,24 +287,32 @@ class TusService:
         offset: int,
         content_length: int | None,
         checksum: Checksum | None,
+        declared_length: int | None = None,
     ) -> TusUpload:
         """Store a PATCH body at ``offset``; ``content_length`` None: a chunked body, read until it ends.
 
-        A chunked body is read up to the upload's length and no further.
+        A chunked body is read up to the upload's length and no further (MAX_FILE_SIZE while the
+        length is deferred). ``declared_length``: the PATCH's Upload-Length, set before the body
+        is stored, so the body may end the upload (on S3: carry its short tail chunk).
         """
         upload = self.get(identity, upload_id)
-        record, tus = upload.record, upload.tus
-        if tus.concat == CONCAT_FINAL:
+        if upload.tus.concat == CONCAT_FINAL:
             msg = "a final (concatenated) upload takes no PATCH"
             raise Forbidden(msg)
-        if offset != tus.upload_offset:
-            msg = f"{HEADER_UPLOAD_OFFSET} {offset} does not match the upload's offset {tus.upload_offset}"
-            raise Conflict(msg, details={"offset": tus.upload_offset})
+        if offset != upload.tus.upload_offset:
+            msg = f"{HEADER_UPLOAD_OFFSET} {offset} does not match the upload's offset {upload.tus.upload_offset}"
+            raise Conflict(msg, details={"offset": upload.tus.upload_offset})
+        if declared_length is not None:
+            upload = self._declare_length(identity, upload, declared_length)
+        record, tus = upload.record, upload.tus
         length = tus.upload_length - offset if content_length is None else content_length
         if offset + length > tus.upload_length:
             msg = f"{length} bytes at offset {offset} exceed the upload's length {tus.upload_length}"
             raise PayloadTooLarge(msg, details={"length": tus.upload_length})
         if length == 0:
+            if declared_length is not None and upload.complete and record.state is UploadState.UPLOADING:
+                self._complete(identity, record, partial=tus.concat == CONCAT_PARTIAL)  # the length ends it here
+                return self.get(identity, upload_id)
             return upload
         if record.state is not UploadState.UPLOADING:
             msg = f"upload {upload_id} is {record.state.value}"
@@ -265,14 +323,14 @@ class TusService:
             exact = content_length is not None
             new_offset = self._store_checked(identity, record, offset, body, length, checksum, exact=exact)
         log.info(
-            "tus PATCH: %s - ID: %s - offset %d -> %d of %d",
+            "tus PATCH: %s - ID: %s - offset %d -> %d of %s",
             record.filename,
             upload_id,
             offset,
             new_offset,
-            record.filesize,
+            upload.length,
         )
-        if new_offset == tus.upload_length:
+        if upload.length is not None and new_offset == upload.length:
             self._complete(identity, record, partial=tus.concat == CONCAT_PARTIAL)
         return self.get(identity, upload_id)
 
@@ -310,12 +368,26 @@ class TusService:
         """Store up to ``length`` bytes of ``body`` from ``offset``, one native chunk (or piece) at a time."""
         position, end = offset, offset + length
         self._require_progress(record, offset, end)
+        running = self._running_hash(record.upload_id, offset)
         while position < end:
-            stored = self._store_segment(identity, record, position, body, end)
+            stored = self._store_segment(identity, record, position, body, end, running)
             if stored == 0:
                 break
             position += stored
         return position
+
+    def _running_hash(self, upload_id: str, offset: int) -> RunningHash | None:
+        """The in-order sha256 of bytes [0, offset), continued from the tus row's exported state (or this process).
+
+        None (finalize will re-read) when no valid state exists at exactly this offset, and always
+        on stores without a lock across hosts (S3): two hosts could store different bytes of one
+        chunk at once, and the hash of what one of them received would not stand for what is stored.
+        """
+        if not self.uploads.blobs.exclusive_chunk_lock:
+            return None
+        tus = self.store.get(upload_id) if offset else None
+        stored = tus.hash_state if tus is not None and tus.upload_offset == offset else None
+        return self.hashes.resume(upload_id, offset, stored)
 
     def _require_progress(self, record: UploadRecord, offset: int, end: int) -> None:
         """400 for a body that cannot move the offset at all: on S3 it ends inside the chunk it starts."""
@@ -330,8 +402,14 @@ class TusService:
             )
             raise ChunkSizeMismatch(msg, details={"chunk_size": record.chunk_size, "offset": offset})
 
-    def _store_segment(self, identity: Identity, record: UploadRecord, position: int, body: Any, end: int) -> int:
-        """Store bytes from ``position`` up to the next chunk boundary (or ``end``); how many were acknowledged."""
+    def _store_segment(
+        self, identity: Identity, record: UploadRecord, position: int, body: Any, end: int, running: RunningHash | None
+    ) -> int:
+        """Store bytes from ``position`` up to the next chunk boundary (or ``end``); how many were acknowledged.
+
+        ``running`` (the sha256 of bytes [0, position), if known) takes in the bytes as they are
+        copied, and its state is stored with the new offset, in the same transaction.
+        """
         blobs, upload_id = self.uploads.blobs, record.upload_id
         index = position // record.chunk_size
         chunk_start = index * record.chunk_size
@@ -341,9 +419,6 @@ class TusService:
         if not (whole or blobs.supports_pieces):
             return 0  # S3 keeps whole chunks only: the client resends from the offset we answer
         started = time.monotonic()
-        # Without a lock across hosts (S3), two hosts could store different bytes of one chunk at once;
-        # the hash of what one of them sent would not stand for what is stored: finalize re-reads.
-        running = self.hashes.resume(upload_id, position) if blobs.exclusive_chunk_lock else None
         segment = hashlib.sha256()
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as buffer:
             got = _copy(body, buffer, wanted, segment, running)
@@ -363,6 +438,7 @@ class TusService:
                         self.uploads.clock(),
                         chunk=receipt,
                         received_sha256=running.hexdigest() if complete else None,
+                        hash_state=None if complete else self.hashes.exported(running),
                     )
                 if not advanced:
                     self.uploads.get(identity, upload_id)  # 410 if expired meanwhile

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, delete, insert, select, update
 
 from core.protocol import UploadState
 from core.server import db
-from core.server.db import chunks, tus_uploads, uploads, upsert
+from core.server.db import CONCAT_JOINED, chunks, tus_uploads, uploads, upsert
+from core.server.state_store import SIZE_UNKNOWN
+from core.server.tus.protocol import CONCAT_PARTIAL
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class TusRecord:
     parts: tuple[str, ...] = ()
     raw_metadata: str = ""
     received_sha256: str | None = None
+    hash_state: tuple[str, bytes] | None = None  # (format, state) of the sha256 of bytes [0, upload_offset)
 
 
 class _Stale(Exception):
@@ -66,6 +69,7 @@ class TusStore:
             parts=tuple(json.loads(row["parts"])) if row["parts"] else (),
             raw_metadata=row["raw_metadata"],
             received_sha256=row["received_sha256"],
+            hash_state=None if row["hash_state"] is None else (str(row["hash_format"]), bytes(row["hash_state"])),
         )
 
     def received_sha256(self, upload_id: str) -> str | None:
@@ -85,17 +89,29 @@ class TusStore:
         *,
         chunk: tuple[int, str] | None = None,
         received_sha256: str | None = None,
+        hash_state: tuple[str, bytes] | None = None,
     ) -> bool:
         """Move the offset from ``start`` to ``end`` (and record ``chunk`` = (index, sha256)); False if it moved.
 
         The upload must still be uploading: a terminated or expired upload takes no more bytes.
+        ``hash_state``: the running sha256 of bytes [0, end), stored with ``end`` or cleared.
         """
+        hash_format, state = hash_state if hash_state is not None else (None, None)
         try:
             with db.write(self.engine) as conn:
                 moved = conn.execute(
                     update(tus_uploads)
-                    .where(tus_uploads.c.upload_id == upload_id, tus_uploads.c.upload_offset == start)
-                    .values(upload_offset=end, received_sha256=received_sha256)
+                    .where(
+                        tus_uploads.c.upload_id == upload_id,
+                        tus_uploads.c.upload_offset == start,
+                        tus_uploads.c.upload_length >= end,  # a length declared meanwhile below ``end``
+                    )
+                    .values(
+                        upload_offset=end,
+                        received_sha256=received_sha256,
+                        hash_format=hash_format,
+                        hash_state=state,
+                    )
                 )
                 if moved.rowcount != 1:
                     return False
@@ -115,3 +131,64 @@ class TusStore:
         except _Stale:
             return False
         return True
+
+    def declare_length(self, upload_id: str, length: int, chunk_count: int, now: float) -> bool:
+        """Set the length of an upload created with Upload-Defer-Length, on both rows at once; False if it moved.
+
+        Fenced: only while the native size is still unknown and the upload uploading, and only
+        if the offset has not passed ``length`` meanwhile (a racing PATCH may have advanced it).
+        """
+        try:
+            with db.write(self.engine) as conn:
+                moved = conn.execute(
+                    update(tus_uploads)
+                    .where(tus_uploads.c.upload_id == upload_id, tus_uploads.c.upload_offset <= length)
+                    .values(upload_length=length)
+                )
+                if moved.rowcount != 1:
+                    return False
+                sized = conn.execute(
+                    update(uploads)
+                    .where(
+                        uploads.c.upload_id == upload_id,
+                        uploads.c.state == UploadState.UPLOADING.value,
+                        uploads.c.chunks == SIZE_UNKNOWN,
+                    )
+                    .values(filesize=length, chunks=chunk_count, updated_at=now)
+                )
+                if sized.rowcount != 1:
+                    raise _Stale
+        except _Stale:
+            return False
+        return True
+
+    def mark_joined(self, upload_ids: tuple[str, ...]) -> None:
+        """These partial uploads are now in a final upload: listings leave them out from here on."""
+        with db.write(self.engine) as conn:
+            conn.execute(
+                update(tus_uploads)
+                .where(tus_uploads.c.upload_id.in_(upload_ids), tus_uploads.c.concat == CONCAT_PARTIAL)
+                .values(concat=CONCAT_JOINED)
+            )
+
+    def prune_joined(self, older_than: float) -> int:
+        """Delete joined partial uploads (their rows; abort removed their bytes) idle since before ``older_than``."""
+        with db.write(self.engine) as conn:
+            ids = (
+                conn.execute(
+                    select(uploads.c.upload_id)
+                    .join(tus_uploads, tus_uploads.c.upload_id == uploads.c.upload_id)
+                    .where(
+                        tus_uploads.c.concat == CONCAT_JOINED,
+                        uploads.c.state == UploadState.ABORTED.value,
+                        uploads.c.updated_at < older_than,
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if not ids:
+                return 0
+            for table in (chunks, tus_uploads, uploads):
+                conn.execute(delete(table).where(table.c.upload_id.in_(ids)))
+        return len(ids)

@@ -6,16 +6,18 @@ from email.utils import formatdate
 
 from flask import Blueprint, Flask, Response, current_app, request
 
-from core.server.errors import InvalidField, UnsupportedMediaType
+from core.server.errors import UnsupportedMediaType
 from core.server.identity import current_identity
 from core.server.tus import headers
 from core.server.tus.hashing import StreamHashes
 from core.server.tus.protocol import (
     CHECKSUM_ALGORITHMS,
     CONCAT_FINAL,
+    DEFER_LENGTH,
     EXT_CHECKSUM,
     EXT_CONCATENATION,
     EXT_CREATION,
+    EXT_CREATION_DEFER_LENGTH,
     EXT_CREATION_WITH_UPLOAD,
     EXT_EXPIRATION,
     EXT_TERMINATION,
@@ -54,7 +56,14 @@ def _service() -> TusService:
 
 def extensions(service: TusService) -> list[str]:
     """What this server implements, for Tus-Extension: concatenation only where partial uploads can be read back."""
-    names = [EXT_CREATION, EXT_CREATION_WITH_UPLOAD, EXT_TERMINATION, EXT_CHECKSUM, EXT_EXPIRATION]
+    names = [
+        EXT_CREATION,
+        EXT_CREATION_WITH_UPLOAD,
+        EXT_CREATION_DEFER_LENGTH,
+        EXT_TERMINATION,
+        EXT_CHECKSUM,
+        EXT_EXPIRATION,
+    ]
     return [*names, EXT_CONCATENATION] if service.concatenation else names
 
 
@@ -107,12 +116,14 @@ def _empty(status: int, fields: dict[str, str]) -> Response:
 
 @tus.post(TUS_COLLECTION_PATH)
 def create() -> Response:
-    if HEADER_UPLOAD_DEFER_LENGTH in request.headers:
-        msg = f"{HEADER_UPLOAD_DEFER_LENGTH} is not supported: send {HEADER_UPLOAD_LENGTH}"
-        raise InvalidField(msg, details={"field": HEADER_UPLOAD_DEFER_LENGTH})
     concat = headers.concat(request.headers.get(HEADER_UPLOAD_CONCAT))
     final = concat is not None and concat.kind == CONCAT_FINAL
-    length = None if final else headers.byte_count(request.headers.get(HEADER_UPLOAD_LENGTH), HEADER_UPLOAD_LENGTH)
+    deferred = headers.defer_length(request.headers.get(HEADER_UPLOAD_DEFER_LENGTH), request.headers, final=final)
+    length = (
+        None
+        if final or deferred
+        else headers.byte_count(request.headers.get(HEADER_UPLOAD_LENGTH), HEADER_UPLOAD_LENGTH)
+    )
     raw_meta = request.headers.get(HEADER_UPLOAD_METADATA, "")
     meta = headers.metadata(raw_meta)
     body_length = _body_length()
@@ -136,10 +147,13 @@ def head(upload_id: str) -> Response:
     upload = _service().get(current_identity(), upload_id)
     fields = {
         HEADER_UPLOAD_OFFSET: str(upload.tus.upload_offset),
-        HEADER_UPLOAD_LENGTH: str(upload.tus.upload_length),
         HEADER_CACHE_CONTROL: "no-store",
         **_expires(upload),
     }
+    if upload.length is None:
+        fields[HEADER_UPLOAD_DEFER_LENGTH] = DEFER_LENGTH
+    else:
+        fields[HEADER_UPLOAD_LENGTH] = str(upload.length)
     if upload.tus.raw_metadata:
         fields[HEADER_UPLOAD_METADATA] = upload.tus.raw_metadata
     if upload.tus.concat == CONCAT_FINAL:
@@ -155,8 +169,15 @@ def patch(upload_id: str) -> Response:
     offset = headers.byte_count(request.headers.get(HEADER_UPLOAD_OFFSET), HEADER_UPLOAD_OFFSET)
     assert offset is not None  # noqa: S101 - required
     checksum = headers.checksum(request.headers.get(HEADER_UPLOAD_CHECKSUM))
+    declared = headers.byte_count(request.headers.get(HEADER_UPLOAD_LENGTH), HEADER_UPLOAD_LENGTH, required=False)
     upload = _service().patch(
-        current_identity(), upload_id, request.stream, offset=offset, content_length=_body_length(), checksum=checksum
+        current_identity(),
+        upload_id,
+        request.stream,
+        offset=offset,
+        content_length=_body_length(),
+        checksum=checksum,
+        declared_length=declared,
     )
     return _empty(204, {HEADER_UPLOAD_OFFSET: str(upload.tus.upload_offset), **_expires(upload)})
 
@@ -173,5 +194,6 @@ def init_app(app: Flask) -> TusService:
         app.extensions["upload_service"], TusStore(app.extensions["state_store"].engine), StreamHashes()
     )
     app.extensions[EXTENSION] = service
+    service.uploads.pruners.append(service.store.prune_joined)  # joined partial uploads go with each sweep
     app.register_blueprint(tus)
     return service

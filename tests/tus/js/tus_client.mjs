@@ -5,10 +5,12 @@
 // options: endpoint, path, headers, metadata, chunkSize, parallelUploads, uploadUrl (resume),
 // source ("path": an fs.ReadStream, sent with Content-Length; "buffer": a Buffer, which Node's
 // http sends chunked), checksum (add an Upload-Checksum: sha256 to each PATCH in
-// onBeforeRequest: tus-js-client itself has no checksum support).
-// Prints one JSON line per event (created, resumed_from, success, error) and exits 0 on success.
+// onBeforeRequest: tus-js-client itself has no checksum support), deferLength (a plain stream whose
+// size tus-js-client cannot know, sent with uploadLengthDeferred: Upload-Length comes in the last PATCH).
+// Prints one JSON line per event (creating, created, resumed_from, success, error) and exits 0 on success.
 import { createHash } from 'node:crypto'
 import { createReadStream, readFileSync, statSync } from 'node:fs'
+import { PassThrough } from 'node:stream'
 import { Upload } from 'tus-js-client'
 
 const options = JSON.parse(process.argv[2])
@@ -18,10 +20,17 @@ const whole = options.checksum || options.source === 'buffer' ? readFileSync(opt
 
 // parallelUploads refuses uploadUrl and uploadSize: it derives the size from the file itself.
 const single = (options.parallelUploads ?? 1) === 1 ? { uploadUrl: options.uploadUrl ?? null, uploadSize: size } : {}
+// A PassThrough is no fs.ReadStream: tus-js-client reads it as a stream of unknown length.
+const deferred = options.deferLength ? { uploadSize: null, uploadLengthDeferred: true } : {}
+const source = () => {
+  if (options.source === 'buffer') return whole
+  return options.deferLength ? createReadStream(options.path).pipe(new PassThrough()) : createReadStream(options.path)
+}
 
-const upload = new Upload(options.source === 'buffer' ? whole : createReadStream(options.path), {
+const upload = new Upload(source(), {
   endpoint: options.endpoint,
   ...single,
+  ...deferred,
   headers: options.headers ?? {},
   metadata: options.metadata ?? {},
   chunkSize: options.chunkSize ?? Infinity,
@@ -29,6 +38,7 @@ const upload = new Upload(options.source === 'buffer' ? whole : createReadStream
   retryDelays: null, // the tests decide when to resume
   storeFingerprintForResuming: false,
   onBeforeRequest(req) {
+    if (req.getMethod() === 'POST') emit({ event: 'creating', defer_length: req.getHeader('Upload-Defer-Length') ?? null })
     const offset = req.getHeader('Upload-Offset')
     if (options.checksum && req.getMethod() === 'PATCH' && offset !== undefined) {
       const start = Number(offset)
