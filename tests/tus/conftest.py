@@ -21,7 +21,19 @@ BACKENDS = (
 )
 
 
-@pytest.fixture(params=BACKENDS)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every backend, or only the blob stores a test names with ``@pytest.mark.blob_stores(...)``.
+
+    A behaviour that exists on one store only is not collected on the other (rather than skipped there).
+    """
+    if "backend" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("blob_stores")
+    stores = marker.args if marker else ("local", "s3")
+    metafunc.parametrize("backend", [p for p in BACKENDS if p.values[0][1] in stores], indirect=True)
+
+
+@pytest.fixture
 def backend(request: pytest.FixtureRequest) -> tuple[str, str]:
     return tuple(request.param)  # type: ignore[return-value]
 

@@ -98,9 +98,8 @@ def test_while_the_length_is_unknown_the_listing_says_so_and_nothing_finalizes(a
     assert upload.status()["verified"] is False
 
 
+@pytest.mark.blob_stores("local")
 def test_the_local_part_file_is_not_sized_to_the_bound(app: Flask, on_s3: bool) -> None:
-    if on_s3:
-        pytest.skip("S3 keeps no part file")
     upload = deferred(app, os.urandom(CHUNK + 5))
     part = app.extensions["blob_store"].part_path(upload.upload_id)
     assert part.stat().st_size == 0
@@ -129,12 +128,11 @@ def test_a_length_below_the_offset_is_400_and_above_the_maximum_413(app: Flask) 
     assert upload.offset() == CHUNK
 
 
+@pytest.mark.blob_stores("local")
 def test_the_free_disk_floor_is_checked_when_the_length_arrives(
     build: Any, monkeypatch: pytest.MonkeyPatch, on_s3: bool
 ) -> None:
     """The bound (MAX_FILE_SIZE) is not a need: creation passes, a length that does not fit is 507."""
-    if on_s3:
-        pytest.skip("with S3 the file's bytes never land on this disk")
     app = build(min_free_disk=GiB, max_file_size=100 * GiB)
     monkeypatch.setattr(shutil, "disk_usage", lambda _path: FakeUsage(10 * GiB, 9 * GiB, GiB + CHUNK))
     upload = deferred(app, os.urandom(3 * CHUNK))

@@ -125,11 +125,10 @@ def test_without_exportable_hashes_another_workers_bytes_are_re_read_and_verifie
         pytest.param({"hash_state": None, "hash_format": None}, id="absent"),
     ],
 )
+@pytest.mark.blob_stores("local")
 def test_a_stored_hash_state_that_does_not_validate_is_not_trusted(
     app: Flask, monkeypatch: pytest.MonkeyPatch, on_s3: bool, tamper: dict[str, object]
 ) -> None:
-    if on_s3:
-        pytest.skip("S3 never keeps a running hash (no lock across hosts)")
     reads = count_full_reads(app, monkeypatch)
     upload = TusUpload(app.test_client(), os.urandom(2 * CHUNK + 3))
     upload.create()
@@ -178,9 +177,7 @@ def test_a_patch_ending_inside_a_chunk_is_kept_on_disk_and_cut_at_the_chunk_on_s
 
 
 @pytest.fixture
-def partials(app: Flask, on_s3: bool) -> list[TusUpload]:
-    if on_s3:
-        pytest.skip("concatenation reads partial uploads back: local disk only (checked below)")
+def partials(app: Flask) -> list[TusUpload]:
     parts = []
     for size in (CHUNK + 3, 2 * CHUNK, 5):
         part = TusUpload(app.test_client(), os.urandom(size))
@@ -189,6 +186,7 @@ def partials(app: Flask, on_s3: bool) -> list[TusUpload]:
     return parts
 
 
+@pytest.mark.blob_stores("local")  # concatenation reads partial uploads back
 def test_partial_uploads_concatenate_into_one_verified_file(
     app: Flask, partials: list[TusUpload], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -215,6 +213,7 @@ def test_partial_uploads_concatenate_into_one_verified_file(
     assert final.patch(0, body=b"").status_code == 403
 
 
+@pytest.mark.blob_stores("local")  # concatenation reads partial uploads back
 def test_joined_partial_uploads_are_not_listed_as_failures_and_are_pruned_later(
     app: Flask, partials: list[TusUpload], clock: FakeClock
 ) -> None:
@@ -245,6 +244,7 @@ def test_joined_partial_uploads_are_not_listed_as_failures_and_are_pruned_later(
     assert app.test_client().get(f"/uploads/{final_id}/file").data == data
 
 
+@pytest.mark.blob_stores("local")  # concatenation reads partial uploads back
 def test_a_final_upload_of_an_unfinished_partial_is_409(app: Flask, partials: list[TusUpload]) -> None:
     partials[0].patch(0)
     created = final_upload(app.test_client(), partials, b"")
@@ -252,9 +252,8 @@ def test_a_final_upload_of_an_unfinished_partial_is_409(app: Flask, partials: li
     assert partials[0].offset() == len(partials[0].data)
 
 
+@pytest.mark.blob_stores("s3")
 def test_concatenation_is_refused_where_it_is_not_advertised(app: Flask, on_s3: bool) -> None:
-    if not on_s3:
-        pytest.skip("local disk concatenates (above)")
     sent = {**TUS, HEADER_UPLOAD_LENGTH: "10", HEADER_UPLOAD_CONCAT: "partial"}
     assert_error(app.test_client().post("/files/", headers=sent), 400, "invalid_field")
 
