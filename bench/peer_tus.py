@@ -149,12 +149,17 @@ def minimal_client(url: str, path: Path, streams: int) -> dict[str, float]:
         return {"sent": sent, "stored": sent}
     finalize.raise_for_status()
     status_url = upload_status_url(url, upload_id)
+    return {"sent": sent, "stored": wait_verified(status_url, started)}
+
+
+def wait_verified(status_url: str, started: float) -> float:
+    """Seconds from ``started`` until the upload's status says verified (a failed upload is an error)."""
     while (status := requests.get(status_url, timeout=60).json())["state"] not in ("complete", "failed"):
         time.sleep(0.02)
     if not status.get("verified"):
         msg = f"upload not verified: {status}"
         raise RuntimeError(msg)
-    return {"sent": sent, "stored": time.perf_counter() - started}
+    return time.perf_counter() - started
 
 
 def file_sha256(path: Path) -> str:
@@ -196,12 +201,7 @@ def tus_client(kind: str, url: str, path: Path, *, verify: bool) -> dict[str, fl
         return {"sent": sent, "stored": sent}
     root, upload_id = url.removesuffix(TUS_PATH), upload_url.rstrip("/").rsplit("/", 1)[-1]
     status_url = upload_status_url(root, upload_id)
-    while (status := requests.get(status_url, timeout=60).json())["state"] not in ("complete", "failed"):
-        time.sleep(0.02)
-    if not status.get("verified"):
-        msg = f"upload not verified: {status}"
-        raise RuntimeError(msg)
-    return {"sent": sent, "stored": time.perf_counter() - started}
+    return {"sent": sent, "stored": wait_verified(status_url, started)}
 
 
 def client_main(argv: list[str]) -> None:

@@ -16,7 +16,14 @@ The sender is the component that saw the event (the ``UploadService``, or the fi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from blinker import Namespace
+
+from core.protocol import Codec
+
+if TYPE_CHECKING:
+    from core.server.state_store import UploadRecord
 
 _signals = Namespace()
 
@@ -28,3 +35,19 @@ upload_aborted = _signals.signal("upload-aborted")
 upload_expired = _signals.signal("upload-expired")
 finalize_retried = _signals.signal("finalize-retried")
 upload_deleted = _signals.signal("upload-deleted")
+
+
+def send_upload_completed(sender: object, record: UploadRecord, seconds: float) -> None:
+    """``upload_completed`` for a stored record (finalized, or completed as a copy of another upload)."""
+    stored = record.stored_size or 0
+    upload_completed.send(
+        sender,
+        upload_id=record.upload_id,
+        owner=record.owner,
+        filesize=record.filesize,
+        stored_size=stored,
+        codec=(record.codec or Codec.NONE).value,
+        ratio=record.filesize / stored if stored else 1.0,
+        verified=record.verified,
+        seconds=seconds,
+    )

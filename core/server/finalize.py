@@ -309,14 +309,4 @@ class Finalizer:
             record.sha256,
             seconds,
         )
-        events.upload_completed.send(
-            self,
-            upload_id=record.upload_id,
-            owner=record.owner,
-            filesize=record.filesize,
-            stored_size=stored,
-            codec=(record.codec or Codec.NONE).value,
-            ratio=record.filesize / stored if stored else 1.0,
-            verified=record.verified,
-            seconds=seconds,
-        )
+        events.send_upload_completed(self, record, seconds)

@@ -745,18 +745,7 @@ class UploadService:
         with storage_errors():
             self.blobs.remove_part(record.upload_id)
         self._deduplicated(linked, duplicate, when="finalize")
-        stored = linked.stored_size or 0
-        events.upload_completed.send(
-            self,
-            upload_id=linked.upload_id,
-            owner=linked.owner,
-            filesize=linked.filesize,
-            stored_size=stored,
-            codec=(linked.codec or Codec.NONE).value,
-            ratio=linked.filesize / stored if stored else 1.0,
-            verified=True,
-            seconds=0.0,
-        )
+        events.send_upload_completed(self, linked, seconds=0.0)
         return linked
 
     def abort(self, identity: Identity, upload_id: str) -> dict[str, Any]:
