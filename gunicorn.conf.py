@@ -50,8 +50,24 @@ def child_exit(server, worker):
 
 
 def post_worker_init(worker):
-    """Resume queued finalize jobs and the sweep as soon as a worker boots, not only at its first request."""
-    from core.server.jobs import start_background
+    """Resume queued finalize jobs and the sweep as soon as a worker boots, not only at its first request.
 
-    if "job_runner" in getattr(worker.wsgi, "extensions", {}):  # not for bench/baseline_server.py
+    Also: a worker asked to stop (SIGTERM: graceful) ends its dashboard streams at once; they would
+    otherwise hold the graceful stop for up to DASHBOARD_SSE_MAX_SECONDS.
+    """
+    import signal
+
+    from core.server.jobs import start_background
+    from dashboard.views import HUB_EXTENSION
+
+    extensions = getattr(worker.wsgi, "extensions", {})
+    if "job_runner" in extensions:  # not for bench/baseline_server.py
         start_background(worker.wsgi)
+    hub, stop = extensions.get(HUB_EXTENSION), signal.getsignal(signal.SIGTERM)
+    if hub is not None and callable(stop):
+
+        def end_streams_then_stop(signum, frame):
+            hub.ending.set()
+            stop(signum, frame)
+
+        signal.signal(signal.SIGTERM, end_streams_then_stop)

@@ -68,6 +68,9 @@ class SnapshotHub:
         self._current: _Generation | None = None
         self._streams = 0
         self.loads = 0  # how many times the sources were read (for tests and the benchmark)
+        # Set when the worker is asked to stop: open streams say ``bye`` at their next tick instead of
+        # holding the graceful shutdown (and ``systemctl restart``) for up to DASHBOARD_SSE_MAX_SECONDS.
+        self.ending = threading.Event()
 
     def snapshot(self, flt: UploadFilter) -> Snapshot:
         """This filter's document from sources at most ``interval`` old; built once per load."""

@@ -267,10 +267,13 @@ def events() -> Response:
 
 
 def _live(hub: SnapshotHub, flt: snapshot.UploadFilter, config: ServerConfig) -> Iterator[str]:
-    """The shared snapshot whenever it changes, keepalives in between, ``bye`` after DASHBOARD_SSE_MAX_SECONDS."""
+    """The shared snapshot whenever it changes, keepalives in between, ``bye`` after DASHBOARD_SSE_MAX_SECONDS.
+
+    ``bye`` comes early when the worker is stopping (``hub.ending``): the page reconnects to another worker.
+    """
     started = last_sent = time.monotonic()
     previous = sent_storage = None
-    while time.monotonic() - started < config.sse_max_seconds:
+    while time.monotonic() - started < config.sse_max_seconds and not hub.ending.is_set():
         current = hub.snapshot(flt)
         storage = current.document["server"]["storage"]
         stale = time.monotonic() - last_sent >= SSE_REFRESH_SECONDS
@@ -280,7 +283,7 @@ def _live(hub: SnapshotHub, flt: snapshot.UploadFilter, config: ServerConfig) ->
         elif time.monotonic() - last_sent >= SSE_KEEPALIVE_SECONDS:
             last_sent = time.monotonic()
             yield ": keepalive\n\n"
-        time.sleep(config.sse_interval)
+        hub.ending.wait(config.sse_interval)
     yield _sse("bye", "{}")
 
 

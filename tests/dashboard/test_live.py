@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -115,3 +116,23 @@ def test_event_stream_pushes_a_new_heartbeat_without_polling(server: GunicornSer
     ).raise_for_status()
     assert seen.wait(5)
     listener.join(5)
+
+
+def test_a_graceful_stop_ends_open_streams_with_bye_instead_of_waiting_for_them(tmp_path: Path) -> None:
+    """SIGTERM (systemctl stop/restart) must not wait DASHBOARD_SSE_MAX_SECONDS for every open dashboard."""
+    env = {"DASHBOARD_SSE_MAX_SECONDS": "600", "DASHBOARD_SSE_INTERVAL": "0.2"}
+    server = GunicornServer(tmp_path / "uploads", workers=1, auth=True, env=env).start()
+    assert server.process is not None
+    try:
+        with requests.get(
+            server.url + "/dashboard/events", headers=server.headers(server.admin_key), stream=True, timeout=30
+        ) as reply:
+            lines = reply.iter_lines(decode_unicode=True)
+            assert next(line for line in lines if line.startswith("event: ")) == "event: state"
+            server.process.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            events = [line for line in lines if line.startswith("event: ")]
+        assert events[-1:] == ["event: bye"]
+        wait_until(lambda: not server.process.alive(), 30, what="gunicorn to stop")  # type: ignore[union-attr]
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
