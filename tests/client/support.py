@@ -12,7 +12,7 @@ from pathlib import Path
 import requests
 
 from core.client.events import EventKind, UploadEvent
-from core.protocol import AUTH_SCHEME, HEADER_AUTHORIZATION, download_url
+from core.protocol import AUTH_SCHEME, FEATURE_FINALIZE_SHA256, HEADER_AUTHORIZATION, download_url
 
 
 class FakeClock:
@@ -102,3 +102,16 @@ class EventLog:
                     msg = f"no matching upload event within {timeout}s; last: {self.events[-3:]}"
                     raise TimeoutError(msg)
                 self.changed.wait(remaining)
+
+
+def init_reply(upload_id: str, chunk_size: int, chunks: int = 3) -> dict[str, object]:
+    """A current server's reply to a new upload's init (``finalize-sha256`` advertised)."""
+    return {
+        "success": True,
+        "upload_id": upload_id,
+        "chunk_size": chunk_size,
+        "chunks": chunks,
+        "received": [],
+        "state": "uploading",
+        "features": [FEATURE_FINALIZE_SHA256],
+    }

@@ -22,7 +22,6 @@ from core.client.retention import Retention
 from core.client.transfer import ServerClient
 from core.client.watchdog import Watchdog
 from core.protocol import (
-    FEATURE_FINALIZE_SHA256,
     HEADER_CHUNK_OFFSET,
     HEADER_CHUNK_SHA256,
     HEADER_RETRY_AFTER,
@@ -31,6 +30,7 @@ from core.protocol import (
     init_url,
     upload_status_url,
 )
+from tests.client.support import init_reply
 
 URL = "http://robot-test.invalid:8080/upload"
 CHUNK = 64 * 1024
@@ -85,21 +85,9 @@ def serve_upload(upload_id: str, bag: Path, *, final_sha256: str | None = None, 
     )
 
 
-def init_reply(upload_id: str) -> dict[str, object]:
-    return {
-        "success": True,
-        "upload_id": upload_id,
-        "chunk_size": CHUNK,
-        "chunks": 3,
-        "received": [],
-        "state": "uploading",
-        "features": [FEATURE_FINALIZE_SHA256],
-    }
-
-
 @responses.activate
 def test_a_verified_upload_with_our_sha256_completes_and_applies_retention(run_job, bag):
-    responses.post(init_url(URL), status=201, json=init_reply("u1"))
+    responses.post(init_url(URL), status=201, json=init_reply("u1", CHUNK))
     serve_upload("u1", bag)
     data = bag.read_bytes()
 
@@ -117,7 +105,7 @@ def test_a_verified_upload_with_our_sha256_completes_and_applies_retention(run_j
 def test_a_copy_the_server_did_not_verify_as_ours_is_resent_and_the_bag_stays(run_job, bag, sha, verified):
     for round_ in range(MAX_REINITS):  # a new upload each time, as a real server answers an init
         upload_id = f"u{round_}"
-        responses.post(init_url(URL), status=201, json=init_reply(upload_id))
+        responses.post(init_url(URL), status=201, json=init_reply(upload_id, CHUNK))
         serve_upload(upload_id, bag, final_sha256=sha, verified=verified)
         # The detail fetch after a brief "complete" says the same.
         responses.get(
@@ -134,10 +122,10 @@ def test_a_copy_the_server_did_not_verify_as_ours_is_resent_and_the_bag_stays(ru
 
 @responses.activate
 def test_an_expired_upload_is_started_over_with_a_new_init(run_job, bag):
-    responses.post(init_url(URL), status=201, json=init_reply("old"))
+    responses.post(init_url(URL), status=201, json=init_reply("old", CHUNK))
     gone = {"success": False, "error": {"code": "upload_expired", "message": "gone"}}
     responses.put(chunk_url(URL, "old", 0), status=410, json=gone)
-    responses.post(init_url(URL), status=201, json=init_reply("new"))
+    responses.post(init_url(URL), status=201, json=init_reply("new", CHUNK))
     serve_upload("new", bag)
 
     job = run_job()
@@ -148,7 +136,7 @@ def test_an_expired_upload_is_started_over_with_a_new_init(run_job, bag):
 
 @responses.activate
 def test_a_rate_limited_chunk_waits_for_retry_after_then_continues(run_job, bag):
-    responses.post(init_url(URL), status=201, json=init_reply("u1"))
+    responses.post(init_url(URL), status=201, json=init_reply("u1", CHUNK))
     responses.put(
         chunk_url(URL, "u1", 0),
         status=429,
@@ -165,7 +153,7 @@ def test_a_rate_limited_chunk_waits_for_retry_after_then_continues(run_job, bag)
 
 @responses.activate
 def test_a_resumed_upload_sends_only_the_missing_chunks(tmp_path, run_job, bag):
-    responses.post(init_url(URL), status=201, json={**init_reply("u1"), "received": [0, 2]})
+    responses.post(init_url(URL), status=201, json={**init_reply("u1", CHUNK), "received": [0, 2]})
     serve_upload("u1", bag)
 
     run_job()
@@ -183,7 +171,7 @@ def finalize_bodies() -> list[object]:
 @responses.activate
 @pytest.mark.parametrize("parallelism", [1, 3])
 def test_the_bag_is_read_once_and_its_sha256_is_declared_at_finalize(run_job, bag, monkeypatch, parallelism):
-    responses.post(init_url(URL), status=201, json=init_reply("u1"))
+    responses.post(init_url(URL), status=201, json=init_reply("u1", CHUNK))
     serve_upload("u1", bag)
     read: list[int] = []
     pread = os.pread
@@ -203,12 +191,12 @@ def test_the_bag_is_read_once_and_its_sha256_is_declared_at_finalize(run_job, ba
 @responses.activate
 @pytest.mark.parametrize("server_state", ["failed", "aborted"])
 def test_a_server_failed_or_expired_upload_is_rehashed_and_sent_as_a_new_upload(run_job, bag, server_state):
-    responses.post(init_url(URL), status=201, json=init_reply("u1"))
+    responses.post(init_url(URL), status=201, json=init_reply("u1", CHUNK))
     for index in range(3):
         responses.put(chunk_url(URL, "u1", index), json={"success": True})
     responses.post(finalize_url(URL, "u1"), status=202, json={"success": True})
     responses.get(upload_status_url(URL, "u1"), json={"state": server_state, "error": "disk full at finalize"})
-    responses.post(init_url(URL), status=201, json=init_reply("u2"))
+    responses.post(init_url(URL), status=201, json=init_reply("u2", CHUNK))
     serve_upload("u2", bag)
     hashed: list[JobState] = []
 
@@ -222,7 +210,7 @@ def test_a_server_failed_or_expired_upload_is_rehashed_and_sent_as_a_new_upload(
 
 @responses.activate
 def test_a_server_that_refuses_chunk_pieces_gets_whole_chunks(run_job, bag):
-    responses.post(init_url(URL), status=201, json=init_reply("u1"))
+    responses.post(init_url(URL), status=201, json=init_reply("u1", CHUNK))
     older = {"success": False, "error": {"code": "chunk_size_mismatch", "message": "chunk 0 must be 65536 bytes"}}
     responses.put(chunk_url(URL, "u1", 0), status=400, json=older)  # it ignores X-Chunk-Offset
     serve_upload("u1", bag)
@@ -242,7 +230,7 @@ def test_a_server_that_refuses_chunk_pieces_gets_whole_chunks(run_job, bag):
 @responses.activate
 def test_an_init_resumed_onto_an_upload_the_server_holds_whole_hashes_the_bag_before_trusting_verified(run_job, bag):
     """Resumed by fingerprint onto an upload already finalizing: "verified" is compared with our own sha256."""
-    responses.post(init_url(URL), status=200, json={**init_reply("u1"), "state": "finalizing", "resumed": True})
+    responses.post(init_url(URL), status=200, json={**init_reply("u1", CHUNK), "state": "finalizing", "resumed": True})
     responses.get(upload_status_url(URL, "u1"), json={"state": "finalizing", "received": [0, 1, 2]})
     responses.get(
         upload_status_url(URL, "u1"),
@@ -260,7 +248,7 @@ def test_an_init_resumed_onto_an_upload_the_server_holds_whole_hashes_the_bag_be
 @responses.activate
 def test_a_dedup_candidate_is_hashed_and_finalized_before_any_chunk_is_sent(run_job, bag):
     sha = sha256_hex(bag.read_bytes())
-    responses.post(init_url(URL), status=201, json={**init_reply("u1"), "dedup_candidate": True})
+    responses.post(init_url(URL), status=201, json={**init_reply("u1", CHUNK), "dedup_candidate": True})
     responses.post(finalize_url(URL, "u1"), json={"success": True, "state": "complete", "verified": True})
     responses.get(
         upload_status_url(URL, "u1"),
@@ -276,7 +264,7 @@ def test_a_dedup_candidate_is_hashed_and_finalized_before_any_chunk_is_sent(run_
 
 @responses.activate
 def test_a_server_without_finalize_sha256_gets_the_checksums_at_init(run_job, bag):
-    older = {k: v for k, v in init_reply("u1").items() if k != "features"}
+    older = {k: v for k, v in init_reply("u1", CHUNK).items() if k != "features"}
     responses.post(init_url(URL), status=201, json=older)
     responses.delete(upload_status_url(URL, "u1"), json={"success": True, "state": "aborted"})
     responses.post(init_url(URL), status=201, json={**older, "upload_id": "u2"})
@@ -295,10 +283,10 @@ def test_a_server_without_finalize_sha256_gets_the_checksums_at_init(run_job, ba
 @responses.activate
 def test_an_init_that_resumes_an_upload_that_failed_us_is_redone_by_sha256(run_job, bag):
     """Same name, size and edges (fingerprint) but another file's upload: the sha256 tells them apart."""
-    responses.post(init_url(URL), status=201, json=init_reply("u1"))
+    responses.post(init_url(URL), status=201, json=init_reply("u1", CHUNK))
     serve_upload("u1", bag, final_sha256="0" * 64)  # the copy verifies as another file
-    responses.post(init_url(URL), status=200, json={**init_reply("u1"), "resumed": True})
-    responses.post(init_url(URL), status=201, json=init_reply("u2"))
+    responses.post(init_url(URL), status=200, json={**init_reply("u1", CHUNK), "resumed": True})
+    responses.post(init_url(URL), status=201, json=init_reply("u2", CHUNK))
     serve_upload("u2", bag)
 
     job = run_job()

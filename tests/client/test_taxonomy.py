@@ -23,7 +23,6 @@ from core.client.transfer import ServerClient
 from core.client.watchdog import Watchdog
 from core.network_manager import NO_KEY_HINT, NetworkManager
 from core.protocol import (
-    FEATURE_FINALIZE_SHA256,
     HEADER_RETRY_AFTER,
     BlockedReason,
     ErrorCode,
@@ -32,7 +31,7 @@ from core.protocol import (
     init_url,
     upload_status_url,
 )
-from tests.client.support import FakeClock
+from tests.client.support import FakeClock, init_reply
 from tests.helpers.processes import wait_until
 
 URL = "http://robot-test.invalid:8080/upload"
@@ -41,17 +40,6 @@ CHUNK = 64 * 1024
 
 def error(code: ErrorCode, message: str = "nope", **details: Any) -> dict[str, Any]:
     return {"success": False, "error": {"code": code.value, "message": message, **details}}
-
-
-def init_reply(upload_id: str) -> dict[str, Any]:
-    return {
-        "success": True,
-        "upload_id": upload_id,
-        "chunk_size": CHUNK,
-        "chunks": 3,
-        "received": [],
-        "features": [FEATURE_FINALIZE_SHA256],
-    }
 
 
 def serve_rest(upload_id: str, bag: Path) -> None:
@@ -109,7 +97,7 @@ def harness(tmp_path: Path, bag: Path) -> Harness:
 @pytest.mark.parametrize("status", [401, 403])
 def test_an_auth_refusal_during_a_key_rotation_is_retried_and_the_upload_completes(harness, bag, status):
     responses.post(init_url(URL), status=status, json=error(ErrorCode.UNAUTHORIZED, "unknown key"))
-    responses.post(init_url(URL), status=201, json=init_reply("u1"))
+    responses.post(init_url(URL), status=201, json=init_reply("u1", CHUNK))
     serve_rest("u1", bag)
     job = harness.job()
 
@@ -123,7 +111,7 @@ def test_an_auth_refusal_during_a_key_rotation_is_retried_and_the_upload_complet
 
 @responses.activate
 def test_while_a_429_is_waited_out_the_journal_says_rate_limited_until_when(harness, bag):
-    responses.post(init_url(URL), status=201, json=init_reply("u1"))
+    responses.post(init_url(URL), status=201, json=init_reply("u1", CHUNK))
     responses.put(chunk_url(URL, "u1", 0), status=429, headers={HEADER_RETRY_AFTER: "120"},
                   json=error(ErrorCode.RATE_LIMITED, "slow down"))  # fmt: skip
     serve_rest("u1", bag)
@@ -149,7 +137,7 @@ def test_while_a_429_is_waited_out_the_journal_says_rate_limited_until_when(harn
 @responses.activate
 def test_init_retries_are_labelled_initializing_not_hashing(harness, bag):
     responses.post(init_url(URL), status=503, json=error(ErrorCode.SERVICE_UNAVAILABLE))
-    responses.post(init_url(URL), status=201, json=init_reply("u1"))
+    responses.post(init_url(URL), status=201, json=init_reply("u1", CHUNK))
     serve_rest("u1", bag)
 
     harness.job().run()
@@ -162,7 +150,7 @@ def test_init_retries_are_labelled_initializing_not_hashing(harness, bag):
 
 @responses.activate
 def test_progress_resets_the_park_counter(harness, bag):
-    responses.post(init_url(URL), status=201, json=init_reply("u1"))
+    responses.post(init_url(URL), status=201, json=init_reply("u1", CHUNK))
     serve_rest("u1", bag)
     job = harness.job()
     job.record = harness.journal.update(job.record.job_id, parks=7, blocked="unreachable")
@@ -181,7 +169,7 @@ class StallingClient(ServerClient):
         self.watchdog, self.clock, self.advance = watchdog, clock, advance
 
     def init(self, request: Any, timeout: float) -> dict[str, Any]:
-        return init_reply("u1")
+        return init_reply("u1", CHUNK)
 
     def put_chunk(self, upload_id: str, index: int, data: Any, **kw: Any) -> dict[str, Any]:
         self.clock.advance(self.advance)
@@ -290,11 +278,11 @@ def test_only_a_too_large_file_or_a_refused_name_fails_and_it_can_be_retried_or_
 
 @responses.activate
 def test_a_checksum_mismatch_at_finalize_rehashes_and_sends_a_new_upload(harness, bag):
-    responses.post(init_url(URL), status=201, json=init_reply("u1"))
+    responses.post(init_url(URL), status=201, json=init_reply("u1", CHUNK))
     for index in range(3):
         responses.put(chunk_url(URL, "u1", index), json={"success": True})
     responses.post(finalize_url(URL, "u1"), status=422, json=error(ErrorCode.CHECKSUM_MISMATCH, "md5 differs"))
-    responses.post(init_url(URL), status=201, json=init_reply("u2"))
+    responses.post(init_url(URL), status=201, json=init_reply("u2", CHUNK))
     serve_rest("u2", bag)
 
     record = harness.job().run()
