@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.protocol import HEALTH_PATH, UPLOAD_PREFIX  # noqa: E402 - after making the checkout importable
+from core.server.keys import parse_token  # noqa: E402
 
 DATA = ROOT / os.environ.get("DEMO_DATA", "demo-data")
 PORT = int(os.environ.get("DEMO_PORT", "8080"))
@@ -49,7 +50,8 @@ def demo_key(name: str, *, admin: bool) -> str:
     saved = DATA / "keys" / f"{name}.key"
     if saved.exists():
         token = saved.read_text().strip()
-        key_id = token.split("_", 2)[1] if token.count("_") >= 2 else ""
+        parsed = parse_token(token)
+        key_id = parsed[0] if parsed else ""
         if key_id and any(
             line.split()[:1] == [name] and key_id in line.split() for line in keys_cli("list").splitlines()
         ):

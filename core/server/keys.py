@@ -80,6 +80,12 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("ascii")).hexdigest()
 
 
+def parse_token(token: str) -> tuple[str, str] | None:
+    """The (key id, secret) of a well-formed key, or None. The secret may itself contain ``_``."""
+    match = _KEY_PATTERN.match(token)
+    return None if match is None else (match["key_id"], match["secret"])
+
+
 def validate_name(name: str) -> str:
     if not NAME_PATTERN.match(name):
         msg = f"key name {name!r} must be 1-64 characters of letters, digits, '.', '_', '-' (starting alphanumeric)"
@@ -112,11 +118,12 @@ class KeyStore(abc.ABC):
 
     def identity_for(self, token: str) -> Identity | None:
         """The identity a presented key stands for, or None when it is malformed, unknown or revoked."""
-        match = _KEY_PATTERN.match(token)
-        if match is None:
+        parsed = parse_token(token)
+        if parsed is None:
             return None
-        key = self._find_active(match["key_id"])
-        if key is None or not hmac.compare_digest(key.secret_sha256, _digest(match["secret"])):
+        key_id, secret = parsed
+        key = self._find_active(key_id)
+        if key is None or not hmac.compare_digest(key.secret_sha256, _digest(secret)):
             return None
         return Identity(key.name, admin=key.admin)
 
