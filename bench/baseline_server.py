@@ -1,20 +1,20 @@
-"""The baseline for ``bench.server_throughput``: a minimal Flask app that only writes chunks with sha256 and fsync.
+"""The baseline for ``bench.server_throughput``: a minimal Flask app that only writes chunks, checked, with fsync.
 
 Same wire format as the real server (init, then ``PUT /upload/<id>/chunk/<index>``
-with ``X-Chunk-SHA256``), none of its bookkeeping: no state store, no locks, no
-ownership, no finalize. Served by the same gunicorn settings.
+with ``X-Chunk-CRC32C`` or ``X-Chunk-SHA256``), none of its bookkeeping: no state
+store, no locks, no ownership, no finalize. Served by the same gunicorn settings.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import uuid
 from pathlib import Path
 
 from flask import Flask, Response, abort, jsonify, request
 
-from core.protocol import CHUNK_PATH, HEADER_CHUNK_SHA256, INIT_PATH
+from core.checksums import chunk_hasher
+from core.protocol import CHUNK_PATH, HEADER_CHUNK_CRC32C, HEADER_CHUNK_SHA256, INIT_PATH, ChunkAlgorithm
 
 # 64 KiB pieces, as measured in ../shared NOTES.md; BASELINE_READ_SIZE lets a run give it ours (256 KiB).
 READ_SIZE = int(os.environ.get("BASELINE_READ_SIZE", 64 * 1024))
@@ -38,7 +38,8 @@ def init() -> tuple[Response, int]:
 @app.put(CHUNK_PATH)
 def chunk(upload_id: str, index: int) -> tuple[Response, int]:
     offset = index * int(upload_id.rsplit("-", 1)[1])
-    digest = hashlib.sha256()
+    crc = request.headers.get(HEADER_CHUNK_CRC32C)
+    digest = chunk_hasher(ChunkAlgorithm.SHA256 if crc is None else ChunkAlgorithm.CRC32C)
     fd = os.open(ROOT / upload_id, os.O_WRONLY)
     try:
         while piece := request.stream.read(READ_SIZE):
@@ -47,6 +48,6 @@ def chunk(upload_id: str, index: int) -> tuple[Response, int]:
         os.fsync(fd)
     finally:
         os.close(fd)
-    if digest.hexdigest() != request.headers.get(HEADER_CHUNK_SHA256):
+    if digest.hexdigest() != (crc or request.headers.get(HEADER_CHUNK_SHA256, "")).lower():
         abort(400)
     return jsonify({"success": True, "index": index}), 201

@@ -19,9 +19,10 @@ CPU read from /proc (master + workers) over the client's run:
 - **project, real client**: ``python -m core.network_manager upload`` (1 and 4 chunk streams), until
   the server reports the upload verified; its time is the process's wall time (interpreter start-up,
   ~0.5 s, and the client's whole-file hash pass included; the other clients time themselves).
-- **project, minimal client**: the same wire format from a few lines (sha256 pass, init, PUTs with
-  ``X-Chunk-SHA256``, finalize, poll): "send" ends with the last chunk acknowledged, "verified"
-  when the status says so, so finalize's share shows (today's baseline for issue 14 items 1-3).
+- **project, minimal client**: the same wire format from a few lines (init with the fingerprint,
+  each chunk read once for the whole-file sha256 and its ``X-Chunk-CRC32C``, finalize with the
+  sha256, poll): "send" ends with the last chunk acknowledged, "verified" when the status says so,
+  so finalize's share shows (the baseline for issue 14 items 1-3).
 - **minimal handler** (``bench/baseline_server.py``, 256 KiB reads like ours): the same minimal
   client; each chunk is hashed and fsynced, and there is no finalize, so stored = sent.
 
@@ -37,6 +38,7 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
 import shutil
 import statistics
 import subprocess
@@ -53,10 +55,11 @@ import requests
 
 from bench._measure import run_timed
 from bench.server_throughput import cpu_seconds, gunicorn
+from core.checksums import ChunkChecksum, fingerprint
 from core.config import parse_size
 from core.protocol import (
     CHUNK_CONTENT_TYPE,
-    HEADER_CHUNK_SHA256,
+    ChunkAlgorithm,
     MiB,
     chunk_url,
     finalize_url,
@@ -100,51 +103,54 @@ def make_unique(path: Path) -> None:
 
 # --- clients (each runs as ``python -m bench.peer_tus --client KIND …`` under /usr/bin/time) ----
 def minimal_client(url: str, path: Path, streams: int) -> dict[str, float]:
-    """init, chunk PUTs on ``streams`` connections, finalize, poll: seconds of each phase."""
+    """init, chunk PUTs on ``streams`` connections, finalize with the sha256, poll: seconds of each phase.
+
+    The current wire format in a few lines: each chunk is read once, in order, for the whole-file
+    sha256 and its X-Chunk-CRC32C; ``streams`` threads send what was read.
+    """
     started = time.perf_counter()
     size = path.stat().st_size
-    whole = hashlib.sha256()
-    with path.open("rb") as fh:
-        while piece := fh.read(CHUNK):
-            whole.update(piece)
-    body = {"filename": path.name, "filesize": size, "chunk_size": CHUNK, "sha256": whole.hexdigest()}
+    body = {"filename": path.name, "filesize": size, "chunk_size": CHUNK, "fingerprint": fingerprint(path)}
     reply = requests.post(init_url(url), json={**body, "compression": True}, timeout=60)
     reply.raise_for_status()
     upload_id = reply.json()["upload_id"]
-    indices = iter(range((size + CHUNK - 1) // CHUNK))
-    lock = threading.Lock()
+    read: queue.Queue[tuple[int, bytes] | None] = queue.Queue(maxsize=streams)
     errors: list[BaseException] = []
 
     def stream() -> None:
-        fd = os.open(path, os.O_RDONLY)
         try:
             with requests.Session() as session:
-                while True:
-                    with lock:
-                        index = next(indices, None)
-                    if index is None or errors:
-                        return
-                    data = os.pread(fd, CHUNK, index * CHUNK)
-                    headers = {
-                        HEADER_CHUNK_SHA256: hashlib.sha256(data).hexdigest(),
-                        "Content-Type": CHUNK_CONTENT_TYPE,
-                    }
+                while (item := read.get()) is not None:
+                    index, data = item
+                    crc = ChunkChecksum.of(ChunkAlgorithm.CRC32C, (data,))
+                    headers = {crc.header: crc.hexdigest, "Content-Type": CHUNK_CONTENT_TYPE}
                     response = session.put(chunk_url(url, upload_id, index), data=data, headers=headers, timeout=120)
                     response.raise_for_status()
         except BaseException as err:  # re-raised on the main thread
             errors.append(err)
-        finally:
-            os.close(fd)
+            while read.get() is not None:  # drain, so the reader never blocks on a dead stream
+                pass
 
     threads = [threading.Thread(target=stream) for _ in range(streams)]
     for thread in threads:
         thread.start()
+    whole = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for index in range((size + CHUNK - 1) // CHUNK):
+            data = os.pread(fd, CHUNK, index * CHUNK)
+            whole.update(data)
+            read.put((index, data))
+    finally:
+        os.close(fd)
+        for _ in threads:
+            read.put(None)
     for thread in threads:
         thread.join()
     if errors:
         raise errors[0]
     sent = time.perf_counter() - started
-    finalize = requests.post(finalize_url(url, upload_id), timeout=60)
+    finalize = requests.post(finalize_url(url, upload_id), json={"sha256": whole.hexdigest()}, timeout=60)
     if finalize.status_code == 404:  # the minimal handler has no finalize: its chunks are stored as sent
         return {"sent": sent, "stored": sent}
     finalize.raise_for_status()

@@ -1,11 +1,12 @@
 """Upload server throughput vs a minimal chunk writer (``bench/baseline_server.py``), both under the same gunicorn.
 
-Run: ``.venv/bin/python -m bench server -- --size-mib 1024`` (a few minutes). For 1 and
-4 parallel chunk streams it uploads the same file over loopback to each server in
-turn and prints MB/s (MB = 10^6 B), the ratio ours/baseline, and the servers' CPU
-seconds per GiB (master + workers, from /proc). Both verify each chunk's sha256
-and fsync before acknowledging; ours also records state, locks the chunk and, after
-the last chunk, re-hashes the whole file in the background (shown as "to verified").
+Run: ``.venv/bin/python -m bench server -- --size-mib 1024 [--chunk-checksum sha256]`` (a few
+minutes). For 1 and 4 parallel chunk streams it uploads the same file over loopback to each server
+in turn and prints MB/s (MB = 10^6 B), the ratio ours/baseline, and the servers' CPU seconds per
+GiB (master + workers, from /proc). Both verify each chunk's checksum (``X-Chunk-CRC32C``, as the
+robot client sends it, or ``X-Chunk-SHA256``) and fsync before acknowledging; ours also records
+state, locks the chunk and, after the last chunk, re-hashes the whole file in the background
+(shown as "to verified").
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from pathlib import Path
 
 import requests
 
-from core.protocol import HEADER_CHUNK_SHA256, MiB, chunk_url, finalize_url, init_url, upload_status_url
+from core.checksums import ChunkChecksum
+from core.protocol import ChunkAlgorithm, MiB, chunk_url, finalize_url, init_url, upload_status_url
 from tests.helpers.processes import PYTHON, REPO_ROOT, ManagedProcess, free_port, port_open, wait_until
 
 MB = 1e6
@@ -98,11 +100,12 @@ class Result:
 class Payload:
     """A file of ``size`` bytes built from a few distinct random chunks; the first chunk differs per run (no dedup)."""
 
-    def __init__(self, size: int, chunk_size: int) -> None:
+    def __init__(self, size: int, chunk_size: int, algorithm: ChunkAlgorithm) -> None:
         self.size = size
         self.chunk_size = chunk_size
+        self.algorithm = algorithm
         self.pool = [os.urandom(chunk_size) for _ in range(8)]
-        self.digests = [hashlib.sha256(c).hexdigest() for c in self.pool]
+        self.checksums = [ChunkChecksum.of(algorithm, (c,)) for c in self.pool]
         self.count = size // chunk_size
         self.first = self.pool[0]
 
@@ -114,10 +117,10 @@ class Payload:
             whole.update(self.pool[index % 8])
         return whole.hexdigest()
 
-    def chunk(self, index: int) -> tuple[bytes, str]:
+    def chunk(self, index: int) -> tuple[bytes, ChunkChecksum]:
         if index == 0:
-            return self.first, hashlib.sha256(self.first).hexdigest()
-        return self.pool[index % 8], self.digests[index % 8]
+            return self.first, ChunkChecksum.of(self.algorithm, (self.first,))
+        return self.pool[index % 8], self.checksums[index % 8]
 
 
 def upload(url: str, payload: Payload, streams: int, cpu: Callable[[], float], *, finalize: bool) -> Result:
@@ -138,11 +141,10 @@ def upload(url: str, payload: Payload, streams: int, cpu: Callable[[], float], *
                     index = next(indices, None)
                 if index is None:
                     return
-                data, digest = payload.chunk(index)
+                data, checksum = payload.chunk(index)
                 try:
-                    response = session.put(
-                        chunk_url(url, upload_id, index), data=data, headers={HEADER_CHUNK_SHA256: digest}, timeout=60
-                    )
+                    headers = {checksum.header: checksum.hexdigest}
+                    response = session.put(chunk_url(url, upload_id, index), data=data, headers=headers, timeout=60)
                     response.raise_for_status()
                 except requests.RequestException as err:
                     errors.append(err)
@@ -182,12 +184,13 @@ def main() -> None:
     parser.add_argument("--streams", default="1,4")
     parser.add_argument("--repeat", type=int, default=3, help="runs per server and stream count (median shown)")
     parser.add_argument("--baseline-read-kib", type=int, default=64, help="the baseline's body read size")
+    parser.add_argument("--chunk-checksum", choices=[a.value for a in ChunkAlgorithm], default="crc32c")
     args = parser.parse_args()
 
-    payload = Payload(args.size_mib * MiB, args.chunk_mib * MiB)
+    payload = Payload(args.size_mib * MiB, args.chunk_mib * MiB, ChunkAlgorithm(args.chunk_checksum))
     gib = payload.size / 2**30
     print(f"load average before: {os.getloadavg()[0]:.2f}; file {payload.size / MB:.0f} MB in {payload.count} chunks;"
-          f" baseline reads {args.baseline_read_kib} KiB pieces")  # fmt: skip
+          f" baseline reads {args.baseline_read_kib} KiB pieces; chunks checked by {args.chunk_checksum}")  # fmt: skip
     print(f"{'streams':>7} {'baseline MB/s':>14} {'ours MB/s':>10} {'ratio':>6} {'to verified MB/s':>17}"
           f" {'CPU s/GiB base':>15} {'ours':>6} {'ours verified':>14}")  # fmt: skip
     out = REPO_ROOT / "bench" / "out"

@@ -41,6 +41,13 @@ HEADER_CHUNK_SHA256 = "X-Chunk-SHA256"
 # X-Chunk-SHA256 then names the sha256 of the *whole* chunk, checked once its last piece arrived.
 HEADER_CHUNK_OFFSET = "X-Chunk-Offset"
 HEADER_PIECE_SHA256 = "X-Piece-SHA256"
+# The cheaper per-chunk check (feature FEATURE_CHUNK_CRC32C): CRC-32C (Castagnoli, as in iSCSI, ext4 and
+# S3's x-amz-checksum-crc32c) as 8 hex digits, big-endian. It stands in for X-Chunk-SHA256 (and
+# X-Piece-CRC32C for X-Piece-SHA256): a chunk carries one of the two. It catches what corrupts a chunk in
+# transit or at rest before the chunk is acknowledged; the whole-file sha256 checked at finalize is what
+# makes a copy "verified", whichever chunk check was used.
+HEADER_CHUNK_CRC32C = "X-Chunk-CRC32C"
+HEADER_PIECE_CRC32C = "X-Piece-CRC32C"
 HEADER_CONTENT_MD5 = "Content-MD5"  # RFC 1864: base64 of the raw md5 digest
 HEADER_API_KEY = "X-API-Key"
 HEADER_AUTHORIZATION = "Authorization"
@@ -88,6 +95,9 @@ FEATURE_CHUNK_PIECES = "chunk-pieces"  # listed in GET /health "features" by ser
 # the finalize body (FinalizeRequest). A client that finds it missing in the init reply hashes the bag
 # before init and declares the seed's checksum (md5) and sha256 there: an older server ignores the body.
 FEATURE_FINALIZE_SHA256 = "finalize-sha256"
+# Listed in GET /health and the init reply's "features" by servers that check X-Chunk-CRC32C. A client
+# sends it instead of X-Chunk-SHA256 only to such a server: an older one would store the chunk unchecked.
+FEATURE_CHUNK_CRC32C = "chunk-crc32c"
 # Init's "fingerprint": sha256 of the file's size (8 bytes, big-endian), its first FINGERPRINT_EDGE bytes
 # and its last FINGERPRINT_EDGE bytes (the whole file when shorter than twice that). Known before sending,
 # it finds a verified copy worth hashing the whole bag for (the reply's "dedup_candidate") and the upload
@@ -100,6 +110,18 @@ class ChecksumAlgorithm(str, enum.Enum):
 
     MD5 = "md5"
     SHA256 = "sha256"
+
+
+class ChunkAlgorithm(str, enum.Enum):
+    """Per-chunk checksums: sha256 (the original wire format), crc32c (the cheaper one, FEATURE_CHUNK_CRC32C)."""
+
+    SHA256 = "sha256"
+    CRC32C = "crc32c"
+
+
+# The chunk and piece header of each per-chunk checksum.
+CHUNK_CHECKSUM_HEADERS = {ChunkAlgorithm.SHA256: HEADER_CHUNK_SHA256, ChunkAlgorithm.CRC32C: HEADER_CHUNK_CRC32C}
+PIECE_CHECKSUM_HEADERS = {ChunkAlgorithm.SHA256: HEADER_PIECE_SHA256, ChunkAlgorithm.CRC32C: HEADER_PIECE_CRC32C}
 
 
 class Codec(str, enum.Enum):

@@ -1,8 +1,8 @@
 """One bag's way to a verified copy on the server: init or resume, send missing chunks, finalize, confirm.
 
-The file is read once: each chunk is hashed for its ``X-Chunk-SHA256`` and, in
-file order, into the whole-file sha256 that finalize declares. The server is the
-source of truth for which chunks it has: a resumed job asks for the upload's
+The file is read once: each chunk gets its ``X-Chunk-CRC32C`` (``X-Chunk-SHA256`` for a
+server without FEATURE_CHUNK_CRC32C) and goes, in file order, into the whole-file sha256
+that finalize declares. The server is the source of truth for which chunks it has: a resumed job asks for the upload's
 status and sends only what is missing (reading the others just to hash them, if
 the journal has no whole-file sha256 yet). Every outcome leaves the journal in a
 state the next ``start()`` can continue from.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core.checksums import StreamingDigests, fingerprint, iter_file, sha256_hex
+from core.checksums import ChunkChecksum, StreamingDigests, fingerprint, iter_file
 from core.client.bandwidth import TokenBucket
 from core.client.compressibility import worth_compressing
 from core.client.errors import (
@@ -611,7 +611,7 @@ class UploadJob:
         have; the chunk counts as sent once the server acknowledged the piece that completes it.
         """
         upload_id = known(self.record.upload_id, "upload_id")
-        chunk_sha256 = sha256_hex(data)
+        chunk_checksum = ChunkChecksum.of(self.client.chunk_algorithm, (data,))
         sizer = self.client.sizer
         acked = 0  # bytes of this chunk acknowledged as pieces
         restarted = False  # the chunk was started over once after a refused piece
@@ -652,7 +652,7 @@ class UploadJob:
                     on_piece=on_piece,
                     slot=slot,
                     offset=offset,
-                    chunk_sha256=chunk_sha256,
+                    chunk_checksum=chunk_checksum,
                 )
             except StalledTransferError as err:
                 if self.stopping.is_set():

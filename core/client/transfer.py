@@ -22,7 +22,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from core.checksums import sha256_hex
+from core.checksums import ChunkChecksum
 from core.client import wire
 from core.client.bandwidth import TokenBucket
 from core.client.chunk_sizing import PieceSizer
@@ -32,10 +32,10 @@ from core.client.wire import WireSample
 from core.protocol import (
     AUTH_SCHEME,
     CHUNK_CONTENT_TYPE,
+    FEATURE_CHUNK_CRC32C,
     HEADER_AUTHORIZATION,
     HEADER_CHUNK_OFFSET,
-    HEADER_CHUNK_SHA256,
-    HEADER_PIECE_SHA256,
+    ChunkAlgorithm,
     FinalizeRequest,
     InitRequest,
     chunk_url,
@@ -189,6 +189,8 @@ class ServerClient:
     sizer: PieceSizer = field(default_factory=PieceSizer)
     # False once an init reply lacked FEATURE_FINALIZE_SHA256 (an older server): bags are hashed before init.
     finalize_sha256: bool = True
+    # How chunks are checked: sha256, which every server checks, until an init reply lists FEATURE_CHUNK_CRC32C.
+    chunk_algorithm: ChunkAlgorithm = ChunkAlgorithm.SHA256
     _local: threading.local = field(default_factory=threading.local, init=False, repr=False)
 
     def session(self) -> requests.Session:
@@ -230,7 +232,11 @@ class ServerClient:
         return body
 
     def init(self, request: InitRequest, timeout: float) -> dict[str, Any]:
-        return self._json("POST", init_url(self.upload_url), "init", (timeout, timeout), gone=(), json=request)
+        """A new (or resumed) upload; its reply's ``features`` say how this server's chunks are checked."""
+        reply = self._json("POST", init_url(self.upload_url), "init", (timeout, timeout), gone=(), json=request)
+        features = reply.get("features") or ()
+        self.chunk_algorithm = ChunkAlgorithm.CRC32C if FEATURE_CHUNK_CRC32C in features else ChunkAlgorithm.SHA256
+        return reply
 
     def status(self, upload_id: str, timeout: float) -> dict[str, Any]:
         url = upload_status_url(self.upload_url, upload_id)
@@ -260,18 +266,21 @@ class ServerClient:
         on_piece: Callable[[int], None] | None = None,
         slot: ConnectionSlot | None = None,
         offset: int | None = None,
-        chunk_sha256: str | None = None,
+        chunk_checksum: ChunkChecksum | None = None,
     ) -> dict[str, Any]:
-        """Send one chunk with its sha256; ``slot.abort()`` from another thread cuts it off.
+        """Send one chunk with its checksum; ``slot.abort()`` from another thread cuts it off.
 
-        With ``offset``, ``data`` is the piece of the chunk starting there and ``chunk_sha256`` the
-        sha256 of the whole chunk (see HEADER_CHUNK_OFFSET).
+        With ``offset``, ``data`` is the piece of the chunk starting there and ``chunk_checksum`` the
+        checksum of the whole chunk (see HEADER_CHUNK_OFFSET). Both use ``chunk_algorithm``.
         """
         what = f"chunk {index} of {upload_id}"
-        headers = {"Content-Type": CHUNK_CONTENT_TYPE, HEADER_CHUNK_SHA256: chunk_sha256 or sha256_hex(data)}
+        algorithm = self.chunk_algorithm if chunk_checksum is None else chunk_checksum.algorithm
+        chunk = chunk_checksum or ChunkChecksum.of(algorithm, (data,))
+        headers = {"Content-Type": CHUNK_CONTENT_TYPE, chunk.header: chunk.hexdigest}
         if offset is not None:
             what = f"piece at {offset} of {what}"
-            headers |= {HEADER_CHUNK_OFFSET: str(offset), HEADER_PIECE_SHA256: sha256_hex(data)}
+            piece = ChunkChecksum.of(algorithm, (data,))
+            headers |= {HEADER_CHUNK_OFFSET: str(offset), piece.piece_header: piece.hexdigest}
         body = ChunkBody(data, bucket=bucket, on_piece=on_piece)
         slot = slot or ConnectionSlot()
         url = chunk_url(self.upload_url, upload_id, index)

@@ -9,16 +9,15 @@ from urllib.parse import quote
 from flask import Blueprint, Response, current_app, jsonify, request
 
 import core
+from core.checksums import ChunkChecksum
 from core.protocol import (
     CHUNK_PATH,
     DOWNLOAD_PATH,
+    FEATURE_CHUNK_CRC32C,
     FEATURE_CHUNK_PIECES,
     FEATURE_FINALIZE_SHA256,
     FINALIZE_PATH,
-    HEADER_CHUNK_OFFSET,
-    HEADER_CHUNK_SHA256,
     HEADER_CONTENT_MD5,
-    HEADER_PIECE_SHA256,
     HEALTH_PATH,
     INIT_PATH,
     PARAM_CLIENT,
@@ -39,7 +38,7 @@ from core.server.service import ChunkResult, InitResult, PieceResult, UploadServ
 from core.server.validation import (
     MAX_PAGE_OFFSET,
     MAX_PAGE_SIZE,
-    chunk_sha256_header,
+    chunk_checksum_header,
     content_md5_header,
     page_param,
     parse_finalize,
@@ -59,6 +58,7 @@ FEATURES = (
     "deduplication",
     FEATURE_CHUNK_PIECES,
     FEATURE_FINALIZE_SHA256,
+    FEATURE_CHUNK_CRC32C,
 )
 
 api = Blueprint("upload_api", __name__)
@@ -131,13 +131,10 @@ def _body_length() -> int | None:
 
 @api.put(CHUNK_PATH)
 def put_chunk(upload_id: str, index: int) -> tuple[Response, int]:
-    headers = request.headers
-    piece = piece_headers(
-        headers.get(HEADER_CHUNK_OFFSET), headers.get(HEADER_PIECE_SHA256), headers.get(HEADER_CHUNK_SHA256)
-    )
+    piece = piece_headers(request.headers)
     if piece is not None:
         return _put_piece(upload_id, index, *piece)
-    sha256 = chunk_sha256_header(request.headers.get(HEADER_CHUNK_SHA256))
+    checksum = chunk_checksum_header(request.headers)
     md5 = content_md5_header(request.headers.get(HEADER_CONTENT_MD5))
     result = _service().put_chunk(
         current_identity(),
@@ -145,7 +142,7 @@ def put_chunk(upload_id: str, index: int) -> tuple[Response, int]:
         index,
         request.stream,
         content_length=_body_length(),
-        sha256=sha256,
+        checksum=checksum,
         md5=md5,
     )
     return _chunk_reply(result, upload_id, index)
@@ -164,7 +161,9 @@ def _chunk_reply(result: ChunkResult | PieceResult, upload_id: str, index: int, 
     )
 
 
-def _put_piece(upload_id: str, index: int, offset: int, piece_sha256: str, chunk_sha256: str) -> tuple[Response, int]:
+def _put_piece(
+    upload_id: str, index: int, offset: int, piece_checksum: ChunkChecksum, chunk_checksum: ChunkChecksum
+) -> tuple[Response, int]:
     result = _service().put_piece(
         current_identity(),
         upload_id,
@@ -172,8 +171,8 @@ def _put_piece(upload_id: str, index: int, offset: int, piece_sha256: str, chunk
         request.stream,
         content_length=_body_length(),
         offset=offset,
-        piece_sha256=piece_sha256,
-        chunk_sha256=chunk_sha256,
+        piece_checksum=piece_checksum,
+        chunk_checksum=chunk_checksum,
     )
     return _chunk_reply(
         result,

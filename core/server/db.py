@@ -102,7 +102,7 @@ chunks = Table(
     metadata,
     Column("upload_id", String(32), nullable=False),
     Column("idx", Integer, nullable=False),
-    Column("sha256", Text, nullable=False),
+    Column("receipt", Text, nullable=False),  # "<algorithm>:<hex>", core.checksums.ChunkChecksum
     PrimaryKeyConstraint("upload_id", "idx"),
 )
 

@@ -23,13 +23,16 @@ from core.protocol import (
     BAGS_PATH,
     CHUNK_PATH,
     DOWNLOAD_PATH,
+    FEATURE_CHUNK_CRC32C,
     FINALIZE_PATH,
     HEADER_API_KEY,
+    HEADER_CHUNK_CRC32C,
     HEADER_CHUNK_OFFSET,
     HEADER_CHUNK_SHA256,
     HEADER_CONTENT_MD5,
     HEADER_CONTENT_RANGE,
     HEADER_IF_RANGE,
+    HEADER_PIECE_CRC32C,
     HEADER_PIECE_SHA256,
     HEADER_RANGE,
     HEADER_RATELIMIT_LIMIT,
@@ -86,6 +89,7 @@ STRING, INTEGER, NUMBER, BOOLEAN = ({"type": t} for t in ("string", "integer", "
 OBJECT: Schema = {"type": "object", "additionalProperties": True}
 HEX_MD5 = {"type": "string", "pattern": "^[0-9a-fA-F]{32}$"}
 HEX_SHA256 = {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}
+HEX_CRC32C = {"type": "string", "pattern": "^[0-9a-fA-F]{8}$"}
 # Omitted, null and "" all mean "no digest" to the server (validation._digest_field).
 OPTIONAL_MD5 = {"type": "string", "pattern": "^([0-9a-fA-F]{32})?$", "nullable": True}
 OPTIONAL_SHA256 = {"type": "string", "pattern": "^([0-9a-fA-F]{64})?$", "nullable": True}
@@ -690,15 +694,23 @@ PATHS: dict[str, dict[str, Schema]] = {
                 UPLOAD_ID,
                 path_param("index", {"type": "integer", "minimum": 0}),
                 header_param(HEADER_CHUNK_SHA256, HEX_SHA256, "sha256 of the chunk (the whole chunk for a piece)"),
+                header_param(
+                    HEADER_CHUNK_CRC32C,
+                    HEX_CRC32C,
+                    f"Instead of {HEADER_CHUNK_SHA256} (servers listing the {FEATURE_CHUNK_CRC32C} feature): "
+                    "CRC-32C of the chunk, 8 hex digits, big-endian; a request naming both is refused",
+                ),
                 header_param(HEADER_CONTENT_MD5, BASE64_MD5, "base64 md5 of the chunk body (RFC 1864)"),
                 header_param(
                     HEADER_CHUNK_OFFSET,
                     {"type": "integer", "minimum": 0},
                     f"Send a piece: the body is the chunk's bytes from this offset; needs {HEADER_PIECE_SHA256} "
-                    f"and the whole chunk's {HEADER_CHUNK_SHA256}; at least {MIN_PIECE_SIZE} bytes unless it ends "
-                    f"the chunk, which then completes the chunk if all of it matches {HEADER_CHUNK_SHA256}",
+                    f"(or {HEADER_PIECE_CRC32C}) and the whole chunk's {HEADER_CHUNK_SHA256} (or "
+                    f"{HEADER_CHUNK_CRC32C}); at least {MIN_PIECE_SIZE} bytes unless it ends the chunk, which then "
+                    "completes the chunk if all of it matches its checksum",
                 ),
                 header_param(HEADER_PIECE_SHA256, HEX_SHA256, f"sha256 of a piece's body (with {HEADER_CHUNK_OFFSET})"),
+                header_param(HEADER_PIECE_CRC32C, HEX_CRC32C, "Or, instead: CRC-32C of the piece"),
             ),
             body={
                 "required": True,

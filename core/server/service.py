@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Any, BinaryIO, NoReturn
 
-from core.checksums import hex_digests_equal
+from core.checksums import ChunkChecksum, chunk_hasher, hex_digests_equal
 from core.config import ServerConfig
 from core.protocol import (
     HEADER_CHUNK_OFFSET,
-    HEADER_CHUNK_SHA256,
     HEADER_CONTENT_MD5,
-    HEADER_PIECE_SHA256,
     MIN_PIECE_SIZE,
+    ChunkAlgorithm,
     Codec,
     ErrorCode,
     KiB,
@@ -68,6 +67,9 @@ BODY_READ_SIZE = 256 * KiB
 # A chunk body is read and verified into a temporary buffer before any lock is taken: chunks up to
 # this size stay in memory (the default 8 MiB chunk does), larger ones spill to a temporary file.
 SPOOL_IN_MEMORY = 16 * MiB
+# The receipt of a chunk whose PUT declared no checksum (and of every tus chunk): the cheap one, since a
+# receipt only tells a resend of the same bytes from different ones; the copy is verified by its sha256.
+RECEIPT_ALGORITHM = ChunkAlgorithm.CRC32C
 
 
 @contextlib.contextmanager
@@ -395,10 +397,14 @@ class UploadService:
         body: BinaryIO,
         *,
         content_length: int | None,
-        sha256: str | None = None,
+        checksum: ChunkChecksum | None = None,
         md5: str | None = None,
     ) -> ChunkResult:
-        """Store one chunk at its offset, verified while streaming and fsynced before it is acknowledged."""
+        """Store one chunk at its offset, verified while streaming and fsynced before it is acknowledged.
+
+        ``checksum``: the declared X-Chunk-SHA256 or X-Chunk-CRC32C. Without one the receipt is the
+        chunk's crc32c, which a resend of it is compared with.
+        """
         record, expected = self._open_chunk(identity, upload_id, index)
         if content_length is None:
             msg = "Content-Length is required for a chunk"
@@ -410,12 +416,15 @@ class UploadService:
         # Read and verify before locking: a slow robot link must not hold the chunk's lock (and a
         # retry of the same chunk from a reconnected robot must not wait for the dead request).
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as buffer:
-            sha_hex, md5_hex = self._receive(body, expected, want_md5=md5 is not None, write=_appender(buffer))
-            _check_chunk(index, sha_hex, md5_hex, sha256=sha256, md5=md5)
+            algorithm = RECEIPT_ALGORITHM if checksum is None else checksum.algorithm
+            actual, md5_hex = self._receive(
+                body, expected, algorithm, want_md5=md5 is not None, write=_appender(buffer)
+            )
+            _check_chunk(index, actual, md5_hex, checksum=checksum, md5=md5)
             with self.blobs.chunk_lock(upload_id, index):
-                stored = self.state.chunk_sha256(upload_id, index)
+                stored = self._receipt(upload_id, index)
                 if stored is not None:
-                    return self._resent_chunk(record, index, sha_hex, stored)
+                    return self._resent_chunk(record, index, actual, stored, buffer)
                 buffer.seek(0)
                 try:
                     with storage_errors():
@@ -423,7 +432,7 @@ class UploadService:
                 except PartMissing as err:
                     self.part_missing(identity, record, err)
                 with storage_errors():
-                    received = self.state.record_chunk(upload_id, index, sha_hex, self.clock())
+                    received = self.state.record_chunk(upload_id, index, actual.receipt, self.clock())
         if received is None:
             self._require_state(self.get(identity, upload_id), UploadState.UPLOADING)
             msg = f"upload {upload_id} changed state while chunk {index} was stored"
@@ -462,15 +471,15 @@ class UploadService:
         *,
         content_length: int | None,
         offset: int,
-        piece_sha256: str,
-        chunk_sha256: str,
+        piece_checksum: ChunkChecksum,
+        chunk_checksum: ChunkChecksum,
     ) -> PieceResult:
         """Store bytes [offset, offset + length) of chunk ``index``; the piece that ends the chunk completes it.
 
         Pieces let a link that breaks every few seconds make progress with chunks of any size: a piece
-        is acknowledged once it matched ``piece_sha256`` and was fsynced. The chunk itself is
+        is acknowledged once it matched ``piece_checksum`` and was fsynced. The chunk itself is
         acknowledged (recorded as received) only when the piece ending it arrives and the whole chunk,
-        read back from disk, matches ``chunk_sha256``: the server keeps no per-piece state, so pieces
+        read back from disk, matches ``chunk_checksum``: the server keeps no per-piece state, so pieces
         may be resent or overwritten freely until then.
 
         Only stores that can hold a partial chunk take pieces (local disk, not S3): the others
@@ -498,13 +507,15 @@ class UploadService:
         started = time.monotonic()
         # Read and verify before locking, like whole chunks: a stalled link must not hold the chunk's lock.
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as buffer:
-            sha_hex, _ = self._receive(body, content_length, want_md5=False, write=_appender(buffer))
-            _check_digest(index, HEADER_PIECE_SHA256, piece_sha256, sha_hex)
+            actual, _ = self._receive(
+                body, content_length, piece_checksum.algorithm, want_md5=False, write=_appender(buffer)
+            )
+            _check_digest(index, piece_checksum, actual, whole=False)
             with self.blobs.chunk_lock(upload_id, index):
-                stored = self.state.chunk_sha256(upload_id, index)
+                stored = self._receipt(upload_id, index)
                 try:
                     if stored is not None:
-                        return self._resent_piece(record, index, offset, content_length, stored, sha_hex, chunk_sha256)
+                        return self._resent_piece(record, index, offset, content_length, stored, actual, chunk_checksum)
                     buffer.seek(0)
                     with storage_errors():
                         # fsync before ack: an acknowledged piece must survive a crash or power loss.
@@ -514,12 +525,12 @@ class UploadService:
                         return PieceResult(
                             record, index, offset, content_length, received, complete=False, duplicate=False
                         )
-                    on_disk = self.stored_sha256(upload_id, start, expected)
+                    on_disk = self.stored_checksum(upload_id, start, expected, chunk_checksum.algorithm)
                 except PartMissing as err:
                     self.part_missing(identity, record, err)
-                _check_digest(index, HEADER_CHUNK_SHA256, chunk_sha256, on_disk)
+                _check_digest(index, chunk_checksum, on_disk, whole=True)
                 with storage_errors():
-                    received = self.state.record_chunk(upload_id, index, chunk_sha256, self.clock())
+                    received = self.state.record_chunk(upload_id, index, on_disk.receipt, self.clock())
         if received is None:
             self._require_state(self.get(identity, upload_id), UploadState.UPLOADING)
             msg = f"upload {upload_id} changed state while chunk {index} was stored"
@@ -548,25 +559,30 @@ class UploadService:
         index: int,
         offset: int,
         length: int,
-        stored: str,
-        sha_hex: str,
-        chunk_sha256: str,
+        stored: ChunkChecksum,
+        piece: ChunkChecksum,
+        chunk_checksum: ChunkChecksum,
     ) -> PieceResult:
         """A verified piece of an acknowledged chunk (its reply was lost): a no-op if the bytes are the stored ones."""
-        start = index * record.chunk_size + offset
-        on_disk = self.stored_sha256(record.upload_id, start, length)
-        if not (hex_digests_equal(stored, chunk_sha256) and hex_digests_equal(on_disk, sha_hex)):
+        chunk_start = index * record.chunk_size
+        if stored.algorithm is not chunk_checksum.algorithm:
+            # Acknowledged under the other checksum: what is stored stands for the receipt, so hash it the declared way.
+            expected = chunk_length(record.filesize, record.chunk_size, index)
+            stored = self.stored_checksum(record.upload_id, chunk_start, expected, chunk_checksum.algorithm)
+        on_disk = self.stored_checksum(record.upload_id, chunk_start + offset, length, piece.algorithm)
+        if not (stored.matches(chunk_checksum) and on_disk.matches(piece)):
             msg = f"chunk {index} was already stored with different content; re-initialize if the file changed"
             raise Conflict(msg)
         received = len(self.state.received_chunks(record.upload_id))
         return PieceResult(record, index, offset, length, received, complete=True, duplicate=True)
 
-    def stored_sha256(self, upload_id: str, offset: int, length: int) -> str:
-        """sha256 of bytes as they are on disk: the check that every piece of a chunk arrived and stayed intact."""
-        digest = hashlib.sha256()
-        for data in self.blobs.read_part(upload_id, offset, length):
-            digest.update(data)
-        return digest.hexdigest()
+    def _receipt(self, upload_id: str, index: int) -> ChunkChecksum | None:
+        receipt = self.state.chunk_receipt(upload_id, index)
+        return None if receipt is None else ChunkChecksum.from_receipt(receipt)
+
+    def stored_checksum(self, upload_id: str, offset: int, length: int, algorithm: ChunkAlgorithm) -> ChunkChecksum:
+        """The checksum of bytes as they are stored: the check that every piece of a chunk arrived and stayed intact."""
+        return ChunkChecksum.of(algorithm, self.blobs.read_part(upload_id, offset, length))
 
     def part_missing(self, identity: Identity, record: UploadRecord, err: PartMissing) -> NoReturn:
         """The part is gone: aborted or swept since we looked (409/410), or lost (410 part_missing, start over).
@@ -596,9 +612,14 @@ class UploadService:
         self.get(identity, record.upload_id)  # raises the 409/410 that now applies
         raise Conflict(str(err))  # unreachable unless the state changed again meanwhile
 
-    def _resent_chunk(self, record: UploadRecord, index: int, sha_hex: str, stored: str) -> ChunkResult:
+    def _resent_chunk(
+        self, record: UploadRecord, index: int, actual: ChunkChecksum, stored: ChunkChecksum, body: IO[bytes]
+    ) -> ChunkResult:
         """A chunk already acknowledged is never overwritten: same bytes are a no-op, different bytes a conflict."""
-        if not hex_digests_equal(sha_hex, stored):
+        if actual.algorithm is not stored.algorithm:
+            body.seek(0)
+            actual = ChunkChecksum.of(stored.algorithm, iter(lambda: body.read(BODY_READ_SIZE), b""))
+        if not actual.matches(stored):
             msg = f"chunk {index} was already stored with different content; re-initialize if the file changed"
             raise Conflict(msg)
         received = len(self.state.received_chunks(record.upload_id))
@@ -608,13 +629,14 @@ class UploadService:
     def _receive(
         body: BinaryIO,
         length: int,
+        algorithm: ChunkAlgorithm,
         *,
         want_md5: bool,
         write: Callable[[bytes, int], None] | None = None,
         offset: int = 0,
-    ) -> tuple[str, str | None]:
-        """Read exactly ``length`` bytes in BODY_READ_SIZE pieces, hashing (and writing) each; (sha256, md5) hex."""
-        sha = hashlib.sha256()
+    ) -> tuple[ChunkChecksum, str | None]:
+        """Read exactly ``length`` bytes in BODY_READ_SIZE pieces, hashing (and writing) each; (checksum, md5 hex)."""
+        sha = chunk_hasher(algorithm)
         md5 = hashlib.md5(usedforsecurity=False) if want_md5 else None
         remaining = length
         while remaining:
@@ -629,7 +651,7 @@ class UploadService:
                 write(piece, offset)
             offset += len(piece)
             remaining -= len(piece)
-        return sha.hexdigest(), (md5.hexdigest() if md5 else None)
+        return ChunkChecksum(algorithm, sha.hexdigest()), (md5.hexdigest() if md5 else None)
 
     # --- status, listing ----------------------------------------------------------------
     def status(self, identity: Identity, upload_id: str) -> dict[str, Any]:
@@ -945,9 +967,9 @@ def _shared_copy(duplicate: UploadRecord) -> dict[str, Any]:
     }
 
 
-def _check_digest(index: int, header: str, claimed: str, actual: str) -> None:
-    if not hex_digests_equal(claimed, actual):
-        what = "the whole chunk as stored" if header == HEADER_CHUNK_SHA256 else "the piece"
+def _check_digest(index: int, claimed: ChunkChecksum, actual: ChunkChecksum, *, whole: bool) -> None:
+    if not claimed.matches(actual):
+        what, header = ("the whole chunk as stored", claimed.header) if whole else ("the piece", claimed.piece_header)
         msg = f"chunk {index}: {what} does not match its {header}; it was not acknowledged"
         raise ChecksumMismatch(msg, details={"header": header})
 
@@ -959,8 +981,14 @@ def _appender(buffer: IO[bytes]) -> Callable[[bytes, int], None]:
     return write
 
 
-def _check_chunk(index: int, sha_hex: str, md5_hex: str | None, *, sha256: str | None, md5: str | None) -> None:
-    for name, claimed, actual in ((HEADER_CHUNK_SHA256, sha256, sha_hex), (HEADER_CONTENT_MD5, md5, md5_hex)):
-        if claimed is not None and (actual is None or not hex_digests_equal(claimed, actual)):
-            msg = f"chunk {index} does not match its {name}; it was not stored"
-            raise ChecksumMismatch(msg, details={"header": name})
+def _check_chunk(
+    index: int, actual: ChunkChecksum, md5_hex: str | None, *, checksum: ChunkChecksum | None, md5: str | None
+) -> None:
+    mismatched = None
+    if checksum is not None and not checksum.matches(actual):
+        mismatched = checksum.header
+    elif md5 is not None and (md5_hex is None or not hex_digests_equal(md5, md5_hex)):
+        mismatched = HEADER_CONTENT_MD5
+    if mismatched is not None:
+        msg = f"chunk {index} does not match its {mismatched}; it was not stored"
+        raise ChecksumMismatch(msg, details={"header": mismatched})

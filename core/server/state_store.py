@@ -164,19 +164,21 @@ class StateStore(BagCatalog):
         """
 
     @abc.abstractmethod
-    def record_chunk(self, upload_id: str, index: int, sha256: str, now: float) -> int | None:
+    def record_chunk(self, upload_id: str, index: int, receipt: str, now: float) -> int | None:
         """Mark a chunk received (and the upload active) if it is still uploading.
+
+        ``receipt``: the chunk's checksum as ``<algorithm>:<hex>`` (core.checksums.ChunkChecksum).
 
         Returns the number of chunks received so far, or None if the upload is no longer uploading.
         """
 
     @abc.abstractmethod
-    def chunk_sha256(self, upload_id: str, index: int) -> str | None:
-        """The sha256 of an acknowledged chunk, None if it has not been received."""
+    def chunk_receipt(self, upload_id: str, index: int) -> str | None:
+        """The receipt of an acknowledged chunk, None if it has not been received."""
 
     @abc.abstractmethod
     def received_chunks(self, upload_id: str) -> dict[int, str]:
-        """Chunk index → sha256 of every acknowledged chunk."""
+        """Chunk index → receipt of every acknowledged chunk."""
 
     @abc.abstractmethod
     def stale_uploads(self, idle_before: float, limit: int = 100) -> list[UploadRecord]:
@@ -260,7 +262,7 @@ def _to_column(name: str, value: Any) -> Any:
 
 # Built once: a status poll runs both, and building a statement costs more than running it.
 _UPLOAD_BY_ID = db.DirectRead(select(uploads).where(uploads.c.upload_id == bindparam("upload_id")))
-_RECEIVED = db.DirectRead(select(chunks.c.idx, chunks.c.sha256).where(chunks.c.upload_id == bindparam("upload_id")))
+_RECEIVED = db.DirectRead(select(chunks.c.idx, chunks.c.receipt).where(chunks.c.upload_id == bindparam("upload_id")))
 
 
 def _from_row(row: Mapping[str, Any]) -> UploadRecord:
@@ -419,7 +421,7 @@ class SQLStateStore(SQLBagCatalog, StateStore):
         with db.write(self.engine) as conn:
             return self._transition(conn, upload_id, from_states, now, fence, idle_before, changes)
 
-    def record_chunk(self, upload_id: str, index: int, sha256: str, now: float) -> int | None:
+    def record_chunk(self, upload_id: str, index: int, receipt: str, now: float) -> int | None:
         c = uploads.c
         with db.write(self.engine, durable=False) as conn:
             touched = conn.execute(
@@ -429,17 +431,17 @@ class SQLStateStore(SQLBagCatalog, StateStore):
             )
             if touched.rowcount != 1:
                 return None
-            stmt = upsert(conn, chunks).values(upload_id=upload_id, idx=index, sha256=sha256)
-            conn.execute(stmt.on_conflict_do_update(index_elements=["upload_id", "idx"], set_={"sha256": sha256}))
+            stmt = upsert(conn, chunks).values(upload_id=upload_id, idx=index, receipt=receipt)
+            conn.execute(stmt.on_conflict_do_update(index_elements=["upload_id", "idx"], set_={"receipt": receipt}))
             count = conn.execute(
                 select(func.count()).select_from(chunks).where(chunks.c.upload_id == upload_id)
             ).scalar_one()
         return int(count)
 
-    def chunk_sha256(self, upload_id: str, index: int) -> str | None:
+    def chunk_receipt(self, upload_id: str, index: int) -> str | None:
         with db.read(self.engine) as conn:
             value = conn.execute(
-                select(chunks.c.sha256).where(chunks.c.upload_id == upload_id, chunks.c.idx == index)
+                select(chunks.c.receipt).where(chunks.c.upload_id == upload_id, chunks.c.idx == index)
             ).scalar()
         return None if value is None else str(value)
 

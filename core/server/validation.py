@@ -12,13 +12,18 @@ from typing import Any
 
 from flask.json.provider import DefaultJSONProvider
 
-from core.checksums import is_hex_digest
+from core.checksums import HEX_DIGEST_LENGTHS, ChunkChecksum, is_hex_digest
 from core.config import ServerConfig
 from core.protocol import (
+    CHUNK_CHECKSUM_HEADERS,
+    HEADER_CHUNK_CRC32C,
     HEADER_CHUNK_OFFSET,
     HEADER_CHUNK_SHA256,
     HEADER_CONTENT_MD5,
+    HEADER_PIECE_CRC32C,
     HEADER_PIECE_SHA256,
+    PIECE_CHECKSUM_HEADERS,
+    ChunkAlgorithm,
     Codec,
     UploadState,
     chunk_count,
@@ -199,13 +204,25 @@ def parse_finalize(body: object) -> str | None:
     return _digest_field(body, "sha256", "sha256")
 
 
-def chunk_sha256_header(value: str | None, header: str = HEADER_CHUNK_SHA256) -> str | None:
-    if value is None:
+def chunk_checksum_header(
+    headers: Mapping[str, str], names: Mapping[ChunkAlgorithm, str] = CHUNK_CHECKSUM_HEADERS
+) -> ChunkChecksum | None:
+    """The one checksum a chunk (or, with PIECE_CHECKSUM_HEADERS, a piece) declares; None if it declares none.
+
+    Two would leave one of them a claim nobody checks, so a request naming both is refused.
+    """
+    declared = [(algorithm, header, headers.get(header)) for algorithm, header in names.items()]
+    present = [(algorithm, header, value.strip()) for algorithm, header, value in declared if value is not None]
+    if not present:
         return None
-    if not is_hex_digest(value.strip(), "sha256"):
-        msg = f"{header} must be a hex sha256 digest"
+    if len(present) > 1:
+        msg = f"send one chunk checksum, not {' and '.join(header for _, header, _ in present)}"
+        raise InvalidField(msg, details={"field": present[1][1]})
+    algorithm, header, value = present[0]
+    if not is_hex_digest(value, algorithm.value):
+        msg = f"{header} must be a hex {algorithm.value} digest ({HEX_DIGEST_LENGTHS[algorithm.value]} digits)"
         raise InvalidField(msg, details={"field": header})
-    return value.strip().lower()
+    return ChunkChecksum(algorithm, value.lower())
 
 
 def chunk_offset_header(value: str | None) -> int | None:
@@ -219,17 +236,18 @@ def chunk_offset_header(value: str | None) -> int | None:
     return int(text)
 
 
-def piece_headers(
-    offset: str | None, piece_sha256: str | None, chunk_sha256: str | None
-) -> tuple[int, str, str] | None:
-    """(offset, piece sha256, whole-chunk sha256) of a chunk piece; None for a whole-chunk PUT."""
-    start = chunk_offset_header(offset)
+def piece_headers(headers: Mapping[str, str]) -> tuple[int, ChunkChecksum, ChunkChecksum] | None:
+    """(offset, piece checksum, whole-chunk checksum) of a chunk piece; None for a whole-chunk PUT."""
+    start = chunk_offset_header(headers.get(HEADER_CHUNK_OFFSET))
     if start is None:
         return None
-    piece = chunk_sha256_header(piece_sha256, HEADER_PIECE_SHA256)
-    chunk = chunk_sha256_header(chunk_sha256)
+    piece = chunk_checksum_header(headers, PIECE_CHECKSUM_HEADERS)
+    chunk = chunk_checksum_header(headers)
     if piece is None or chunk is None:
-        msg = f"a chunk piece ({HEADER_CHUNK_OFFSET}) needs {HEADER_PIECE_SHA256} and {HEADER_CHUNK_SHA256}"
+        msg = (
+            f"a chunk piece ({HEADER_CHUNK_OFFSET}) needs {HEADER_PIECE_SHA256} (or {HEADER_PIECE_CRC32C}) and "
+            f"{HEADER_CHUNK_SHA256} (or {HEADER_CHUNK_CRC32C})"
+        )
         raise InvalidField(msg, details={"field": HEADER_PIECE_SHA256 if piece is None else HEADER_CHUNK_SHA256})
     return start, piece, chunk
 

@@ -104,8 +104,10 @@ class EventLog:
                 self.changed.wait(remaining)
 
 
-def init_reply(upload_id: str, chunk_size: int, chunks: int = 3) -> dict[str, object]:
-    """A current server's reply to a new upload's init (``finalize-sha256`` advertised)."""
+def init_reply(
+    upload_id: str, chunk_size: int, chunks: int = 3, features: tuple[str, ...] = (FEATURE_FINALIZE_SHA256,)
+) -> dict[str, object]:
+    """A server's reply to a new upload's init (by default one that advertises ``finalize-sha256`` only)."""
     return {
         "success": True,
         "upload_id": upload_id,
@@ -113,5 +115,5 @@ def init_reply(upload_id: str, chunk_size: int, chunks: int = 3) -> dict[str, ob
         "chunks": chunks,
         "received": [],
         "state": "uploading",
-        "features": [FEATURE_FINALIZE_SHA256],
+        "features": list(features),
     }

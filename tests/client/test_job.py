@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import responses
 
-from core.checksums import file_digests, sha256_hex
+from core.checksums import ChunkChecksum, file_digests, sha256_hex
 from core.client.bandwidth import TokenBucket
 from core.client.chunk_sizing import PieceSizer
 from core.client.errors import TransientUploadError
@@ -22,9 +22,12 @@ from core.client.retention import Retention
 from core.client.transfer import ServerClient
 from core.client.watchdog import Watchdog
 from core.protocol import (
+    CHUNK_CHECKSUM_HEADERS,
+    FEATURE_CHUNK_CRC32C,
+    FEATURE_FINALIZE_SHA256,
     HEADER_CHUNK_OFFSET,
-    HEADER_CHUNK_SHA256,
     HEADER_RETRY_AFTER,
+    ChunkAlgorithm,
     chunk_url,
     finalize_url,
     init_url,
@@ -86,8 +89,15 @@ def serve_upload(upload_id: str, bag: Path, *, final_sha256: str | None = None, 
 
 
 @responses.activate
-def test_a_verified_upload_with_our_sha256_completes_and_applies_retention(run_job, bag):
-    responses.post(init_url(URL), status=201, json=init_reply("u1", CHUNK))
+@pytest.mark.parametrize(
+    ("features", "algorithm"),
+    [
+        pytest.param((FEATURE_FINALIZE_SHA256,), ChunkAlgorithm.SHA256, id="older-server-sha256"),
+        pytest.param((FEATURE_FINALIZE_SHA256, FEATURE_CHUNK_CRC32C), ChunkAlgorithm.CRC32C, id="crc32c"),
+    ],
+)
+def test_a_verified_upload_with_our_sha256_completes_and_applies_retention(run_job, bag, features, algorithm):
+    responses.post(init_url(URL), status=201, json=init_reply("u1", CHUNK, features=features))
     serve_upload("u1", bag)
     data = bag.read_bytes()
 
@@ -96,8 +106,14 @@ def test_a_verified_upload_with_our_sha256_completes_and_applies_retention(run_j
     assert job.record.state is JobState.COMPLETE
     assert not bag.exists()
     chunk_calls = [c for c in responses.calls if c.request.method == "PUT"]
-    expected = [sha256_hex(data[i * CHUNK : (i + 1) * CHUNK]) for i in range(3)]
-    assert [c.request.headers[HEADER_CHUNK_SHA256] for c in chunk_calls] == expected
+    expected = [ChunkChecksum.of(algorithm, (data[i * CHUNK : (i + 1) * CHUNK],)) for i in range(3)]
+    assert [dict(c.request.headers).get(e.header) for c, e in zip(chunk_calls, expected, strict=True)] == [
+        e.hexdigest for e in expected
+    ]
+    other = CHUNK_CHECKSUM_HEADERS[
+        ChunkAlgorithm.CRC32C if algorithm is ChunkAlgorithm.SHA256 else ChunkAlgorithm.SHA256
+    ]
+    assert not any(other in c.request.headers for c in chunk_calls)
 
 
 @responses.activate

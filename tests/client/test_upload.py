@@ -177,6 +177,20 @@ def test_a_bag_the_server_already_has_completes_without_sending_it_again(server,
     assert requests.get(upload_status_url(server.upload_url, record.upload_id), timeout=10).json()["deduplicated"]
 
 
+def test_a_chunk_corrupted_on_the_way_fails_its_crc32c_and_is_sent_again(server, make_manager, make_file, caplog):
+    """The server checks each chunk's X-Chunk-CRC32C before acknowledging it; the client resends the one refused."""
+    bag = make_file(12 * MiB)
+    with FaultProxy(server.port) as proxy:
+        manager = make_manager(proxy.url + "/upload", chunk_size=8 * MiB)
+        proxy.flip_after(4 * MiB)  # inside a chunk body, far from any request's headers
+        manager.start()
+        record = finished(manager, manager.add_upload(bag))
+
+    assert proxy.flips == 1
+    assert_identical_on_server(server, record, local_sha256(bag))
+    assert "does not match its X-Chunk-CRC32C" in caplog.text
+
+
 @pytest.fixture(scope="module")
 def older_server(tmp_path_factory: pytest.TempPathFactory):
     """The server as a release without FEATURE_FINALIZE_SHA256 answers (tests/helpers/older_server.py)."""

@@ -1,5 +1,8 @@
 """The upload server as an older release answers: no FEATURE_FINALIZE_SHA256, no fingerprint, finalize bodies ignored.
 
+Nor FEATURE_CHUNK_CRC32C: the older release would store a chunk that carries only X-Chunk-CRC32C
+unchecked; this stand-in refuses such a chunk with a 400, so a test sees a client that sent one.
+
 ``gunicorn ... tests.helpers.older_server:app`` (``OlderGunicornServer``): the real server with a WSGI
 layer that removes what the older release did not have, so a new client can be tested against it.
 """
@@ -11,11 +14,21 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from core.protocol import FEATURE_FINALIZE_SHA256, HEALTH_PATH, INIT_PATH
+from core.protocol import (
+    FEATURE_CHUNK_CRC32C,
+    FEATURE_FINALIZE_SHA256,
+    HEADER_CHUNK_CRC32C,
+    HEADER_PIECE_CRC32C,
+    HEALTH_PATH,
+    INIT_PATH,
+)
 from core.server.app import create_app
+from core.server.errors import error_body
 
 NEW_INIT_FIELDS = ("fingerprint",)
 NEW_REPLY_FIELDS = ("features", "dedup_candidate")
+NEW_FEATURES = (FEATURE_FINALIZE_SHA256, FEATURE_CHUNK_CRC32C)
+NEW_HEADERS = tuple("HTTP_" + name.upper().replace("-", "_") for name in (HEADER_CHUNK_CRC32C, HEADER_PIECE_CRC32C))
 
 StartResponse = Callable[..., Any]
 
@@ -28,7 +41,7 @@ def _replace_body(environ: dict[str, Any], body: bytes) -> None:
 def _older_reply(path: str, body: bytes) -> bytes:
     doc = json.loads(body)
     if path == HEALTH_PATH:
-        doc["features"] = [f for f in doc.get("features", []) if f != FEATURE_FINALIZE_SHA256]
+        doc["features"] = [f for f in doc.get("features", []) if f not in NEW_FEATURES]
     else:
         for name in NEW_REPLY_FIELDS:
             doc.pop(name, None)
@@ -43,6 +56,12 @@ class OlderRelease:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD")
+        if method == "PUT" and any(name in environ for name in NEW_HEADERS):
+            body = json.dumps(error_body("older_release", "this test stand-in refuses X-Chunk-CRC32C")).encode()
+            start_response(
+                "400 BAD REQUEST", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+            )
+            return [body]
         if method == "POST" and path.endswith("/finalize"):
             _replace_body(environ, b"")
         if method == "POST" and path == INIT_PATH:

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from sqlalchemy import inspect
 
-from core.protocol import HEADER_CHUNK_SHA256
+from core.checksums import ChunkChecksum
+from core.protocol import HEADER_CHUNK_SHA256, ChunkAlgorithm
 from core.server import db
 from core.server.app import close_app, create_app
 from core.server.robots import robot_store
@@ -121,6 +122,28 @@ def test_an_upload_begun_before_the_upgrade_finishes_after_it(legacy_dir: Path) 
             assert client.put(f"/upload/{uid}/chunk/{index}", data=piece, headers=headers).status_code in (200, 201)
         status = client.get(f"/upload/{uid}", headers=bearer("robot1")).get_json()
         assert status["missing"] == []
+    finally:
+        close_app(app)
+
+
+@pytest.mark.parametrize("algorithm", list(ChunkAlgorithm))
+def test_chunks_acknowledged_before_the_upgrade_still_tell_a_resend_from_different_bytes(
+    legacy_dir: Path, algorithm: ChunkAlgorithm
+) -> None:
+    """Receipts kept as bare sha256 hex became ``sha256:<hex>``; a resend under either checksum compares with them."""
+    assert upgrade_command(legacy_dir).returncode == 0
+    app = create_app(settings(legacy_dir))
+    client, uid = app.test_client(), EXPECTED["uploads"]["uploading"]
+    stored = (legacy_dir / "parts" / f"{uid}.part").read_bytes()[:1024]  # chunk 0, acknowledged before
+    try:
+
+        def resend(data: bytes) -> int:
+            checksum = ChunkChecksum.of(algorithm, (data,))
+            headers = {**bearer("robot1"), checksum.header: checksum.hexdigest}
+            return client.put(f"/upload/{uid}/chunk/0", data=data, headers=headers).status_code
+
+        assert resend(stored) == 200
+        assert resend(bytes(1024)) == 409
     finally:
         close_app(app)
 

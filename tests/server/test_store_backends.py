@@ -13,6 +13,7 @@ from typing import IO, Any
 import pytest
 from flask import Flask
 
+from core.checksums import ChunkChecksum
 from core.client.job import _PIECE_REFUSALS
 from core.protocol import (
     HEADER_ACCEPT_RANGES,
@@ -22,6 +23,7 @@ from core.protocol import (
     HEADER_PIECE_SHA256,
     HEADER_RETRY_AFTER,
     MIN_PIECE_SIZE,
+    ChunkAlgorithm,
     Codec,
     ErrorCode,
 )
@@ -237,12 +239,12 @@ def test_a_stalled_chunk_body_does_not_hold_the_chunk_lock(backend: Flask) -> No
     """A retry of a chunk from a reconnected robot must not wait behind its own dead request."""
     service = backend.extensions["upload_service"]
     upload = _upload(backend, os.urandom(2048))
-    sha = hashlib.sha256(upload.piece(0)).hexdigest()
+    checksum = ChunkChecksum.of(ChunkAlgorithm.SHA256, (upload.piece(0),))
     stalled = _SlowBody(upload.piece(0))
     results: dict[str, Any] = {}
 
     def slow_request() -> None:
-        results["slow"] = service.put_chunk(ADMIN, upload.upload_id, 0, stalled, content_length=1024, sha256=sha)
+        results["slow"] = service.put_chunk(ADMIN, upload.upload_id, 0, stalled, content_length=1024, checksum=checksum)
 
     thread = threading.Thread(target=slow_request)
     thread.start()

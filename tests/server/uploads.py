@@ -9,8 +9,8 @@ from typing import Any
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from core.checksums import content_md5
-from core.protocol import HEADER_CHUNK_SHA256, HEADER_CONTENT_MD5, chunk_count
+from core.checksums import ChunkChecksum, content_md5
+from core.protocol import HEADER_CONTENT_MD5, ChunkAlgorithm, chunk_count
 
 
 def identity_header(name: str, *, admin: bool = False) -> dict[str, str]:
@@ -55,9 +55,19 @@ class Upload:
     def piece(self, index: int) -> bytes:
         return self.data[index * self.chunk_size : (index + 1) * self.chunk_size]
 
-    def send(self, index: int, body: bytes | None = None, *, md5: bool = False, **headers: str) -> TestResponse:
+    def send(
+        self,
+        index: int,
+        body: bytes | None = None,
+        *,
+        md5: bool = False,
+        algorithm: ChunkAlgorithm | None = ChunkAlgorithm.SHA256,
+        **headers: str,
+    ) -> TestResponse:
+        """PUT chunk ``index`` (or ``body`` in its place) with its checksum by ``algorithm`` (None: no checksum)."""
         data = self.piece(index) if body is None else body
-        sent = {HEADER_CHUNK_SHA256: hashlib.sha256(data).hexdigest(), **self.headers, **headers}
+        declared = {} if algorithm is None else {(c := ChunkChecksum.of(algorithm, (data,))).header: c.hexdigest}
+        sent = {**declared, **self.headers, **headers}
         if md5:
             sent[HEADER_CONTENT_MD5] = content_md5(data)
         return self.client.put(f"/upload/{self.upload_id}/chunk/{index}", data=data, headers=sent)

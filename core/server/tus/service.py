@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 
 from werkzeug.exceptions import ClientDisconnected
 
+from core.checksums import ChunkChecksum, chunk_hasher
 from core.protocol import ErrorCode, UploadState, chunk_count, chunk_length
 from core.server import events
 from core.server.blobs import PartMissing
@@ -42,7 +43,7 @@ from core.server.errors import (
     PayloadTooLarge,
 )
 from core.server.identity import Identity
-from core.server.service import BODY_READ_SIZE, SPOOL_IN_MEMORY, UploadService, storage_errors
+from core.server.service import BODY_READ_SIZE, RECEIPT_ALGORITHM, SPOOL_IN_MEMORY, UploadService, storage_errors
 from core.server.state_store import SIZE_UNKNOWN, UploadRecord
 from core.server.tus.hashing import RunningHash, StreamHashes
 from core.server.tus.headers import Checksum, Concat, TusChecksumMismatch
@@ -419,16 +420,16 @@ class TusService:
         if not (whole or blobs.supports_pieces):
             return 0  # S3 keeps whole chunks only: the client resends from the offset we answer
         started = time.monotonic()
-        segment = hashlib.sha256()
+        segment = chunk_hasher(RECEIPT_ALGORITHM)
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as buffer:
             got = _copy(body, buffer, wanted, segment, running)
             if got == 0 or (got < wanted and not blobs.supports_pieces):
                 return 0
             new_offset = position + got
             buffer.seek(0)
-            segment_sha = segment.hexdigest() if whole and got == wanted else None
+            segment_receipt = ChunkChecksum(RECEIPT_ALGORITHM, segment.hexdigest()) if whole and got == wanted else None
             with blobs.chunk_lock(upload_id, index):
-                receipt = self._write_segment(identity, record, position, buffer, got, segment_sha)
+                receipt = self._write_segment(identity, record, position, buffer, got, segment_receipt)
                 complete = running is not None and new_offset == record.filesize
                 with storage_errors():
                     advanced = self.store.advance(
@@ -460,11 +461,17 @@ class TusService:
         return got
 
     def _write_segment(
-        self, identity: Identity, record: UploadRecord, position: int, data: Any, length: int, whole_sha: str | None
+        self,
+        identity: Identity,
+        record: UploadRecord,
+        position: int,
+        data: Any,
+        length: int,
+        whole: ChunkChecksum | None,
     ) -> tuple[int, str] | None:
         """Write (and fsync) ``length`` bytes at ``position``, under the chunk's lock; the chunk receipt it completes.
 
-        ``whole_sha``: the segment is the whole chunk, with this sha256. A chunk completed by a
+        ``whole``: the segment is the whole chunk, with this checksum. A chunk completed by a
         piece (its other bytes came in earlier PATCHes) is hashed as stored, read back from disk.
         """
         blobs, upload_id = self.uploads.blobs, record.upload_id
@@ -477,13 +484,14 @@ class TusService:
             raise Conflict(msg, details={"offset": current.upload_offset if current else None})
         try:
             with storage_errors():
-                if whole_sha is not None:
+                if whole is not None:
                     blobs.write_chunk(upload_id, index, chunk_start, data, length)
-                    return index, whole_sha
+                    return index, whole.receipt
                 blobs.write_piece(upload_id, position, data, length)
                 if position + length < chunk_start + chunk_size:
                     return None
-                return index, self.uploads.stored_sha256(upload_id, chunk_start, chunk_size)
+                stored = self.uploads.stored_checksum(upload_id, chunk_start, chunk_size, RECEIPT_ALGORITHM)
+                return index, stored.receipt
         except PartMissing as err:
             self.uploads.part_missing(identity, record, err)
 

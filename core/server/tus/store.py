@@ -91,7 +91,7 @@ class TusStore:
         received_sha256: str | None = None,
         hash_state: tuple[str, bytes] | None = None,
     ) -> bool:
-        """Move the offset from ``start`` to ``end`` (and record ``chunk`` = (index, sha256)); False if it moved.
+        """Move the offset from ``start`` to ``end`` (and record ``chunk`` = (index, receipt)); False if it moved.
 
         The upload must still be uploading: a terminated or expired upload takes no more bytes.
         ``hash_state``: the running sha256 of bytes [0, end), stored with ``end`` or cleared.
@@ -123,10 +123,10 @@ class TusStore:
                 if touched.rowcount != 1:
                     raise _Stale
                 if chunk is not None:
-                    index, sha256 = chunk
-                    stmt = upsert(conn, chunks).values(upload_id=upload_id, idx=index, sha256=sha256)
+                    index, receipt = chunk
+                    stmt = upsert(conn, chunks).values(upload_id=upload_id, idx=index, receipt=receipt)
                     conn.execute(
-                        stmt.on_conflict_do_update(index_elements=["upload_id", "idx"], set_={"sha256": sha256})
+                        stmt.on_conflict_do_update(index_elements=["upload_id", "idx"], set_={"receipt": receipt})
                     )
         except _Stale:
             return False
