@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from core.protocol import (
@@ -24,13 +24,12 @@ from core.protocol import (
 )
 from core.server.app import create_app
 from core.server.errors import error_body
+from tests.helpers.wsgi_replies import StartResponse, WSGIApp, rewritten_reply
 
 NEW_INIT_FIELDS = ("fingerprint",)
 NEW_REPLY_FIELDS = ("features", "dedup_candidate")
 NEW_FEATURES = (FEATURE_FINALIZE_SHA256, FEATURE_CHUNK_CRC32C)
 NEW_HEADERS = tuple("HTTP_" + name.upper().replace("-", "_") for name in (HEADER_CHUNK_CRC32C, HEADER_PIECE_CRC32C))
-
-StartResponse = Callable[..., Any]
 
 
 def _replace_body(environ: dict[str, Any], body: bytes) -> None:
@@ -51,7 +50,7 @@ def _older_reply(path: str, body: bytes) -> bytes:
 class OlderRelease:
     """WSGI middleware: the request and reply changes listed in the module docstring."""
 
-    def __init__(self, wsgi: Callable[[dict[str, Any], StartResponse], Iterable[bytes]]) -> None:
+    def __init__(self, wsgi: WSGIApp) -> None:
         self.wsgi = wsgi
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -76,18 +75,7 @@ class OlderRelease:
             _replace_body(environ, raw)
         if path not in (HEALTH_PATH, INIT_PATH):
             return self.wsgi(environ, start_response)
-        captured: dict[str, Any] = {}
-
-        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
-            captured.update(status=status, headers=headers)
-            return lambda _data: None
-
-        reply = b"".join(self.wsgi(environ, capture))
-        if captured["status"].startswith("2"):
-            reply = _older_reply(path, reply)
-        headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
-        start_response(captured["status"], [*headers, ("Content-Length", str(len(reply)))])
-        return [reply]
+        return rewritten_reply(self.wsgi, environ, start_response, lambda reply: _older_reply(path, reply))
 
 
 app = create_app()
