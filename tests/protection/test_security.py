@@ -104,6 +104,7 @@ def test_cors_preflight_of_a_configured_origin(make_app: Callable[..., Flask]) -
     assert reply.headers["Access-Control-Allow-Origin"] == "https://dash.example.org"
     assert "PUT" in reply.headers["Access-Control-Allow-Methods"]
     assert "X-Chunk-SHA256" in reply.headers["Access-Control-Allow-Headers"]
+    assert "X-Chunk-CRC32C" in reply.headers["Access-Control-Allow-Headers"]
     assert "Authorization" in reply.headers["Access-Control-Allow-Headers"]
 
 
