@@ -17,9 +17,11 @@ import secrets
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from flask import Flask, current_app, has_request_context, request, session
 from flask.sessions import SecureCookieSessionInterface
+from itsdangerous import URLSafeTimedSerializer
 
 from core.config import ServerConfig
 from core.server import auth
@@ -74,8 +76,24 @@ class ProxyAwareSessionInterface(SecureCookieSessionInterface):
     and never a header from anyone else.
     """
 
+    def __init__(self) -> None:
+        self._serializer: tuple[tuple[Any, ...], URLSafeTimedSerializer | None] | None = None
+
     def get_cookie_secure(self, app: Flask) -> bool:
         return super().get_cookie_secure(app) or (has_request_context() and request.is_secure)
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        """Flask's serializer, built once per secret key instead of on every request.
+
+        Flask opens the session of every request, a robot's API calls included, and building
+        the serializer was ~5 % of a status poll (BENCHMARKS.md, protection). It depends only
+        on the keys, so a changed ``secret_key`` or ``SECRET_KEY_FALLBACKS`` builds a new one.
+        """
+        keys = (app.secret_key, tuple(app.config.get("SECRET_KEY_FALLBACKS") or ()))
+        cached = self._serializer
+        if cached is None or cached[0] != keys:
+            cached = self._serializer = (keys, super().get_signing_serializer(app))
+        return cached[1]
 
 
 def init_app(app: Flask, config: ServerConfig) -> None:
