@@ -17,11 +17,9 @@ import secrets
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
-from flask import Flask, current_app, has_request_context, request, session
-from flask.sessions import SecureCookieSessionInterface
-from itsdangerous import URLSafeTimedSerializer
+from flask import Flask, Request, current_app, has_request_context, request, session
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
 from core.config import ServerConfig
 from core.server import auth
@@ -76,24 +74,19 @@ class ProxyAwareSessionInterface(SecureCookieSessionInterface):
     and never a header from anyone else.
     """
 
-    def __init__(self) -> None:
-        self._serializer: tuple[tuple[Any, ...], URLSafeTimedSerializer | None] | None = None
-
     def get_cookie_secure(self, app: Flask) -> bool:
         return super().get_cookie_secure(app) or (has_request_context() and request.is_secure)
 
-    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
-        """Flask's serializer, built once per secret key instead of on every request.
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        """An empty session at once for a request without cookies (every robot's API call).
 
-        Flask opens the session of every request, a robot's API calls included, and building
-        the serializer was ~5 % of a status poll (BENCHMARKS.md, protection). It depends only
-        on the keys, so a changed ``secret_key`` or ``SECRET_KEY_FALLBACKS`` builds a new one.
+        Flask opens the session of every request, and building its signing serializer for
+        that was ~5 % of a status poll (BENCHMARKS.md, protection); without a cookie there
+        is nothing to verify. A request with cookies is opened as Flask does.
         """
-        keys = (app.secret_key, tuple(app.config.get("SECRET_KEY_FALLBACKS") or ()))
-        cached = self._serializer
-        if cached is None or cached[0] != keys:
-            cached = self._serializer = (keys, super().get_signing_serializer(app))
-        return cached[1]
+        if app.secret_key and "HTTP_COOKIE" not in request.environ:
+            return self.session_class()
+        return super().open_session(app, request)
 
 
 def init_app(app: Flask, config: ServerConfig) -> None:

@@ -69,6 +69,8 @@ KEY_PREFIX = "upload"
 RECHECK_SECONDS = 10.0
 # What ``check_request`` leaves for ``add_headers``: the limit to report, and its storage identifiers.
 _CURRENT = "rate_limit_current"
+# What ``Limiter._counted`` returns when neither the storage nor the memory fallback could count.
+_FAILED = object()
 Target = TypeVar("Target", bound=Any)
 
 
@@ -189,18 +191,10 @@ class Limiter:
         identifiers = (KEY_PREFIX, key, f"{request.endpoint}:{method}")
         items = self.routes.for_request(request.url_rule.rule, method, name is not None)  # type: ignore[union-attr]
         self._recover()
-        try:
-            breached = self._hit(items, identifiers)
-        except Exception:
-            if not self._fall_back():
-                log.exception("rate limit storage failed; request not limited")
-                return None
-            try:
-                breached = self._hit(items, identifiers)
-            except Exception:
-                log.exception("rate limit storage failed; request not limited")
-                return None
-        g.setdefault(_CURRENT, (breached or items[0], identifiers))
+        breached = self._counted(lambda strategy: _first_spent(strategy, items, identifiers))
+        if breached is _FAILED:
+            return None
+        setattr(g, _CURRENT, (breached or items[0], identifiers))  # the breached limit is reported, else the first
         if breached is None:
             return None
         log.info("ratelimit %s (%s) exceeded at endpoint: %s", breached, key, identifiers[2])
@@ -222,12 +216,10 @@ class Limiter:
         if current is None:
             return response
         item, identifiers = current
-        try:
-            reset, remaining = self.limiter.get_window_stats(item, *identifiers)
-        except Exception:
-            self._fall_back()
-            log.exception("rate limit storage failed; reply sent without rate-limit headers")
+        window = self._counted(lambda strategy: strategy.get_window_stats(item, *identifiers))
+        if window is _FAILED:
             return response
+        reset, remaining = window
         now = time.time()
         headers = response.headers
         headers.add(HEADER_RATELIMIT_LIMIT, str(item.amount))
@@ -243,13 +235,23 @@ class Limiter:
         headers[HEADER_RETRY_AFTER] = str(int(reset_at - now))
         return response
 
-    def _hit(self, items: Limits, identifiers: tuple[str, ...]) -> RateLimitItem | None:
-        """Spend one request of each limit in order; the first one exhausted (the later ones are not spent)."""
-        strategy = self.limiter
-        for item in items:
-            if not strategy.hit(item, *identifiers):
-                return item
-        return None
+    def _counted(self, operation: Callable[[RateLimiter], Any]) -> Any:
+        """``operation`` on the current strategy; once more in memory if the storage fails (``_FAILED``: both did).
+
+        A storage error never fails the request: it is served without that limit, as with flask-limiter's
+        ``swallow_errors``; an unreachable redis turns into per-process counting until it is back.
+        """
+        try:
+            return operation(self.limiter)
+        except Exception:
+            if self._fall_back():
+                try:
+                    return operation(self.limiter)
+                except Exception:
+                    log.exception("rate limit memory counters failed; request not limited")
+                    return _FAILED
+            log.exception("rate limit storage failed; request not limited")
+            return _FAILED
 
     def _fall_back(self) -> bool:
         """Count in memory from now on; False when already doing so (the memory counters failed: give up)."""
@@ -283,6 +285,14 @@ class Limiter:
             # Views and blueprints are fixed once the app serves: decided once per endpoint.
             exempt = self._exempt_endpoints[endpoint] = _is_exempt_endpoint(endpoint)
         return exempt
+
+
+def _first_spent(strategy: RateLimiter, items: Limits, identifiers: tuple[str, ...]) -> RateLimitItem | None:
+    """Spend one request of each limit in order; the first one exhausted (the later ones are not spent)."""
+    for item in items:
+        if not strategy.hit(item, *identifiers):
+            return item
+    return None
 
 
 def _is_exempt_endpoint(endpoint: str) -> bool:
