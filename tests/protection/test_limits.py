@@ -23,6 +23,7 @@ from core.server.app import create_app
 from core.server.keys import KeyStore, key_store_for
 from core.server.limit_storage import SweptMemoryStorage
 from tests.helpers.processes import PYTHON, REPO_ROOT, free_port
+from tests.helpers.redis_server import RedisServer
 from tests.protection.conftest import bearer
 
 
@@ -207,6 +208,27 @@ def test_an_unreachable_redis_falls_back_to_memory_counters(make_app: Callable[.
     assert [r.status_code for r in replies] == [200, 200, 429]  # still limited, per process
     assert [r.headers["X-RateLimit-Remaining"] for r in replies] == ["1", "0", "0"]
     assert isinstance(app.extensions[core.server.limits.EXTENSION].limiter.storage, SweptMemoryStorage)
+
+
+@pytest.mark.redis
+def test_a_redis_that_comes_back_is_counted_in_again(
+    make_app: Callable[..., Flask], keys: KeyStore, clock: FakeTime, tmp_path: Path
+) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    app = make_app(ratelimit_storage_uri=redis.url, ratelimit_key_status="5 per minute")
+    client = app.test_client()
+    headers = bearer(keys.create("robot-1").token)
+    remaining = lambda: client.get("/upload/u1", headers=headers).headers["X-RateLimit-Remaining"]  # noqa: E731
+
+    down = [remaining(), remaining()]  # redis is not running yet: counted in memory
+    with redis:
+        still_in_memory = remaining()  # redis is asked again only RECHECK_SECONDS later
+        clock.sleep(core.server.limits.RECHECK_SECONDS + 1)
+        back = [remaining(), remaining()]
+
+    assert down == ["4", "3"]
+    assert still_in_memory == "2"
+    assert back == ["4", "3"]  # redis's own, fresh counters
 
 
 @dataclass
