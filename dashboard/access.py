@@ -18,8 +18,8 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from flask import Flask, current_app, has_request_context, request, session
-from flask.sessions import SecureCookieSessionInterface
+from flask import Flask, Request, current_app, has_request_context, request, session
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
 from core.config import ServerConfig
 from core.server import auth
@@ -76,6 +76,17 @@ class ProxyAwareSessionInterface(SecureCookieSessionInterface):
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return super().get_cookie_secure(app) or (has_request_context() and request.is_secure)
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        """An empty session at once for a request without cookies (every robot's API call).
+
+        Flask opens the session of every request, and building its signing serializer for
+        that was ~5 % of a status poll (BENCHMARKS.md, protection); without a cookie there
+        is nothing to verify. A request with cookies is opened as Flask does.
+        """
+        if app.secret_key and "HTTP_COOKIE" not in request.environ:
+            return self.session_class()
+        return super().open_session(app, request)
 
 
 def init_app(app: Flask, config: ServerConfig) -> None:

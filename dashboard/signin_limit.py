@@ -1,11 +1,11 @@
 """A small per-address budget of dashboard sign-in attempts, so admin keys cannot be guessed at speed.
 
 The dashboard blueprint is exempt from the API's rate limits (a page open all
-day polls a lot), so the sign-in POST counts itself, in the same flask-limiter
+day polls a lot), so the sign-in POST counts itself, in the same rate-limit
 storage as every other limit (``RATELIMIT_STORAGE_URI``: per process with
 ``memory://``, shared by all workers and hosts with redis). Every attempt
 counts, right or wrong: a legitimate operator needs one. With rate limits off
-(``RATELIMIT_ENABLED=0``) or flask-limiter missing, sign-in is not limited.
+(``RATELIMIT_ENABLED=0``), sign-in is not limited.
 """
 
 from __future__ import annotations

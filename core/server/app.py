@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,28 @@ from core.server.tus import views as tus
 LOG_FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 
 
+class UploadApp(Flask):
+    """Flask, asking once per hook or view whether it is ``async def`` instead of on every call.
+
+    Flask passes every before- and after-request hook and the view through ``ensure_sync``
+    on each request (15 calls for a status poll here, ~5 % of its cost in process,
+    BENCHMARKS.md, protection), and the answer for a given function never changes.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        try:
+            return self._sync[func]
+        except KeyError:
+            sync = self._sync[func] = super().ensure_sync(func)
+            return sync
+        except TypeError:  # an unhashable callable: asked every time, as Flask does
+            return super().ensure_sync(func)
+
+
 def resolve_config(config: ServerConfig | Mapping[str, Any] | None) -> ServerConfig:
     """A ServerConfig as is; a mapping of field names overrides the environment (tests pass ``upload_dir``…)."""
     if isinstance(config, ServerConfig):
@@ -63,7 +85,7 @@ def create_app(config: ServerConfig | Mapping[str, Any] | None = None) -> Flask:
     settings = resolve_config(config)
     configure_logging(settings)
 
-    app = Flask(__name__)
+    app = UploadApp(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_chunk_size
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["server_config"] = settings

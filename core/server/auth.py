@@ -28,6 +28,7 @@ log = logging.getLogger("upload_server.auth")
 PUBLIC_ATTRIBUTE = "auth_public"
 LOADERS_EXTENSION = "auth_identity_loaders"
 ENABLED_EXTENSION = "auth_enabled"
+PUBLIC_EXTENSION = "auth_public_endpoints"
 # Paths open to everyone whoever registers them; the OpenAPI document describes a public API anyway.
 PUBLIC_PATHS = frozenset({HEALTH_PATH, "/openapi.json"})
 
@@ -72,18 +73,28 @@ def presented_key() -> str | None:
     return None if value is None else value.strip()
 
 
+def _is_public_endpoint(endpoint: str) -> bool:
+    """Static files, and views or blueprints marked with ``public``."""
+    if endpoint == "static" or getattr(current_app.view_functions.get(endpoint), PUBLIC_ATTRIBUTE, False):
+        return True
+    blueprints: list[Blueprint | None] = [current_app.blueprints.get(name) for name in request.blueprints]
+    return any(getattr(bp, PUBLIC_ATTRIBUTE, False) for bp in blueprints)
+
+
 def _is_public() -> bool:
     # Preflights carry no credentials by design; unroutable requests get their 404/405,
     # which reveal only the route shapes the public OpenAPI document lists anyway.
     if request.method == "OPTIONS" or request.routing_exception is not None or request.url_rule is None:
         return True
-    if request.url_rule.rule in PUBLIC_PATHS or request.endpoint == "static":
+    if request.url_rule.rule in PUBLIC_PATHS:
         return True
-    view = current_app.view_functions.get(request.endpoint or "")
-    if getattr(view, PUBLIC_ATTRIBUTE, False):
-        return True
-    blueprints: list[Blueprint | None] = [current_app.blueprints.get(name) for name in request.blueprints]
-    return any(getattr(bp, PUBLIC_ATTRIBUTE, False) for bp in blueprints)
+    # Views and blueprints are fixed once the app serves: decided once per endpoint, not per request.
+    endpoint = request.endpoint or ""
+    decided: dict[str, bool] = current_app.extensions[PUBLIC_EXTENSION]
+    public = decided.get(endpoint)
+    if public is None:
+        public = decided[endpoint] = _is_public_endpoint(endpoint)
+    return public
 
 
 def _authenticate() -> None:
@@ -126,6 +137,7 @@ def init_app(app: Flask, config: ServerConfig) -> None:
     """Open the key store, add the ``keys`` CLI group and check every request (register before limits)."""
     app.extensions[KEYS_EXTENSION] = open_key_store(config, app.extensions.get(db.EXTENSION))
     app.extensions[ENABLED_EXTENSION] = config.auth_enabled
+    app.extensions[PUBLIC_EXTENSION] = {}
     app.cli.add_command(keys_cli)
     # First of all hooks: rate limits and every view key on the identity it sets.
     app.before_request_funcs.setdefault(None, []).insert(0, _authenticate)

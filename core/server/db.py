@@ -344,6 +344,20 @@ def read(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
+@contextmanager
+def direct_connection(engine: Engine) -> Iterator[Any]:
+    """A pooled DBAPI connection for ``DirectRead`` statements, back to the pool at the end (see ``DirectRead``)."""
+    dbapi_error = engine.dialect.loaded_dbapi.Error
+    try:
+        raw = engine.raw_connection()
+    except dbapi_error as err:  # the database is down: as SQLAlchemy's own connect would say
+        raise exc.DBAPIError.instance(None, None, err, dbapi_error, connection_invalidated=True) from err
+    try:
+        yield raw
+    finally:
+        raw.close()
+
+
 class DirectRead:
     """One SELECT run straight on a pooled DBAPI connection, compiled once per dialect.
 
@@ -366,15 +380,20 @@ class DirectRead:
             self._compiled[engine.dialect.name] = compiled
         return compiled
 
-    def rows(self, engine: Engine, *, first: bool = False, **params: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """(column names, rows); ``first``: at most one row is fetched."""
+    def rows(
+        self, engine: Engine, *, first: bool = False, raw: Any = None, **params: Any
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """(column names, rows); ``first``: at most one row is fetched.
+
+        ``raw``: a connection of ``direct_connection`` to run on, for several reads of one request
+        (each checkout and return to the pool costs more than a lookup by primary key).
+        """
+        if raw is None:
+            with direct_connection(engine) as own:
+                return self.rows(engine, first=first, raw=own, **params)
         sql, order = self._sql(engine)
         args: Any = params if order is None else tuple(params[name] for name in order)
         dbapi_error = engine.dialect.loaded_dbapi.Error
-        try:
-            raw = engine.raw_connection()
-        except dbapi_error as err:  # the database is down: as SQLAlchemy's own connect would say
-            raise exc.DBAPIError.instance(sql, args, err, dbapi_error, connection_invalidated=True) from err
         try:
             cursor = raw.cursor()
             cursor.execute(sql, args)
@@ -385,12 +404,10 @@ class DirectRead:
             lost = engine.dialect.is_disconnect(err, raw.dbapi_connection, None)
             raw.invalidate()  # a connection that failed a statement does not go back to the pool
             raise exc.DBAPIError.instance(sql, args, err, dbapi_error, connection_invalidated=lost) from err
-        finally:
-            raw.close()
         return names, list(found)
 
-    def first(self, engine: Engine, **params: Any) -> dict[str, Any] | None:
-        names, found = self.rows(engine, first=True, **params)
+    def first(self, engine: Engine, *, raw: Any = None, **params: Any) -> dict[str, Any] | None:
+        names, found = self.rows(engine, first=True, raw=raw, **params)
         return dict(zip(names, found[0], strict=True)) if found else None
 
 

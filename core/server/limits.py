@@ -1,4 +1,4 @@
-"""Rate limits (flask-limiter): per robot key when authenticated, else per client address.
+"""Rate limits: per robot key when authenticated, else per client address, counted with ``limits``.
 
 Many robots may share one cellular NAT address, so an authenticated caller is
 counted by its key name; anonymous callers by the address ProxyFix/`proxies`
@@ -8,28 +8,43 @@ guard against strangers; a key the ``RATELIMIT_KEY_*`` budgets, sized from
 what a recorder really sends (two uploads per split, one init + chunks +
 finalize + status polls each) with headroom, so a robot's own continuous
 traffic never meets a 429. Upload routes get limits of their own
-(``ROUTE_LIMITS``); every other route the default pair. A missing
-flask-limiter is a loud warning, not a crash: the seed promises the server
-still starts.
+(``ROUTE_LIMITS``); every other route the default pair.
+
+The counting is the ``limits`` library's fixed-window strategy over
+``RATELIMIT_STORAGE_URI``, called from one before-request hook. This used to be
+flask-limiter, which runs ``limits`` the same way but spent ~200-540 µs a
+request on its own machinery (resolving dynamic limits, exemption scopes, its
+request context, header injection), more than the status poll itself
+(BENCHMARKS.md, protection). Here the limits are parsed once per route at
+start, and a request costs its storage hits. What flask-limiter did is kept:
+the same storage keys (a redis shared with an older server keeps its
+counters), ``X-RateLimit-*`` and ``Retry-After`` on every limited route's
+reply, the first breached limit reported, a fall-back to per-process memory
+counters while redis is unreachable, and storage errors never failing a request.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import Flask, Response, current_app, request
-from limits import parse_many
+from flask import Flask, Response, current_app, g, request
+from limits import RateLimitItem, parse_many
+from limits.storage import Storage, storage_from_string
+from limits.strategies import FixedWindowRateLimiter, RateLimiter
 
 from core.config import ConfigError, ServerConfig
 from core.protocol import (
     CHUNK_PATH,
     FINALIZE_PATH,
+    HEADER_RATELIMIT_LIMIT,
+    HEADER_RATELIMIT_REMAINING,
+    HEADER_RATELIMIT_RESET,
     HEADER_RETRY_AFTER,
     HEALTH_PATH,
     HEARTBEAT_PATH,
@@ -50,6 +65,12 @@ EXEMPT_ATTRIBUTE = "ratelimit_exempt"
 # Load balancers poll /health every few seconds from one address.
 EXEMPT_PATHS = frozenset({HEALTH_PATH})
 KEY_PREFIX = "upload"
+# A storage that failed is tried again at most this often while requests count in memory.
+RECHECK_SECONDS = 10.0
+# What ``check_request`` leaves for ``add_headers``: the limit to report, and its storage identifiers.
+_CURRENT = "rate_limit_current"
+# What ``Limiter._counted`` returns when neither the storage nor the memory fallback could count.
+_FAILED = object()
 Target = TypeVar("Target", bound=Any)
 
 
@@ -86,38 +107,7 @@ def exempt(target: Target) -> Target:
     return target
 
 
-def client_key() -> str:
-    """The bucket a request is counted in: the key's name, else the client address."""
-    name = authenticated_name()
-    return f"key:{name}" if name else f"addr:{request.remote_addr or 'unknown'}"
-
-
-def route_limit(config: ServerConfig) -> Callable[[], str]:
-    """The limit of the current request: its route's own (``ROUTE_LIMITS``), else the default pair.
-
-    A caller that proved a key gets the ``RATELIMIT_KEY_*`` budget, anyone else the seed's
-    per-address one; both count in the bucket ``client_key`` chose, so a key never spends an
-    address's budget and a stranger never spends a robot's. Given to flask-limiter as a dynamic
-    default limit rather than as view decorators: a decorated view is evaluated in its wrapper
-    *and* again by flask-limiter's default pass before the request, which doubled the limiter's
-    per-request cost (BENCHMARKS.md, protection). As a default, every request is evaluated once;
-    ``default_limits_per_method`` keeps one bucket per route and method.
-    """
-    table = {
-        (route.path, route.method): (route.limit(config), (route.key_limit or route.limit)(config))
-        for route in ROUTE_LIMITS
-    }
-    default = (config.ratelimit_default, config.ratelimit_key_default)
-
-    def limit() -> str:
-        rule = request.url_rule.rule if request.url_rule is not None else None
-        anonymous, per_key = table.get((rule, request.method), default)
-        return per_key if authenticated_name() else anonymous
-
-    return limit
-
-
-# Settings whose values reach flask-limiter through ``route_limit``, which it parses only per request.
+# Every RATELIMIT_* setting parsed by ``RouteLimits``: a bad one must stop the start, naming it.
 _LIMIT_SETTINGS = (
     "ratelimit_default",
     "ratelimit_init",
@@ -144,84 +134,186 @@ def check_limits(config: ServerConfig) -> None:
             raise ConfigError(msg) from err
 
 
-def _is_exempt() -> bool:
-    # Preflights are answered by Flask without running a view; counting them would halve a browser's budget.
-    if request.method == "OPTIONS":
+Limits = tuple[RateLimitItem, ...]
+
+
+def _parse(text: str) -> Limits:
+    # Checked in order, tightest window first, like flask-limiter: the first breached one is reported.
+    return tuple(sorted(parse_many(text)))
+
+
+class RouteLimits:
+    """The parsed limits of every route and method, per address and per key: parsed once, looked up per request."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.table: dict[tuple[str, str], tuple[Limits, Limits]] = {
+            (route.path, route.method): (_parse(route.limit(config)), _parse((route.key_limit or route.limit)(config)))
+            for route in ROUTE_LIMITS
+        }
+        self.default = (_parse(config.ratelimit_default), _parse(config.ratelimit_key_default))
+
+    def for_request(self, rule: str, method: str, authenticated: bool) -> Limits:
+        """A key's budget (``RATELIMIT_KEY_*``) for a caller that proved one, the per-address one otherwise."""
+        anonymous, per_key = self.table.get((rule, method), self.default)
+        return per_key if authenticated else anonymous
+
+
+class Limiter:
+    """Fixed-window counters in ``RATELIMIT_STORAGE_URI``, in per-process memory while that storage is unreachable.
+
+    ``limiter`` and ``storage`` are what the 401 budget (``auth_limits``), the dashboard's sign-in
+    budget and ``/health/detailed`` use, so every limit counts in the same place.
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.routes = RouteLimits(config)
+        self.storage: Storage = storage_from_string(limit_storage.storage_uri(config.ratelimit_storage_uri))
+        self._primary = FixedWindowRateLimiter(self.storage)
+        self._fallback = FixedWindowRateLimiter(limit_storage.SweptMemoryStorage())
+        self._storage_dead = False
+        self._next_check = 0.0
+        self._check_lock = threading.Lock()
+        self._exempt_endpoints: dict[str, bool] = {}
+
+    @property
+    def limiter(self) -> RateLimiter:
+        """The strategy to count with now: the configured storage's, or the memory fallback's while it is down."""
+        return self._fallback if self._storage_dead else self._primary
+
+    def check_request(self) -> Response | None:
+        """Count the request in each limit of its route; a JSON 429 when one is spent (a before-request hook)."""
+        if self._is_exempt():
+            return None
+        name = authenticated_name()
+        key = f"key:{name}" if name else f"addr:{request.remote_addr or 'unknown'}"
+        method = request.method
+        # The bucket flask-limiter used for a per-method default limit: endpoint and method.
+        identifiers = (KEY_PREFIX, key, f"{request.endpoint}:{method}")
+        items = self.routes.for_request(request.url_rule.rule, method, name is not None)  # type: ignore[union-attr]
+        self._recover()
+        breached = self._counted(lambda strategy: _first_spent(strategy, items, identifiers))
+        if breached is _FAILED:
+            return None
+        setattr(g, _CURRENT, (breached or items[0], identifiers))  # the breached limit is reported, else the first
+        if breached is None:
+            return None
+        log.info("ratelimit %s (%s) exceeded at endpoint: %s", breached, key, identifiers[2])
+        return error_response(
+            429,
+            ErrorCode.RATE_LIMITED,
+            f"rate limit exceeded ({breached}); retry after the number of seconds in Retry-After",
+        )
+
+    def add_headers(self, response: Response) -> Response:
+        """``X-RateLimit-*`` of the limit reported for this request, and ``Retry-After`` (an after-request hook).
+
+        On a 429, ``Retry-After`` is the whole seconds until the window reopens, rounded up and never 0:
+        flask-limiter truncated (``int(int(reset + 1) - now)``), so in a window's last second it said 0 and
+        an obedient client was refused again at once. Other replies keep flask-limiter's value, and a
+        ``Retry-After`` the view set (a 503) is kept unless the window reopens later.
+        """
+        current = g.pop(_CURRENT, None)
+        if current is None:
+            return response
+        item, identifiers = current
+        window = self._counted(lambda strategy: strategy.get_window_stats(item, *identifiers))
+        if window is _FAILED:
+            return response
+        reset, remaining = window
+        now = time.time()
+        headers = response.headers
+        headers.add(HEADER_RATELIMIT_LIMIT, str(item.amount))
+        headers.add(HEADER_RATELIMIT_REMAINING, str(remaining))
+        reset_at = int(reset + 1)
+        headers.add(HEADER_RATELIMIT_RESET, str(reset_at))
+        if response.status_code == 429:
+            headers[HEADER_RETRY_AFTER] = str(max(1, math.ceil(reset - now)))
+            return response
+        existing = headers.get(HEADER_RETRY_AFTER)
+        if existing is not None and existing.isdigit():
+            reset_at = max(int(now + int(existing)), reset_at)
+        headers[HEADER_RETRY_AFTER] = str(int(reset_at - now))
+        return response
+
+    def _counted(self, operation: Callable[[RateLimiter], Any]) -> Any:
+        """``operation`` on the current strategy; once more in memory if the storage fails (``_FAILED``: both did).
+
+        A storage error never fails the request: it is served without that limit, as with flask-limiter's
+        ``swallow_errors``; an unreachable redis turns into per-process counting until it is back.
+        """
+        try:
+            return operation(self.limiter)
+        except Exception:
+            if self._fall_back():
+                try:
+                    return operation(self.limiter)
+                except Exception:
+                    log.exception("rate limit memory counters failed; request not limited")
+                    return _FAILED
+            log.exception("rate limit storage failed; request not limited")
+            return _FAILED
+
+    def _fall_back(self) -> bool:
+        """Count in memory from now on; False when already doing so (the memory counters failed: give up)."""
+        if self._storage_dead:
+            return False
+        log.warning("Rate limit storage unreachable - falling back to in-memory storage")
+        self._storage_dead = True
+        self._next_check = time.time() + RECHECK_SECONDS
         return True
-    if request.url_rule is not None and request.url_rule.rule in EXEMPT_PATHS:
+
+    def _recover(self) -> None:
+        """While counting in memory, ask the configured storage again every RECHECK_SECONDS (one request does)."""
+        if not self._storage_dead or time.time() < self._next_check or not self._check_lock.acquire(blocking=False):
+            return
+        try:
+            self._next_check = time.time() + RECHECK_SECONDS
+            if self.storage.check():
+                log.info("Rate limit storage recovered")
+                self._storage_dead = False
+        finally:
+            self._check_lock.release()
+
+    def _is_exempt(self) -> bool:
+        # Unroutable requests (404/405) have no endpoint and get their error uncounted, as with flask-limiter;
+        # preflights are answered without a view, and counting them would halve a browser's budget.
+        endpoint = request.endpoint
+        if endpoint is None or request.method == "OPTIONS" or request.url_rule.rule in EXEMPT_PATHS:  # type: ignore[union-attr]
+            return True
+        exempt = self._exempt_endpoints.get(endpoint)
+        if exempt is None:
+            # Views and blueprints are fixed once the app serves: decided once per endpoint.
+            exempt = self._exempt_endpoints[endpoint] = _is_exempt_endpoint(endpoint)
+        return exempt
+
+
+def _first_spent(strategy: RateLimiter, items: Limits, identifiers: tuple[str, ...]) -> RateLimitItem | None:
+    """Spend one request of each limit in order; the first one exhausted (the later ones are not spent)."""
+    for item in items:
+        if not strategy.hit(item, *identifiers):
+            return item
+    return None
+
+
+def _is_exempt_endpoint(endpoint: str) -> bool:
+    """Static files, and views or blueprints marked with ``exempt``."""
+    if endpoint.rsplit(".", 1)[-1] == "static":
         return True
-    view = current_app.view_functions.get(request.endpoint or "")
+    view = current_app.view_functions.get(endpoint)
     if getattr(view, EXEMPT_ATTRIBUTE, False):
         return True
     return any(getattr(current_app.blueprints.get(name), EXEMPT_ATTRIBUTE, False) for name in request.blueprints)
 
 
-def _too_many_requests(err: Any) -> Response:
-    return error_response(
-        429,
-        ErrorCode.RATE_LIMITED,
-        f"rate limit exceeded ({err.description}); retry after the number of seconds in Retry-After",
-    )
-
-
-def _exact_retry_after(response: Response) -> Response:
-    """Tell a 429'd client the whole seconds until its window reopens, rounded up and never 0.
-
-    flask-limiter derives ``Retry-After`` from an integer reset time and then
-    truncates (``int(int(reset + 1) - now)``): in a window's last second it says
-    0 and an obedient client is refused again at once, elsewhere it adds up to
-    a second of needless waiting. The window's own reset time gives the exact wait.
-    """
-    limiter = current_app.extensions.get(EXTENSION)
-    limit = limiter.current_limit if limiter is not None and response.status_code == 429 else None
-    if limit is None:
-        return response
-    try:
-        reset = float(limit.window.reset_time)
-    except Exception:  # storage unreachable: flask-limiter logged it; keep its header
-        return response
-    response.headers[HEADER_RETRY_AFTER] = str(max(1, math.ceil(reset - time.time())))
-    return response
-
-
-def _load_flask_limiter() -> Any | None:
-    try:
-        return importlib.import_module("flask_limiter")
-    except ImportError as err:
-        log.warning(
-            "flask-limiter is not importable (%s): the server runs WITHOUT rate limits. "
-            "Install it: pip install 'flask-limiter>=3.5,<5'",
-            err,
-        )
-        return None
-
-
-def init_app(app: Flask, config: ServerConfig) -> Any | None:
+def init_app(app: Flask, config: ServerConfig) -> Limiter | None:
     """Limit every route; call after all routes are registered and after ``auth.init_app``."""
     if not config.ratelimit_enabled:
         log.warning("RATELIMIT_ENABLED=0: no rate limits are applied")
         return None
-    flask_limiter = _load_flask_limiter()
-    if flask_limiter is None:
-        return None
     check_limits(config)
-    limiter = flask_limiter.Limiter(
-        client_key,
-        default_limits=[route_limit(config)],
-        default_limits_per_method=True,
-        storage_uri=limit_storage.storage_uri(config.ratelimit_storage_uri),  # memory://: no thread per request
-        headers_enabled=True,
-        strategy="fixed-window",
-        key_prefix=KEY_PREFIX,
-        # An unreachable redis must not stop uploads: count in memory until it is back.
-        in_memory_fallback_enabled=True,
-        swallow_errors=True,
-    )
-    limiter.request_filter(_is_exempt)
-    # after_request hooks run in reverse order of registration: this one runs after flask-limiter's headers.
-    app.after_request(_exact_retry_after)
-    limiter.init_app(app)
-    app.register_error_handler(flask_limiter.RateLimitExceeded, _too_many_requests)
+    limiter = Limiter(config)
+    app.before_request(limiter.check_request)
+    app.after_request(limiter.add_headers)
     auth_limits.init_app(app, limiter, config, KEY_PREFIX)
     app.extensions[EXTENSION] = limiter
     log.info(

@@ -130,16 +130,37 @@ def _start_timer() -> None:
     g.metrics_started = time.perf_counter()
 
 
+class _Children:
+    """Labelled children by their label values, looked up once: ``labels()`` validates and locks on every call.
+
+    The label values are route templates, methods and status codes, so the table stays small.
+    """
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = self.metric.labels(*values)
+        return child
+
+
+_REQUESTS = _Children(HTTP_REQUESTS)
+_SECONDS = _Children(HTTP_SECONDS)
+
+
 def _count_reply(response: Response) -> Response:
     route = _route()
     if route == METRICS_PATH:
         return response
-    HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+    _REQUESTS(request.method, route, str(response.status_code)).inc()
     # Health probes are counted (the error ratio's denominator stays true) but not timed: their
     # latency says nothing, and each histogram sample is two more multiprocess file writes.
     started = g.pop("metrics_started", None) if route != HEALTH_PATH else None
     if started is not None:
-        HTTP_SECONDS.labels(route).observe(time.perf_counter() - started)
+        _SECONDS(route).observe(time.perf_counter() - started)
     if response.status_code == 429:
         RATE_LIMITED.labels(route).inc()
     return response

@@ -116,15 +116,17 @@ def _limit_body() -> None:
     document that a lenient parser might half-accept.
     """
     config = _config()
-    rule = request.url_rule.rule if request.url_rule is not None else None
+    url_rule = request.url_rule
+    rule = url_rule.rule if url_rule is not None else None
     limit = BODY_LIMITS[rule](config) if rule in BODY_LIMITS else config.max_json_size
     request.max_content_length = limit
     if request.routing_exception is not None:
         # No route, no body to read: the 404/405 the router found is the answer, whatever the size.
         return
-    if request.content_length is not None:
-        if request.content_length > limit:
-            msg = f"request body of {request.content_length} bytes exceeds this route's limit of {limit} bytes"
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            msg = f"request body of {length} bytes exceeds this route's limit of {limit} bytes"
             raise PayloadTooLarge(msg)
         return
     if not _is_chunked():

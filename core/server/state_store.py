@@ -276,6 +276,10 @@ def _from_row(row: Mapping[str, Any]) -> UploadRecord:
     return UploadRecord(**values)
 
 
+def _receipts(rows: list[tuple[Any, ...]]) -> dict[int, str]:
+    return {int(idx): str(digest) for idx, digest in rows}
+
+
 class SQLStateStore(SQLBagCatalog, StateStore):
     """Every upload, chunk receipt, job and lease in the state database (SQLite or PostgreSQL)."""
 
@@ -298,10 +302,13 @@ class SQLStateStore(SQLBagCatalog, StateStore):
     def get_upload_with_receipts(self, upload_id: str) -> tuple[UploadRecord | None, dict[int, str]]:
         # The receipts are read after the record: a chunk acknowledged in between shows, none can vanish
         # (receipts are pruned only once an upload is complete or aborted, and complete needs none).
-        record = self.get_upload(upload_id)
-        if record is None or record.state is UploadState.COMPLETE:
-            return record, {}
-        return record, self.received_chunks(upload_id)
+        with db.direct_connection(self.engine) as raw:  # one pool checkout for both reads
+            row = _UPLOAD_BY_ID.first(self.engine, raw=raw, upload_id=upload_id)
+            record = _from_row(row) if row else None
+            if record is None or record.state is UploadState.COMPLETE:
+                return record, {}
+            _, rows = _RECEIVED.rows(self.engine, raw=raw, upload_id=upload_id)
+        return record, _receipts(rows)
 
     def find_resumable(
         self,
@@ -447,7 +454,7 @@ class SQLStateStore(SQLBagCatalog, StateStore):
 
     def received_chunks(self, upload_id: str) -> dict[int, str]:
         _, rows = _RECEIVED.rows(self.engine, upload_id=upload_id)
-        return {int(idx): str(digest) for idx, digest in rows}
+        return _receipts(rows)
 
     def stale_uploads(self, idle_before: float, limit: int = 100) -> list[UploadRecord]:
         c = uploads.c

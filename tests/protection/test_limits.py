@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import flask_limiter._extension
 import limits.storage.memory
 import pytest
 from flask import Flask
@@ -22,7 +21,9 @@ from core.config import ConfigError, RecorderConfig, ServerConfig
 from core.protocol import DEFAULT_CHUNK_SIZE, GiB, MiB
 from core.server.app import create_app
 from core.server.keys import KeyStore, key_store_for
-from tests.helpers.processes import PYTHON, REPO_ROOT
+from core.server.limit_storage import SweptMemoryStorage
+from tests.helpers.processes import PYTHON, REPO_ROOT, free_port
+from tests.helpers.redis_server import RedisServer
 from tests.protection.conftest import bearer
 
 
@@ -46,7 +47,6 @@ class FakeTime:
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
     fake = FakeTime()
     monkeypatch.setattr(limits.storage.memory, "time", fake)
-    monkeypatch.setattr(flask_limiter._extension, "time", fake)
     monkeypatch.setattr(core.server.limits, "time", fake)
     return fake
 
@@ -143,7 +143,7 @@ def test_window_reopens_after_retry_after(make_app: Callable[..., Flask], keys: 
 def test_retry_after_in_a_windows_last_second_is_one_not_zero(
     make_app: Callable[..., Flask], keys: KeyStore, clock: FakeTime
 ) -> None:
-    """flask-limiter alone truncates to 0 here; a client obeying 0 would be refused again at once."""
+    """Truncating (as flask-limiter did) gives 0 here; a client obeying 0 would be refused again at once."""
     client = make_app(ratelimit_key_chunk="2 per minute").test_client()
     headers = bearer(keys.create("robot-1").token)
     put = lambda: client.put("/upload/u1/chunk/0", data=b"x", headers=headers)  # noqa: E731
@@ -157,6 +157,78 @@ def test_retry_after_in_a_windows_last_second_is_one_not_zero(
     assert last_second.status_code == 429
     assert last_second.headers["Retry-After"] == "1"
     assert put().status_code == 200
+
+
+def test_headers_and_429_are_the_ones_flask_limiter_sent(
+    make_app: Callable[..., Flask], keys: KeyStore, clock: FakeTime
+) -> None:
+    """Clients and nginx saw these from flask-limiter: its header values, its message, its storage keys."""
+    app = make_app(ratelimit_key_status="2 per minute")
+    client = app.test_client()
+    headers = bearer(keys.create("robot-1").token)
+    clock.now = 1_700_000_000.25  # the window closes at .25 + 60 s
+
+    first, second, refused = (client.get("/upload/u1", headers=headers) for _ in range(3))
+    clock.now += 10
+
+    assert [first.status_code, second.status_code, refused.status_code] == [200, 200, 429]
+    assert [r.headers["X-RateLimit-Remaining"] for r in (first, second, refused)] == ["1", "0", "0"]
+    assert {r.headers["X-RateLimit-Limit"] for r in (first, second, refused)} == {"2"}
+    reset_at = 1_700_000_060 + 1  # int(window reset + 1)
+    assert {r.headers["X-RateLimit-Reset"] for r in (first, second, refused)} == {str(reset_at)}
+    assert first.headers["Retry-After"] == "60"  # every limited reply carries it: int(reset_at - now)
+    assert refused.headers["Retry-After"] == "60"  # a 429's is the exact wait, rounded up: ceil(59.75)
+    assert refused.json["error"] == {
+        "code": "rate_limited",
+        "message": "rate limit exceeded (2 per 1 minute); retry after the number of seconds in Retry-After",
+    }
+    # flask-limiter's key: a redis shared with an older server keeps counting in the same buckets.
+    stored = list(app.extensions[core.server.limits.EXTENSION].storage.storage)
+    assert stored == ["LIMITER/upload/key:robot-1/upload:GET/2/1/minute"]
+
+
+def test_a_503s_own_retry_after_is_kept_when_longer_than_the_window(make_app: Callable[..., Flask]) -> None:
+    app = make_app(auth_enabled=False)
+    app.add_url_rule("/busy", "busy", lambda: ("busy", 503, {"Retry-After": "3600"}))
+    reply = app.test_client().get("/busy")
+
+    assert reply.status_code == 503
+    assert 3599 <= int(reply.headers["Retry-After"]) <= 3600
+    assert reply.headers["X-RateLimit-Limit"] == "50"  # RATELIMIT_DEFAULT's tighter 50 per hour
+
+
+def test_an_unreachable_redis_falls_back_to_memory_counters(make_app: Callable[..., Flask], keys: KeyStore) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    app = make_app(ratelimit_storage_uri=dead, ratelimit_key_status="2 per minute")
+    client = app.test_client()
+    headers = bearer(keys.create("robot-1").token)
+
+    replies = [client.get("/upload/u1", headers=headers) for _ in range(3)]
+
+    assert [r.status_code for r in replies] == [200, 200, 429]  # still limited, per process
+    assert [r.headers["X-RateLimit-Remaining"] for r in replies] == ["1", "0", "0"]
+    assert isinstance(app.extensions[core.server.limits.EXTENSION].limiter.storage, SweptMemoryStorage)
+
+
+@pytest.mark.redis
+def test_a_redis_that_comes_back_is_counted_in_again(
+    make_app: Callable[..., Flask], keys: KeyStore, clock: FakeTime, tmp_path: Path
+) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    app = make_app(ratelimit_storage_uri=redis.url, ratelimit_key_status="5 per minute")
+    client = app.test_client()
+    headers = bearer(keys.create("robot-1").token)
+    remaining = lambda: client.get("/upload/u1", headers=headers).headers["X-RateLimit-Remaining"]  # noqa: E731
+
+    down = [remaining(), remaining()]  # redis is not running yet: counted in memory
+    with redis:
+        still_in_memory = remaining()  # redis is asked again only RECHECK_SECONDS later
+        clock.sleep(core.server.limits.RECHECK_SECONDS + 1)
+        back = [remaining(), remaining()]
+
+    assert down == ["4", "3"]
+    assert still_in_memory == "2"
+    assert back == ["4", "3"]  # redis's own, fresh counters
 
 
 @dataclass
@@ -243,16 +315,15 @@ def test_5gb_upload_faster_than_the_chunk_limit_is_paced_not_failed(
     assert 8 * MiB == DEFAULT_CHUNK_SIZE
 
 
-def test_server_starts_without_flask_limiter_and_says_so(tmp_path: Path) -> None:
-    """The real entry point, imported with flask-limiter blocked, serves requests and warns in its log."""
+def test_the_real_entry_point_limits_without_flask_limiter(tmp_path: Path) -> None:
+    """Limits are counted with ``limits`` itself: with flask-limiter (used before) blocked, the 429s still come."""
     script = textwrap.dedent(
         """
         import sys
         sys.modules["flask_limiter"] = None  # as if it were not installed
         from upload_server import app
         client = app.test_client()
-        codes = {client.get("/uploads").status_code for _ in range(60)}
-        print("codes", sorted(codes), client.get("/health").status_code)
+        print("codes", [client.get("/uploads").status_code for _ in range(7)], client.get("/health").status_code)
         """
     )
     env = {
@@ -260,14 +331,13 @@ def test_server_starts_without_flask_limiter_and_says_so(tmp_path: Path) -> None
         "UPLOAD_DIR": str(tmp_path / "uploads"),
         "AUTH_ENABLED": "0",
         "RATELIMIT_ENABLED": "1",
+        "RATELIMIT_LIST": "5 per minute",
         "BACKGROUND_JOBS": "0",
     }
     done = subprocess.run([PYTHON, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60)
 
     assert done.returncode == 0, done.stderr
-    assert "codes [200] 200" in done.stdout  # 60 > the default 50/hour: no limiter, no 429
-    assert "flask-limiter is not importable" in done.stderr
-    assert "WITHOUT rate limits" in done.stderr
+    assert f"codes {[200] * 5 + [429] * 2} 200" in done.stdout
 
 
 @pytest.mark.parametrize(

@@ -57,7 +57,7 @@ def test_sqlite_contention_is_retryable_but_other_database_errors_are_not(tmp_pa
     def fail(*_args, **_kwargs):
         raise exc.OperationalError("SELECT 1", {}, sqlite3.OperationalError(message))
 
-    monkeypatch.setattr(state, "get_upload", fail)
+    monkeypatch.setattr(state, "get_upload_with_receipts", fail)  # the one read of GET /upload/<id>
     reply = app.test_client().get(f"/upload/{UNKNOWN_ID}")
 
     assert reply.status_code == status
