@@ -1,6 +1,6 @@
 """A per-address budget of requests with a missing or wrong API key (``RATELIMIT_UNAUTHENTICATED``).
 
-Authentication answers 401 before flask-limiter counts anything, so without
+Authentication answers 401 before the API's limits count anything, so without
 this a key-guessing or flooding client would be limited only by nginx. Each
 401 (of the API's key check, and of the dashboard's, which is exempt from the
 API's limits and checks keys itself) is counted against the client address (as

@@ -1,6 +1,6 @@
 """``memory://`` rate-limit counters without a thread per request.
 
-limits' ``MemoryStorage`` (what flask-limiter uses for ``memory://``) starts a
+limits' ``MemoryStorage`` (what ``memory://`` names in limits) starts a
 ``threading.Timer`` of 10 ms on every counter update unless the previous one is
 still alive, only to drop expired counters; under a steady trickle of requests
 that is a new thread for nearly every request (measured in BENCHMARKS.md). The
@@ -49,5 +49,5 @@ class SweptMemoryStorage(MemoryStorage):
 
 
 def storage_uri(configured: str) -> str:
-    """The URI flask-limiter gets: ``memory://`` becomes this module's storage, anything else (redis) is kept."""
+    """The URI the limits use: ``memory://`` becomes this module's storage, anything else (redis) is kept."""
     return f"{SCHEME}://" if configured.split("://", 1)[0] == "memory" else configured
