@@ -111,8 +111,13 @@ class SeaweedFS:
         return self
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL after a second.
+
+        weed's graceful stop waits 10 s and more for its own servers (15 s at the end of every test
+        session), and the data directory is thrown away anyway.
+        """
         if self.process is not None:
-            self.process.stop()
+            self.process.stop(timeout=1.0)
             self.process = None
 
     def client(self) -> Any:
