@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from flask import Blueprint, Flask, current_app, g, request
+from flask import Flask, current_app, g, request
 
 from core.config import ServerConfig
 from core.protocol import AUTH_SCHEME, HEADER_API_KEY, HEADER_AUTHORIZATION, HEALTH_PATH
-from core.server import db
+from core.server import db, endpoints
+from core.server.endpoints import Target
 from core.server.errors import Unauthorized
 from core.server.identity import ANONYMOUS, Identity
 from core.server.keys import EXTENSION as KEYS_EXTENSION
@@ -28,12 +29,10 @@ log = logging.getLogger("upload_server.auth")
 PUBLIC_ATTRIBUTE = "auth_public"
 LOADERS_EXTENSION = "auth_identity_loaders"
 ENABLED_EXTENSION = "auth_enabled"
-PUBLIC_EXTENSION = "auth_public_endpoints"
 # Paths open to everyone whoever registers them; the OpenAPI document describes a public API anyway.
 PUBLIC_PATHS = frozenset({HEALTH_PATH, "/openapi.json"})
 
 IdentityLoader = Callable[[], "Identity | None"]
-Target = TypeVar("Target", bound=Any)
 
 
 class UnauthorizedError(Unauthorized):
@@ -49,8 +48,7 @@ def public(target: Target) -> Target:
     A public view that needs to know its caller does its own check (for
     example the dashboard's session cookie) or calls :func:`identity_for_key`.
     """
-    setattr(target, PUBLIC_ATTRIBUTE, True)
-    return target
+    return endpoints.mark(target, PUBLIC_ATTRIBUTE)
 
 
 def add_identity_loader(app: Flask, loader: IdentityLoader) -> None:
@@ -73,12 +71,8 @@ def presented_key() -> str | None:
     return None if value is None else value.strip()
 
 
-def _is_public_endpoint(endpoint: str) -> bool:
-    """Static files, and views or blueprints marked with ``public``."""
-    if endpoint == "static" or getattr(current_app.view_functions.get(endpoint), PUBLIC_ATTRIBUTE, False):
-        return True
-    blueprints: list[Blueprint | None] = [current_app.blueprints.get(name) for name in request.blueprints]
-    return any(getattr(bp, PUBLIC_ATTRIBUTE, False) for bp in blueprints)
+def _is_app_static(endpoint: str) -> bool:
+    return endpoint == "static"
 
 
 def _is_public() -> bool:
@@ -88,13 +82,7 @@ def _is_public() -> bool:
         return True
     if request.url_rule.rule in PUBLIC_PATHS:
         return True
-    # Views and blueprints are fixed once the app serves: decided once per endpoint, not per request.
-    endpoint = request.endpoint or ""
-    decided: dict[str, bool] = current_app.extensions[PUBLIC_EXTENSION]
-    public = decided.get(endpoint)
-    if public is None:
-        public = decided[endpoint] = _is_public_endpoint(endpoint)
-    return public
+    return endpoints.is_marked(PUBLIC_ATTRIBUTE, static=_is_app_static)
 
 
 def _authenticate() -> None:
@@ -137,7 +125,6 @@ def init_app(app: Flask, config: ServerConfig) -> None:
     """Open the key store, add the ``keys`` CLI group and check every request (register before limits)."""
     app.extensions[KEYS_EXTENSION] = open_key_store(config, app.extensions.get(db.EXTENSION))
     app.extensions[ENABLED_EXTENSION] = config.auth_enabled
-    app.extensions[PUBLIC_EXTENSION] = {}
     app.cli.add_command(keys_cli)
     # First of all hooks: rate limits and every view key on the identity it sets.
     app.before_request_funcs.setdefault(None, []).insert(0, _authenticate)

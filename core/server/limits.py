@@ -31,9 +31,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 from limits import RateLimitItem, parse_many
 from limits.storage import Storage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter, RateLimiter
@@ -53,8 +53,9 @@ from core.protocol import (
     UPLOADS_PATH,
     ErrorCode,
 )
-from core.server import auth_limits, limit_storage
+from core.server import auth_limits, endpoints, limit_storage
 from core.server.auth import authenticated_name
+from core.server.endpoints import Target
 from core.server.errors import error_response
 from core.server.tus import protocol as tus
 
@@ -71,7 +72,6 @@ RECHECK_SECONDS = 10.0
 _CURRENT = "rate_limit_current"
 # What ``Limiter._counted`` returns when neither the storage nor the memory fallback could count.
 _FAILED = object()
-Target = TypeVar("Target", bound=Any)
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,7 @@ ROUTE_LIMITS: tuple[RouteLimit, ...] = (
 
 def exempt(target: Target) -> Target:
     """Exempt a view or a whole blueprint from rate limits (e.g. static files; it must limit itself otherwise)."""
-    setattr(target, EXEMPT_ATTRIBUTE, True)
-    return target
+    return endpoints.mark(target, EXEMPT_ATTRIBUTE)
 
 
 # Every RATELIMIT_* setting parsed by ``RouteLimits``: a bad one must stop the start, naming it.
@@ -173,7 +172,6 @@ class Limiter:
         self._storage_dead = False
         self._next_check = 0.0
         self._check_lock = threading.Lock()
-        self._exempt_endpoints: dict[str, bool] = {}
 
     @property
     def limiter(self) -> RateLimiter:
@@ -280,11 +278,7 @@ class Limiter:
         endpoint = request.endpoint
         if endpoint is None or request.method == "OPTIONS" or request.url_rule.rule in EXEMPT_PATHS:  # type: ignore[union-attr]
             return True
-        exempt = self._exempt_endpoints.get(endpoint)
-        if exempt is None:
-            # Views and blueprints are fixed once the app serves: decided once per endpoint.
-            exempt = self._exempt_endpoints[endpoint] = _is_exempt_endpoint(endpoint)
-        return exempt
+        return endpoints.is_marked(EXEMPT_ATTRIBUTE, static=_is_static)
 
 
 def _first_spent(strategy: RateLimiter, items: Limits, identifiers: tuple[str, ...]) -> RateLimitItem | None:
@@ -295,14 +289,9 @@ def _first_spent(strategy: RateLimiter, items: Limits, identifiers: tuple[str, .
     return None
 
 
-def _is_exempt_endpoint(endpoint: str) -> bool:
-    """Static files, and views or blueprints marked with ``exempt``."""
-    if endpoint.rsplit(".", 1)[-1] == "static":
-        return True
-    view = current_app.view_functions.get(endpoint)
-    if getattr(view, EXEMPT_ATTRIBUTE, False):
-        return True
-    return any(getattr(current_app.blueprints.get(name), EXEMPT_ATTRIBUTE, False) for name in request.blueprints)
+def _is_static(endpoint: str) -> bool:
+    """The app's and every blueprint's static files."""
+    return endpoint.rsplit(".", 1)[-1] == "static"
 
 
 def init_app(app: Flask, config: ServerConfig) -> Limiter | None:
