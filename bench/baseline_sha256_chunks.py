@@ -7,26 +7,21 @@ each bag once either way and the only difference is the chunk check it is told t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
 from core.protocol import FEATURE_CHUNK_CRC32C, HEALTH_PATH, INIT_PATH
 from core.server.app import create_app
-from tests.helpers.wsgi_replies import StartResponse, WSGIApp, rewritten_reply
+from tests.helpers.wsgi_replies import StartResponse, WSGIApp, rewritten_reply, without_features
 
-
-def _without_crc32c(body: bytes) -> bytes:
-    doc = json.loads(body)
-    doc["features"] = [f for f in doc.get("features", []) if f != FEATURE_CHUNK_CRC32C]
-    return json.dumps(doc).encode()
+REMOVED = frozenset({FEATURE_CHUNK_CRC32C})
 
 
 def _middleware(wsgi: WSGIApp) -> WSGIApp:
     def serve(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") not in (HEALTH_PATH, INIT_PATH):
             return wsgi(environ, start_response)
-        return rewritten_reply(wsgi, environ, start_response, _without_crc32c)
+        return rewritten_reply(wsgi, environ, start_response, lambda body: without_features(body, REMOVED))
 
     return serve
 

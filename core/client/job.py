@@ -2,8 +2,8 @@
 
 The file is read once: each chunk gets its ``X-Chunk-CRC32C`` (``X-Chunk-SHA256`` for a
 server without FEATURE_CHUNK_CRC32C) and goes, in file order, into the whole-file sha256
-that finalize declares. The server is the source of truth for which chunks it has: a resumed job asks for the upload's
-status and sends only what is missing (reading the others just to hash them, if
+that finalize declares. The server is the source of truth for which chunks it has: a
+resumed job asks for the upload's status and sends only what is missing (reading the others just to hash them, if
 the journal has no whole-file sha256 yet). Every outcome leaves the journal in a
 state the next ``start()`` can continue from.
 """

@@ -636,7 +636,7 @@ class UploadService:
         offset: int = 0,
     ) -> tuple[ChunkChecksum, str | None]:
         """Read exactly ``length`` bytes in BODY_READ_SIZE pieces, hashing (and writing) each; (checksum, md5 hex)."""
-        sha = chunk_hasher(algorithm)
+        checksum = chunk_hasher(algorithm)
         md5 = hashlib.md5(usedforsecurity=False) if want_md5 else None
         remaining = length
         while remaining:
@@ -644,14 +644,14 @@ class UploadService:
             if not piece:
                 msg = f"chunk body ended {remaining} bytes early"
                 raise ChunkSizeMismatch(msg, details={"expected": length})
-            sha.update(piece)
+            checksum.update(piece)
             if md5 is not None:
                 md5.update(piece)
             if write is not None:
                 write(piece, offset)
             offset += len(piece)
             remaining -= len(piece)
-        return ChunkChecksum(algorithm, sha.hexdigest()), (md5.hexdigest() if md5 else None)
+        return ChunkChecksum(algorithm, checksum.hexdigest()), (md5.hexdigest() if md5 else None)
 
     # --- status, listing ----------------------------------------------------------------
     def status(self, identity: Identity, upload_id: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from core.protocol import (
 )
 from core.server.app import create_app
 from core.server.errors import error_body
-from tests.helpers.wsgi_replies import StartResponse, WSGIApp, rewritten_reply
+from tests.helpers.wsgi_replies import StartResponse, WSGIApp, rewritten_reply, without_features
 
 NEW_INIT_FIELDS = ("fingerprint",)
 NEW_REPLY_FIELDS = ("features", "dedup_candidate")
@@ -38,12 +38,11 @@ def _replace_body(environ: dict[str, Any], body: bytes) -> None:
 
 
 def _older_reply(path: str, body: bytes) -> bytes:
-    doc = json.loads(body)
     if path == HEALTH_PATH:
-        doc["features"] = [f for f in doc.get("features", []) if f not in NEW_FEATURES]
-    else:
-        for name in NEW_REPLY_FIELDS:
-            doc.pop(name, None)
+        return without_features(body, NEW_FEATURES)
+    doc = json.loads(body)
+    for name in NEW_REPLY_FIELDS:
+        doc.pop(name, None)
     return json.dumps(doc).encode()
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import json
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 StartResponse = Callable[..., Any]
@@ -25,3 +26,10 @@ def rewritten_reply(
     headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
     start_response(captured["status"], [*headers, ("Content-Length", str(len(reply)))])
     return [reply]
+
+
+def without_features(body: bytes, features: Collection[str]) -> bytes:
+    """A JSON reply (``GET /health``, an init reply) whose ``features`` list leaves these out."""
+    doc = json.loads(body)
+    doc["features"] = [f for f in doc.get("features", []) if f not in features]
+    return json.dumps(doc).encode()
