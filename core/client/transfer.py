@@ -28,6 +28,7 @@ from core.client.bandwidth import TokenBucket
 from core.client.chunk_sizing import PieceSizer
 from core.client.errors import StalledTransferError, TransientUploadError, UploadError
 from core.client.retry import classify_response, transient_from_exception
+from core.client.send_pace import MIN_PIECE, PaceMeter, SendPace
 from core.client.wire import WireSample
 from core.protocol import (
     AUTH_SCHEME,
@@ -44,9 +45,6 @@ from core.protocol import (
     upload_status_url,
 )
 
-# Not larger: a socket timeout bounds one whole sendall (Python >= 3.5), so on a slow link a bigger
-# piece times out while still moving (1 MiB pieces failed tests/client/test_slow_link.py).
-PIECE_SIZE = 64 * 1024
 _current = threading.local()
 
 
@@ -142,7 +140,8 @@ class ChunkBody:
     Each piece first takes its tokens from the shared bucket; ``on_piece(n)`` is
     called when a piece of ``n`` bytes is handed to the socket (which is not yet
     progress on the wire, see ``core.client.wire``) and ``on_piece(0)`` after
-    every throttling pause (waiting on the bucket is not a stall).
+    every throttling pause (waiting on the bucket is not a stall). Pieces are as
+    large as the link's pace allows (``core.client.send_pace``); without a meter, the smallest.
     """
 
     def __init__(
@@ -151,20 +150,22 @@ class ChunkBody:
         *,
         bucket: TokenBucket | None = None,
         on_piece: Callable[[int], None] | None = None,
-        piece_size: int = PIECE_SIZE,
+        meter: PaceMeter | None = None,
     ) -> None:
         self._data = memoryview(data)
         self._bucket = bucket
         self._on_piece = on_piece or (lambda _n: None)
-        self._piece_size = piece_size
+        self._meter = meter
 
     def __len__(self) -> int:
         return len(self._data)
 
     def _piece_length(self) -> int:
         rate = self._bucket.rate if self._bucket is not None else 0
-        # At low rates, smaller pieces keep the limit smooth and the watchdog fed.
-        return self._piece_size if rate <= 0 else max(1024, min(self._piece_size, int(rate / 20)))
+        if rate > 0:
+            # At low rates, smaller pieces keep the limit smooth and the watchdog fed.
+            return max(1024, min(MIN_PIECE, int(rate / 20)))
+        return MIN_PIECE if self._meter is None else self._meter.piece()
 
     def __iter__(self) -> Iterator[memoryview]:
         offset = 0
@@ -187,6 +188,8 @@ class ServerClient:
     verify: bool | str = True
     # How much of a chunk one request carries: learned from this link's failures (shared by every job).
     sizer: PieceSizer = field(default_factory=PieceSizer)
+    # How many bytes one send carries: learned from this link's acknowledgements (shared by every job).
+    pace: SendPace = field(default_factory=SendPace)
     # False once an init reply lacked FEATURE_FINALIZE_SHA256 (an older server): bags are hashed before init.
     finalize_sha256: bool = True
     # How chunks are checked: sha256, which every server checks, until an init reply lists FEATURE_CHUNK_CRC32C.
@@ -281,8 +284,9 @@ class ServerClient:
             what = f"piece at {offset} of {what}"
             piece = ChunkChecksum.of(algorithm, (data,))
             headers |= {HEADER_CHUNK_OFFSET: str(offset), piece.piece_header: piece.hexdigest}
-        body = ChunkBody(data, bucket=bucket, on_piece=on_piece)
         slot = slot or ConnectionSlot()
+        # urllib3 sends the body under the connect timeout: that is what bounds one piece.
+        body = ChunkBody(data, bucket=bucket, on_piece=on_piece, meter=self.pace.meter(slot.sample, connect_timeout))
         url = chunk_url(self.upload_url, upload_id, index)
         try:
             with tracked(slot):
@@ -290,6 +294,7 @@ class ServerClient:
                     url, data=body, headers=headers, timeout=(connect_timeout, read_timeout), verify=self.verify
                 )
         except (requests.RequestException, OSError) as err:
+            self.pace.failed()
             if slot.aborted:
                 msg = f"{what}: aborted by the watchdog ({type(err).__name__})"
                 raise StalledTransferError(msg) from err

@@ -8,14 +8,18 @@ what the peer acknowledges instead, and still catch a link that really went dark
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from core.checksums import ChunkChecksum
 from core.client.events import EventKind
 from core.client.journal import JobState
+from core.client.send_pace import MIN_PIECE
+from core.client.transfer import ServerClient
 from core.protocol import KiB
 from tests.client.support import local_sha256, server_sha256
 from tests.helpers import netns
@@ -84,3 +88,21 @@ def test_a_blackout_is_detected_within_stalled_timeout_plus_one_second(slow_link
     assert detected_after <= STALLED_TIMEOUT + 1.0, f"detected {detected_after:.1f} s after the pause"
     assert record.state is JobState.COMPLETE, record.error
     assert server_sha256(server.upload_url, record.upload_id) == local_sha256(bag)
+
+
+def test_pieces_stay_small_on_a_slow_link(slow_link):
+    """The kernel takes the first few hundred KB at once; the pace follows the acknowledgements, not that burst."""
+    _, server = slow_link
+    client = ServerClient(server.upload_url)
+    chunk = os.urandom(256 * KiB)  # ~8 s on this link
+    reply = client.init({"filename": "slow.bag", "filesize": len(chunk), "chunk_size": len(chunk)}, timeout=30)
+    pieces: list[int] = []
+    client.put_chunk(
+        reply["upload_id"], 0, chunk, connect_timeout=10, read_timeout=60,
+        on_piece=lambda n: pieces.append(n) if n else None,
+        chunk_checksum=ChunkChecksum.of(client.chunk_algorithm, (chunk,)),
+    )  # fmt: skip
+    client.close()
+    assert sum(pieces) == len(chunk)
+    assert set(pieces) == {MIN_PIECE}
+    assert client.pace.piece == MIN_PIECE
