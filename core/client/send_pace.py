@@ -12,10 +12,11 @@ and 64 KiB pieces on loopback spent ~0.3 CPU s/GiB more than 1 MiB ones
 So the piece size follows the pace the peer's TCP acknowledges bytes at (the
 kernel's count, ``core.client.wire``; handed bytes only say how fast the buffer
 fills): a piece is at most ``TIMEOUT_SHARE`` of the send timeout at that pace.
-The pace is judged over at least ``HISTORY`` seconds of sending, across requests:
-the kernel acknowledges whole segments (64 KiB on loopback), so a shorter span
-that happens to hold one such acknowledgement could see a 32 KB/s link as a
-fast one. A link that slows by more than 1/``TIMEOUT_SHARE`` within one piece
+The pace is judged over at least ``HISTORY`` seconds of sending or
+``HISTORY_BYTES`` acknowledged, across requests: the kernel acknowledges whole
+segments (64 KiB on loopback), so a shorter span that happens to hold one such
+acknowledgement could see a 32 KB/s link as a fast one, while over 16 MiB one
+segment is within 0.4 %. A link that slows by more than 1/``TIMEOUT_SHARE`` within one piece
 still times out; that request fails like any broken one (its acknowledged
 pieces are kept, ``core.client.chunk_sizing``) and ``failed()`` starts the pace
 over from the smallest piece.
@@ -36,8 +37,9 @@ MIN_PIECE = 64 * 1024
 MAX_PIECE = 1024 * 1024
 # A piece takes at most this share of the send timeout at the measured pace.
 TIMEOUT_SHARE = 1 / 8
-# Seconds of sending the pace is judged over: each such span sets the piece size for the next.
+# Seconds of sending, or bytes acknowledged, the pace is judged over: each such span sets the piece size.
 HISTORY = 1.0
+HISTORY_BYTES = 16 * 1024 * 1024
 # A connection is looked at no more often than this (two syscalls each time).
 SAMPLE_EVERY = 0.01
 
@@ -66,11 +68,11 @@ class SendPace:
         return PaceMeter(self, probe, send_timeout, self._clock)
 
     def add(self, acked: int, seconds: float, send_timeout: float) -> None:
-        """``acked`` bytes were acknowledged during ``seconds`` of sending; every HISTORY seconds set the piece."""
+        """``acked`` bytes were acknowledged during ``seconds`` of sending; each span of HISTORY sets the piece."""
         with self._lock:
             self._acked += acked
             self._seconds += seconds
-            if self._seconds < HISTORY:
+            if (self._seconds < HISTORY and self._acked < HISTORY_BYTES) or self._seconds <= 0:
                 return
             fits = int(self._acked / self._seconds * send_timeout * TIMEOUT_SHARE)
             self._piece = max(MIN_PIECE, min(MAX_PIECE, fits))

@@ -8,7 +8,7 @@ import pytest
 
 from core.checksums import ChunkChecksum
 from core.client.bandwidth import TokenBucket
-from core.client.send_pace import HISTORY, MAX_PIECE, MIN_PIECE, SAMPLE_EVERY, TIMEOUT_SHARE, SendPace
+from core.client.send_pace import HISTORY, HISTORY_BYTES, MAX_PIECE, MIN_PIECE, SAMPLE_EVERY, TIMEOUT_SHARE, SendPace
 from core.client.transfer import ChunkBody, ServerClient
 from core.client.wire import WireSample
 from core.protocol import MiB
@@ -76,8 +76,15 @@ def test_a_failed_send_starts_over_from_the_smallest_piece(clock):
     assert pace.piece == MIN_PIECE
 
 
-def test_less_than_the_history_changes_nothing(clock):
-    assert piece_after(SendPace(clock=clock), FakeLink(clock, 100e6), seconds=0.9 * HISTORY) == MIN_PIECE
+@pytest.mark.parametrize(
+    ("rate", "expected"),
+    [
+        pytest.param(HISTORY_BYTES / HISTORY, MIN_PIECE, id="less than HISTORY seconds and HISTORY_BYTES: unchanged"),
+        pytest.param(2 * HISTORY_BYTES / HISTORY, MAX_PIECE, id="HISTORY_BYTES in less than HISTORY: judged"),
+    ],
+)
+def test_the_pace_is_judged_over_history_seconds_or_history_bytes(clock, rate, expected):
+    assert piece_after(SendPace(clock=clock), FakeLink(clock, rate), seconds=0.8 * HISTORY) == expected
 
 
 def test_one_segments_acknowledgement_in_a_short_span_does_not_make_a_slow_link_look_fast(clock):
@@ -122,7 +129,7 @@ def test_a_body_without_a_meter_or_under_a_bandwidth_limit_uses_small_pieces(clo
 
 @pytest.mark.gunicorn
 def test_pieces_grow_to_the_largest_on_a_fast_real_link(server):
-    """Loopback to a real gunicorn: once HISTORY seconds were sent, the kernel's count lets pieces reach 1 MiB."""
+    """Loopback to a real gunicorn: once HISTORY_BYTES were acknowledged, pieces reach 1 MiB."""
     client = ServerClient(server.upload_url)
     chunk = os.urandom(16 * MiB)
     reply = client.init({"filename": "pace.bag", "filesize": len(chunk), "chunk_size": len(chunk)}, timeout=30)
