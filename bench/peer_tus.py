@@ -337,6 +337,16 @@ def row(name: str, samples: list[Sample], size: int, peer: list[Sample]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def drop_large_files(root: Path) -> None:
+    """Keep the disk from filling up between runs; the server removes its own lock directories meanwhile."""
+    for directory, _, names in os.walk(root):  # os.walk skips a directory that vanished, rglob raises
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                stored = Path(directory, name)
+                if stored.stat().st_size >= CHUNK:
+                    stored.unlink()
+
+
 def main(argv: list[str] | None = None) -> None:
     args_list = sys.argv[1:] if argv is None else argv
     if args_list[:1] == ["--client"]:
@@ -364,9 +374,7 @@ def main(argv: list[str] | None = None) -> None:
             for target in TARGETS[shift:] + TARGETS[:shift]:
                 make_unique(path)
                 samples[target.name].append(run_client(target, servers[target.server], path, work))
-                for stored in servers[target.server].storage.rglob("*"):  # keep the disk from filling up
-                    if stored.is_file() and stored.stat().st_size >= CHUNK:
-                        stored.unlink()
+                drop_large_files(servers[target.server].storage)
     columns = ["target", "send MB/s", "to stored/verified MB/s", "vs peer", "s/GiB to stored/verified",
                "client CPU s/GiB", "client peak RSS MiB", "server CPU s/GiB (incl. finalize)"]  # fmt: skip
     print("| " + " | ".join(columns) + " |")
