@@ -6,9 +6,13 @@ only ever tested on incomplete uploads. For a *positive* case on a real upload
 (the stateful phase follows the document's links from init) the hook asks the
 server which chunk is missing and how long it must be, and sends that many
 bytes with matching checksum headers. Negative cases keep their generated
-garbage. ``after_call`` tallies every reply by operation and status in the
-file named by ``SCHEMATHESIS_STATUS_LOG``, so the test can check how deep the
-run got. tus bodies (``application/offset+octet-stream``) are sent as raw bytes, like
+garbage. A download of an upload still finalizing waits (up to ``FINALIZE_WAIT``)
+for its verification: the link from finalize's 202 is followed at once, and on a
+loaded machine the background finalize had not stored the file yet, so the run's
+download of a verified copy depended on the machine's speed. ``after_call``
+tallies every reply by operation and status in the file named by
+``SCHEMATHESIS_STATUS_LOG``, so the test can check how deep the run got. tus
+bodies (``application/offset+octet-stream``) are sent as raw bytes, like
 ``application/octet-stream``. Loaded by ``st run`` through ``SCHEMATHESIS_HOOKS``.
 """
 
@@ -18,6 +22,7 @@ import base64
 import hashlib
 import os
 import threading
+import time
 from typing import Any
 
 import requests
@@ -28,6 +33,7 @@ from core.protocol import (
     AUTH_SCHEME,
     CHUNK_CHECKSUM_HEADERS,
     CHUNK_PATH,
+    DOWNLOAD_PATH,
     HEADER_AUTHORIZATION,
     HEADER_CONTENT_MD5,
     KiB,
@@ -43,6 +49,8 @@ STATUS_LOG_VARIABLE = "SCHEMATHESIS_STATUS_LOG"
 # Larger expected chunks stay random: generating them would slow the run down for no new code path.
 MAX_FITTED_CHUNK = 256 * KiB
 CHUNK_OPERATION = openapi_path(CHUNK_PATH)
+DOWNLOAD_OPERATION = openapi_path(DOWNLOAD_PATH)
+FINALIZE_WAIT = 30.0  # seconds; a finalize of a fitted upload (at most a few MiB) takes well under one
 _log_lock = threading.Lock()
 
 
@@ -89,14 +97,31 @@ def offset_body(_context: Any, value: Any) -> bytes:
     return data if isinstance(data, bytes) else str(value).encode()
 
 
+def _wait_for_finalize(base_url: str, upload_id: str) -> None:
+    deadline = time.monotonic() + FINALIZE_WAIT
+    while time.monotonic() < deadline:
+        status = _upload_status(base_url, upload_id)
+        if status is None or status.get("state") != UploadState.FINALIZING.value:
+            return
+        time.sleep(0.1)
+
+
 @schemathesis.hook
 def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
-    """Give positive chunk PUTs on uploads still receiving chunks a body of the right size."""
-    if case.method.upper() != "PUT" or case.operation.path != CHUNK_OPERATION or not _is_positive(case):
+    """Fit positive chunk PUTs to their upload; let a download of an upload being finalized find it stored."""
+    method, operation = case.method.upper(), case.operation.path
+    chunk = method == "PUT" and operation == CHUNK_OPERATION and _is_positive(case)
+    download = method == "GET" and operation == DOWNLOAD_OPERATION
+    if not (chunk or download):
         return
-    base_url = kwargs.get("base_url") or case.operation.base_url
-    upload_id = str(case.path_parameters.get("upload_id", ""))
-    status = _upload_status(base_url.rstrip("/"), upload_id) if base_url and upload_id else None
+    base_url = (kwargs.get("base_url") or case.operation.base_url or "").rstrip("/")
+    upload_id = str((case.path_parameters or {}).get("upload_id", ""))
+    if not base_url or not upload_id:
+        return
+    if download:
+        _wait_for_finalize(base_url, upload_id)
+        return
+    status = _upload_status(base_url, upload_id)
     if status is not None and status.get("state") == UploadState.UPLOADING.value:
         _fit_chunk(case, status)
 
