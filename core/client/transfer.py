@@ -2,10 +2,10 @@
 
 Every call raises the exception class from ``core.client.errors`` that tells
 the retry policy what to do; retrying itself happens in the caller. Chunk PUTs
-stream their body in small pieces through the shared token bucket and report
-each piece to the watchdog, which can abort the request by shutting down its
-socket from another thread (the only way to wake a ``send`` blocked on a
-black-holed link).
+stream their body in pieces (sized to the link, ``core.client.send_pace``)
+through the shared token bucket and report each piece to the watchdog, which
+can abort the request by shutting down its socket from another thread (the
+only way to wake a ``send`` blocked on a black-holed link).
 """
 
 from __future__ import annotations
