@@ -20,7 +20,6 @@ DEBIAN_MAIN_CONF = Path("/etc/nginx/nginx.conf")
 SITE_FILE = REPO_ROOT / "nginx" / "ros2-upload.conf"
 SNIPPETS_DIR = REPO_ROOT / "nginx" / "snippets"
 SHIPPED_CERT = "/etc/letsencrypt/live/upload.example.com/fullchain.pem"
-STOP_GRACE = 3.0  # seconds of graceful QUIT at a test's end before a fast TERM
 SHIPPED_KEY = "/etc/letsencrypt/live/upload.example.com/privkey.pem"
 SHIPPED_UPSTREAM = "    server 127.0.0.1:8080 max_fails=1 fail_timeout=10s;\n"
 
@@ -145,13 +144,9 @@ class NginxServer:
         return port_open(self.https_port)
 
     def stop(self) -> None:
-        """Graceful QUIT by PID: workers finish in-flight requests, then exit; a fast TERM after STOP_GRACE.
-
-        A request a test left open (a cut tus PATCH) keeps a graceful nginx waiting, and the gunicorn
-        behind it waiting for that request: both ran out their 15 s at a loaded suite's teardown.
-        """
+        """Graceful QUIT by PID: workers finish in-flight requests, then exit."""
         if self.process is not None:
-            self.process.stop(signal.SIGQUIT, STOP_GRACE, then=signal.SIGTERM)
+            self.process.stop(signal.SIGQUIT)
 
     def error_log(self) -> str:
         path = self.prefix / "logs" / "ros2-upload.error.log"

@@ -21,7 +21,6 @@ PYTHON = sys.executable
 _PR_SET_PDEATHSIG = 1
 # Module-level: inside ManagedProcess the name `signal` is its method, not the module.
 _SIGTERM = signal.SIGTERM
-_SIGKILL = signal.SIGKILL
 
 
 def _die_with_parent() -> None:
@@ -95,8 +94,7 @@ class ManagedProcess:
             assert self.proc is not None
             self.proc.send_signal(signum)
 
-    def stop(self, signum: int = _SIGTERM, timeout: float = 15.0, *, then: int = _SIGKILL) -> None:
-        """``signum``, and ``then`` if the process is still running ``timeout`` s later (SIGKILL 5 s after that)."""
+    def stop(self, signum: int = _SIGTERM, timeout: float = 15.0) -> None:
         if self.proc is None:
             return
         if self.proc.poll() is None:
@@ -104,9 +102,6 @@ class ManagedProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                if then != _SIGKILL:
-                    self.stop(then, 5.0)
-                    return
                 self.proc.kill()
                 self.proc.wait(5)
 
