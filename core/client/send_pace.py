@@ -16,10 +16,10 @@ The pace is judged over at least ``HISTORY`` seconds of sending or
 ``HISTORY_BYTES`` acknowledged, across requests: the kernel acknowledges whole
 segments (64 KiB on loopback), so a shorter span that happens to hold one such
 acknowledgement could see a 32 KB/s link as a fast one, while over 16 MiB one
-segment is within 0.4 %. A link that slows by more than 1/``TIMEOUT_SHARE`` within one piece
-still times out; that request fails like any broken one (its acknowledged
-pieces are kept, ``core.client.chunk_sizing``) and ``failed()`` starts the pace
-over from the smallest piece.
+segment is within 0.4 %. A link that slows by more than 1/``TIMEOUT_SHARE``
+within one piece still times out; that request fails like any broken one (its
+acknowledged pieces are kept, ``core.client.chunk_sizing``) and ``failed()``
+starts the pace over from the smallest piece.
 
 One pace is shared by every job and thread of a ``ServerClient``: it describes
 the link, not a file.

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import requests
 
+from core.checksums import ChunkChecksum
 from core.client.events import EventKind, UploadEvent
+from core.client.transfer import ServerClient
 from core.protocol import AUTH_SCHEME, FEATURE_FINALIZE_SHA256, HEADER_AUTHORIZATION, download_url
 
 
@@ -117,3 +119,20 @@ def init_reply(
         "state": "uploading",
         "features": list(features),
     }
+
+
+def one_chunk_upload(client: ServerClient, chunk: bytes, filename: str) -> str:
+    """A new upload whose only chunk is ``chunk``; returns its id."""
+    reply = client.init({"filename": filename, "filesize": len(chunk), "chunk_size": len(chunk)}, timeout=30)
+    return str(reply["upload_id"])
+
+
+def sent_pieces(client: ServerClient, upload_id: str, chunk: bytes, *, send_timeout: float = 10.0) -> list[int]:
+    """PUT ``chunk`` as chunk 0 of ``upload_id``; the sizes of the pieces handed to the socket, in order."""
+    pieces: list[int] = []
+    client.put_chunk(
+        upload_id, 0, chunk, connect_timeout=send_timeout, read_timeout=60,
+        on_piece=lambda n: pieces.append(n) if n else None,
+        chunk_checksum=ChunkChecksum.of(client.chunk_algorithm, (chunk,)),
+    )  # fmt: skip
+    return pieces

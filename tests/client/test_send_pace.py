@@ -6,13 +6,12 @@ import os
 
 import pytest
 
-from core.checksums import ChunkChecksum
 from core.client.bandwidth import TokenBucket
 from core.client.send_pace import HISTORY, HISTORY_BYTES, MAX_PIECE, MIN_PIECE, SAMPLE_EVERY, TIMEOUT_SHARE, SendPace
 from core.client.transfer import ChunkBody, ServerClient
 from core.client.wire import WireSample
 from core.protocol import MiB
-from tests.client.support import FakeClock
+from tests.client.support import FakeClock, one_chunk_upload, sent_pieces
 
 SEND_TIMEOUT = 10.0
 
@@ -132,22 +131,14 @@ def test_pieces_grow_to_the_largest_on_a_fast_real_link(server):
     """Loopback to a real gunicorn: once HISTORY_BYTES were acknowledged, pieces reach 1 MiB."""
     client = ServerClient(server.upload_url)
     chunk = os.urandom(16 * MiB)
-    reply = client.init({"filename": "pace.bag", "filesize": len(chunk), "chunk_size": len(chunk)}, timeout=30)
-    checksum = ChunkChecksum.of(client.chunk_algorithm, (chunk,))
-    requests_sent = []
-    while client.pace.piece < MAX_PIECE and len(requests_sent) < 64:  # resending the same chunk is idempotent
-        pieces: list[int] = []
-        client.put_chunk(
-            reply["upload_id"], 0, chunk, connect_timeout=SEND_TIMEOUT, read_timeout=60,
-            on_piece=lambda n, pieces=pieces: pieces.append(n) if n else None, chunk_checksum=checksum,
-        )  # fmt: skip
-        requests_sent.append(pieces)
-    requests_sent.append([])
-    client.put_chunk(
-        reply["upload_id"], 0, chunk, connect_timeout=SEND_TIMEOUT, read_timeout=60,
-        on_piece=lambda n: requests_sent[-1].append(n) if n else None, chunk_checksum=checksum,
-    )  # fmt: skip
+    upload_id = one_chunk_upload(client, chunk, "pace.bag")
+    first = sent_pieces(client, upload_id, chunk, send_timeout=SEND_TIMEOUT)
+    for _ in range(64):  # resending the same chunk is idempotent
+        if client.pace.piece == MAX_PIECE:
+            break
+        sent_pieces(client, upload_id, chunk, send_timeout=SEND_TIMEOUT)
+    last = sent_pieces(client, upload_id, chunk, send_timeout=SEND_TIMEOUT)
     client.close()
-    assert set(requests_sent[0]) == {MIN_PIECE}
+    assert set(first) == {MIN_PIECE}
     assert client.pace.piece == MAX_PIECE
-    assert set(requests_sent[-1]) == {MAX_PIECE}
+    assert set(last) == {MAX_PIECE}

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from core.checksums import ChunkChecksum
 from core.client.events import EventKind
 from core.client.journal import JobState
 from core.client.send_pace import MIN_PIECE
 from core.client.transfer import ServerClient
 from core.protocol import KiB
-from tests.client.support import local_sha256, server_sha256
+from tests.client.support import local_sha256, one_chunk_upload, sent_pieces, server_sha256
 from tests.helpers import netns
 from tests.helpers.fault_proxy import FaultProxy
 from tests.helpers.processes import wait_until
@@ -95,13 +94,7 @@ def test_pieces_stay_small_on_a_slow_link(slow_link):
     _, server = slow_link
     client = ServerClient(server.upload_url)
     chunk = os.urandom(256 * KiB)  # ~8 s on this link
-    reply = client.init({"filename": "slow.bag", "filesize": len(chunk), "chunk_size": len(chunk)}, timeout=30)
-    pieces: list[int] = []
-    client.put_chunk(
-        reply["upload_id"], 0, chunk, connect_timeout=10, read_timeout=60,
-        on_piece=lambda n: pieces.append(n) if n else None,
-        chunk_checksum=ChunkChecksum.of(client.chunk_algorithm, (chunk,)),
-    )  # fmt: skip
+    pieces = sent_pieces(client, one_chunk_upload(client, chunk, "slow.bag"), chunk)
     client.close()
     assert sum(pieces) == len(chunk)
     assert set(pieces) == {MIN_PIECE}
