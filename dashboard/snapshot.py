@@ -221,6 +221,7 @@ def _server_row(record: UploadRecord, received: Mapping[str, int]) -> dict[str, 
         "blocked_reason": None,
         "retry_at": None,
         "key": record.upload_id,
+        "job": None,
         "upload_id": record.upload_id,
         "robot_id": record.owner,
         "filename": text(record.filename),
@@ -250,12 +251,14 @@ def _merge_client(
     state = _client_state(entry)
     total = number(pick(entry, "filesize", "size", "bytes_total", "total_bytes"))
     sent = number(pick(entry, "bytes_sent", "bytes_done", "sent", "uploaded_bytes"))
+    job = f"{robot_id}:{pick(entry, 'job_id', 'key', 'id', 'file_path', 'path', default='?')}"
+    upload_id = text(pick(entry, "upload_id"))
     merged = (
         dict(row)
         if row
         else {
-            "key": f"{robot_id}:{pick(entry, 'job_id', 'key', 'id', 'file_path', 'path', default='?')}",
-            "upload_id": text(pick(entry, "upload_id")),
+            "key": upload_id or job,
+            "upload_id": upload_id,
             "robot_id": robot_id,
             "filename": text(
                 PurePosixPath(str(pick(entry, "filename", "name", "file_path", "path", default="?"))).name
@@ -274,6 +277,7 @@ def _merge_client(
             "finished_at": None,
         }
     )
+    merged["job"] = job
     if not row or row["state"] not in {s.value for s in TERMINAL_STATES}:
         merged["state"] = state if online or state in ("complete", "failed", "aborted") else "stalled"
         if not online and state not in ("complete", "failed", "aborted"):

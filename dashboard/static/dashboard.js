@@ -268,6 +268,7 @@
       const member = u.group && u.group_index > 0;
       tr.classList.toggle("grouped", Boolean(member));
       tr.dataset.group = u.group || "";
+      tr.dataset.job = u.job || "";
       setText(c[0].children[0], u.group && !member ? u.group + (u.split !== null && u.split !== undefined ? " (split " + u.split + ")" : "") : "");
       setText(c[0].children[1], (member ? "└ " : "") + (u.filename || "–"));
       setTitle(c[0], u.group ? u.group + "/" + u.filename : u.filename);

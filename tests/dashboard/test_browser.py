@@ -49,8 +49,7 @@ def sign_in(page: Page, server: GunicornServer) -> None:
     expect(page.locator("#conn")).to_have_text("live", timeout=15_000)
 
 
-def progress_of(page: Page, key: str) -> float:
-    row = page.locator(f'#up-rows tr[data-key="{key}"]')
+def progress_of(row: Locator) -> float:
     return float(row.locator(".bar").get_attribute("aria-valuenow") or 0)
 
 
@@ -69,6 +68,18 @@ def upload_row(page: Page, key: str) -> Locator:
     return page.locator(f'#up-rows tr[data-key="{key}"]')
 
 
+def job_row(page: Page, state: str) -> tuple[str, Locator]:
+    """The first robot job shown in ``state``, and a locator that follows that job to its end.
+
+    Followed by ``data-job``: the row's key changes from the job to the upload id when the server
+    assigns one, which a job caught while initializing does a moment later.
+    """
+    first = page.locator(f'#up-rows tr[data-state="{state}"][data-job^="robot-1:"]').first
+    expect(first).to_be_visible(timeout=60_000)
+    job = first.get_attribute("data-job") or ""
+    return job, page.locator(f'#up-rows tr[data-job="{job}"]')
+
+
 @pytest.mark.slow
 def test_operator_watches_upload_stall_and_pauses_the_recorder(server: GunicornServer, tmp_path: Path) -> None:
     with FaultProxy(server.port) as proxy:
@@ -85,19 +96,17 @@ def test_operator_watches_upload_stall_and_pauses_the_recorder(server: GunicornS
             expect(fleet_row.locator('td[data-label="Bag size"]')).to_have_text(BYTES, timeout=15_000)
 
             # An upload's progress bar advances, and the upload completes.
-            uploading = page.locator('#up-rows tr[data-state="uploading"]').first
-            expect(uploading).to_be_visible(timeout=60_000)
-            key = uploading.get_attribute("data-key") or ""
-            first = progress_of(page, key)
+            job, uploading = job_row(page, "uploading")
+            first = progress_of(uploading)
             page.wait_for_function(
-                '([key, first]) => { const r = document.querySelector(`#up-rows tr[data-key="${key}"]`);'
+                '([job, first]) => { const r = document.querySelector(`#up-rows tr[data-job="${job}"]`);'
                 " return r && (r.dataset.state === 'complete' ||"
                 " Number(r.querySelector('.bar').getAttribute('aria-valuenow')) > first); }",
-                arg=[key, first],
+                arg=[job, first],
                 timeout=60_000,
             )
-            expect(upload_row(page, key)).to_have_attribute("data-state", "complete", timeout=90_000)
-            expect(upload_row(page, key).locator("a")).to_have_text("download")
+            expect(uploading).to_have_attribute("data-state", "complete", timeout=90_000)
+            expect(uploading.locator("a")).to_have_text("download")
             screenshot(page, "laptop-uploading")
 
             # The upload path is black-holed mid-upload (heartbeats still get through): the client's own
@@ -106,11 +115,9 @@ def test_operator_watches_upload_stall_and_pauses_the_recorder(server: GunicornS
             proxy.pause()
             # Whichever upload was in flight (a small one may finish just before the pause; the next split's
             # then stalls at its first chunk).
-            stalled = page.locator('#up-rows tr[data-state="stalled"]').first
-            expect(stalled).to_be_visible(timeout=30_000)
-            key = stalled.get_attribute("data-key") or ""
-            expect(upload_row(page, key).locator(".reason")).to_contain_text(re.compile(r"\w"))
-            assert "robot offline" not in (upload_row(page, key).locator(".reason").text_content() or "")
+            _, stalled = job_row(page, "stalled")
+            expect(stalled.locator(".reason")).to_contain_text(re.compile(r"\w"))
+            assert "robot offline" not in (stalled.locator(".reason").text_content() or "")
             expect(fleet_row.locator('td[data-label="Status"] .state')).to_have_text("online")
             screenshot(page, "laptop-stalled")
             page.set_viewport_size(PHONE)
@@ -119,7 +126,7 @@ def test_operator_watches_upload_stall_and_pauses_the_recorder(server: GunicornS
 
             # The path comes back: the same upload resumes and completes.
             proxy.resume()
-            expect(upload_row(page, key)).to_have_attribute("data-state", "complete", timeout=90_000)
+            expect(stalled).to_have_attribute("data-state", "complete", timeout=90_000)
 
             # The operator pauses the recording through the server's command queue.
             pause = card.locator('button[data-action="pause"]')

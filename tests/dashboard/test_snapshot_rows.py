@@ -98,3 +98,29 @@ def test_retry_in_seconds_is_turned_into_a_time_from_the_heartbeats_arrival() ->
 
     assert snapshot.blocked(entry, reported_at=NOW) == {"reason": "rate_limited", "retry_at": NOW + 30}
     assert snapshot.blocked({"state": "queued"}, reported_at=NOW) is None
+
+
+def heartbeat(*items: dict[str, Any]) -> RobotStatus:
+    uploads = {"items": list(items), "queue_length": len(items)}
+    return RobotStatus("robot-1", {"recorder": {"state": "recording"}, "uploads": uploads}, NOW - 1, NOW - 100)
+
+
+def test_a_client_job_keeps_its_job_identity_while_the_server_assigns_the_upload_id() -> None:
+    """A row's ``key`` is the upload id once there is one; ``job`` names the robot's job throughout.
+
+    Before init the server has no id to key the row by, so the key changes once; whoever follows
+    one upload from the queue on (the dashboard's tests, an operator's script) follows ``job``.
+    """
+    initializing = {"job_id": "j1", "name": "a.mcap", "state": "initializing", "size": 100}
+    with_id = {**initializing, "state": "uploading", "upload_id": "u1" * 16, "bytes_sent": 40}
+    server = record("u1" * 16, "a.mcap", "robot-1_S_0001", "storage", NOW - 5)
+
+    (before,) = rows([], [heartbeat(initializing)])
+    (known,) = rows([], [heartbeat(with_id)])
+    (merged,) = rows([server], [heartbeat(with_id)])
+    (server_only,) = rows([server])
+
+    assert before["key"] == "robot-1:j1"
+    assert known["key"] == merged["key"] == "u1" * 16
+    assert before["job"] == known["job"] == merged["job"] == "robot-1:j1"
+    assert server_only["job"] is None
