@@ -127,12 +127,19 @@ class RequestMetrics:
 
     def _flush_forever(self) -> None:
         while not self._closed.wait(self.flush_every):
-            try:
-                self.flush()
-            except self.store.errors as err:
-                # Display counters are best effort: a failed flush (storage or Redis gone, disk full) must not
-                # kill the thread; the next flush tries again with the counts it dropped lost.
-                log.warning("dashboard counters not saved (%s): %s", type(self.store).__name__, err)
+            self.try_flush()
+
+    def try_flush(self) -> None:
+        """``flush``, but a failure only costs the counts it held.
+
+        Display counters are best effort: a failed flush (storage or Redis gone, disk full) must
+        neither kill the flusher thread nor fail the dashboard that reads them, which is what an
+        operator opens to see why the disk is full.
+        """
+        try:
+            self.flush()
+        except self.store.errors as err:
+            log.warning("dashboard counters not saved (%s): %s", type(self.store).__name__, err)
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop this process's flusher thread and wait for it.
@@ -152,7 +159,7 @@ class RequestMetrics:
 
     def series(self, window: int = 600) -> dict[str, Any]:
         """Per-bucket counts for the last ``window`` seconds, oldest first, zero-filled."""
-        self.flush()
+        self.try_flush()
         now = int(self.clock()) // BUCKET_SECONDS * BUCKET_SECONDS
         buckets = range(now - window + BUCKET_SECONDS, now + BUCKET_SECONDS, BUCKET_SECONDS)
         stored = self.store.read(buckets)

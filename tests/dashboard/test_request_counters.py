@@ -21,6 +21,7 @@ from dashboard.metrics import (
     BUCKET_SECONDS,
     KEEP_SECONDS,
     CounterStore,
+    Counts,
     RequestMetrics,
     SQLCounters,
     open_request_metrics,
@@ -137,6 +138,27 @@ def test_a_failing_store_does_not_stop_the_flusher(clock: Clock) -> None:
     metrics.close()
 
     assert store.saved == [1]
+
+
+def test_the_series_is_read_when_the_pending_counts_cannot_be_saved(clock: Clock) -> None:
+    """A full disk fails the flush; the dashboard that shows the disk is full must still load."""
+
+    class Full(CounterStore):
+        errors = (OperationalError,)
+
+        def add(self, deltas: Any, now: float) -> None:
+            raise OperationalError("INSERT", {}, OSError(28, "database or disk is full"))
+
+        def read(self, buckets: Any) -> dict[int, Any]:
+            return {int(clock()) // BUCKET_SECONDS * BUCKET_SECONDS: Counts(requests=7)}
+
+    metrics = RequestMetrics(Full(), flush_every=3600, clock=clock)
+    metrics.record(200, 1)
+
+    series = metrics.series(window=60)
+    metrics.close()
+
+    assert sum(point["requests"] for point in series["points"]) == 7
 
 
 def test_close_waits_for_a_flush_in_progress(clock: Clock) -> None:
