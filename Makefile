@@ -52,9 +52,11 @@ $(TUS_JS): tests/tus/js/package.json tests/tus/js/package-lock.json
 	cd tests/tus/js && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-## test: installs everything the suite needs (Debian packages, npm packages included) and runs it
+## test: installs everything the suite needs (Debian packages, npm packages included) and runs it,
+## on TEST_WORKERS pytest-xdist processes (most tests wait on real servers; a file stays on one worker)
+TEST_WORKERS ?= 2
 test: system-deps $(VENV)/.dev $(TUS_JS) assets lint
-	$(BIN)/python -m pytest --durations=30
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench

@@ -29,9 +29,23 @@ def _die_with_parent() -> None:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free on 127.0.0.1 now, from this test process's own share of ports.
+
+    Under pytest-xdist (``make test``) worker ``gwN`` of ``W`` only takes ports with
+    ``port // 2 ≡ N (mod W)``: a port is free when picked and bound by the server a moment later,
+    and another worker must not pick it in between. (Halved because Linux hands out odd ports to
+    ``bind(0)``, keeping even ones for ``connect``.)
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    share, workers = int(worker.removeprefix("gw") or 0), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port // 2 % workers == share:
+            return port
+    msg = f"no free port for test worker {worker} of {workers}"
+    raise RuntimeError(msg)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05, what: str = "condition") -> None:

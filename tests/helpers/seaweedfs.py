@@ -11,7 +11,7 @@ from typing import Any
 
 import requests
 
-from tests.helpers.processes import ManagedProcess, wait_until
+from tests.helpers.processes import ManagedProcess, free_port, wait_until
 
 WEED = Path(sys.executable).parent / "weed"
 # gRPC listens on each HTTP port + 10000; stay below 55535 so that port exists too.
@@ -29,9 +29,7 @@ def weed_available() -> bool:
 def _free_port_pair() -> int:
     """A free port whose +10000 gRPC sibling is free too."""
     for _ in range(200):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
+        port = free_port()
         if port + _GRPC_OFFSET < 65535:
             with socket.socket() as grpc:
                 try:
