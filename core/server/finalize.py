@@ -112,6 +112,10 @@ class Finalizer:
         except PartMissing as err:
             current = self.state.get_upload(upload_id)
             if current is not None and current.state is UploadState.FINALIZING:
+                if self.blobs.stored_size(blob_id, Codec.NONE) is not None:
+                    # Not lost: another attempt moved the bytes into the store as this one looked for
+                    # them. Raised, the job is retried and finds that copy.
+                    raise
                 self._lost(record, err, attempt)
                 return
             # DELETE /upload/<id> while we read: abort removed the part; nothing to store.

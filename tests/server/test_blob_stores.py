@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -319,6 +320,51 @@ def test_pieces_land_in_place_where_the_store_takes_them(store: BlobStore) -> No
     store.write_piece(UPLOAD, 0, io.BytesIO(b"a" * 10), 10)
 
     assert b"".join(store.read_part(UPLOAD, 0, 20)) == b"a" * 10 + b"b" * 10
+
+
+def another_attempt_stores_it_right_after_this_check(store: LocalBlobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two finalize attempts of one upload (the first's lease ran out): the other renames the part into
+    the store right after this attempt looks for the part file, or right before it opens it."""
+    part, real_exists, real_open = store.part_path(UPLOAD), Path.exists, Path.open
+
+    def other_attempt() -> None:
+        monkeypatch.setattr(Path, "exists", real_exists)
+        monkeypatch.setattr(Path, "open", real_open)
+        store.store_part(UPLOAD, UPLOAD)
+
+    def exists(path: Path) -> bool:
+        found = real_exists(path)
+        if found and path == part:
+            other_attempt()
+        return found
+
+    def open_(path: Path, *args: Any, **kwargs: Any) -> Any:
+        if path == part:
+            other_attempt()
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    monkeypatch.setattr(Path, "open", open_)
+
+
+@pytest.mark.parametrize("step", ["keep", "read"])
+def test_an_attempt_overtaken_by_another_storing_the_same_part_still_finds_the_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    store = LocalBlobStore(tmp_path / "store")
+    data = os.urandom(3000)
+    store.create_part(UPLOAD, len(data), 1000)
+    _put_all(store, data, 1000, [0, 1, 2])
+    assert store.assemble(UPLOAD, UPLOAD, chunks=3) is True
+    another_attempt_stores_it_right_after_this_check(store, monkeypatch)
+
+    if step == "keep":
+        store.keep_assembled(UPLOAD, UPLOAD)
+    else:
+        assert _assembled(store) == data
+
+    assert _assembled(store) == data
+    assert store.stored_size(UPLOAD, Codec.NONE) == len(data)
 
 
 def test_s3_cannot_read_back_the_parts_of_an_unfinished_multipart_upload(seaweedfs: SeaweedFS) -> None:

@@ -21,6 +21,7 @@ from flask import Flask
 from core.protocol import Codec
 from core.server import finalize
 from core.server.blob_store import BlobStore
+from core.server.blobs import PartMissing
 from core.server.jobs import JobRunner
 from tests.helpers.state import pass_database_time
 from tests.server.conftest import CHUNK, FakeClock
@@ -84,6 +85,34 @@ def test_takeover_during_store_never_deletes_the_completed_file(
     assert upload.download().data == upload.data
     root = first.extensions["server_config"].upload_dir
     assert stored_files(root) == sorted([upload.upload_id, f"{upload.upload_id}.json"])
+
+
+def test_received_bytes_another_attempt_just_stored_are_never_declared_lost(
+    instances: tuple[Flask, Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CI failure of test_two_app_instances_racing_for_one_job_store_one_intact_copy: the stale
+    attempt renamed the part into the store while the current one was about to; the current one
+    found no part, declared the upload lost and deleted the stored copy with it."""
+    first, _ = instances
+    upload = queued_upload(first, os.urandom(3 * CHUNK), compression="none")
+    blobs: BlobStore = first.extensions["blob_store"]
+    real_assemble = blobs.assemble
+
+    def overtaken(upload_id: str, blob_id: str, **kwargs: Any) -> bool:
+        monkeypatch.setattr(blobs, "assemble", real_assemble)
+        blobs.store_part(upload_id, blob_id)  # the other attempt's rename, as this one looks
+        raise PartMissing(upload_id, "its part file disappeared before it was stored")
+
+    monkeypatch.setattr(blobs, "assemble", overtaken)
+
+    assert runner(first).run_once() is True
+    assert upload.status()["state"] == "finalizing"  # retried, not aborted
+    pass_database_time(first.extensions["state_store"], 3600)
+    assert runner(first).run_once() is True
+
+    status = upload.status()
+    assert (status["state"], status["verified"]) == ("complete", True)
+    assert upload.download().data == upload.data
 
 
 def test_takeover_during_compression_keeps_the_stored_copy_intact(

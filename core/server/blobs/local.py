@@ -191,12 +191,14 @@ class LocalBlobStore(BlobStore):
 
     @contextlib.contextmanager
     def open_assembled(self, upload_id: str, blob_id: str, length: int | None = None) -> Iterator[IO[bytes]]:
-        part = self.part_path(upload_id)
-        source = part if part.exists() else self.blob_path(blob_id, Codec.NONE)
+        """The part file, or the raw stored copy another attempt may have renamed it into at any moment."""
         try:
-            fh = source.open("rb")
-        except FileNotFoundError as err:
-            raise PartMissing(upload_id, "its part file disappeared") from err
+            fh = self.part_path(upload_id).open("rb")
+        except FileNotFoundError:
+            try:
+                fh = self.blob_path(blob_id, Codec.NONE).open("rb")
+            except FileNotFoundError as err:
+                raise PartMissing(upload_id, "its part file disappeared") from err
         with fh:
             yield fh
 
@@ -209,13 +211,18 @@ class LocalBlobStore(BlobStore):
         self.blob_path(blob_id, Codec.NONE).unlink(missing_ok=True)
 
     def store_part(self, upload_id: str, blob_id: str) -> Path:
-        """Move a verified part file into the store as is: a rename, no copy."""
+        """Move a verified part file into the store as is: a rename, no copy.
+
+        Two finalize attempts of one upload may both get here (the first one's lease ran out while
+        it worked); the rename is atomic, so whichever comes second finds the same bytes stored.
+        """
         target = self.blob_path(blob_id, Codec.NONE)
         make_dir_durably(target.parent)
         try:
             os.replace(self.part_path(upload_id), target)
         except FileNotFoundError as err:
-            raise PartMissing(upload_id, "its part file disappeared before it was stored") from err
+            if not target.exists():
+                raise PartMissing(upload_id, "its part file disappeared before it was stored") from err
         fsync_dir(target.parent)
         fsync_dir(self.parts)
         return target
