@@ -35,6 +35,11 @@ def rows(records: list[UploadRecord], robots: list[RobotStatus] | None = None) -
     return snapshot.merge_uploads(records, {}, fleet, entries)
 
 
+def heartbeat(*items: dict[str, Any]) -> RobotStatus:
+    uploads = {"items": list(items), "queue_length": len(items)}
+    return RobotStatus("robot-1", {"recorder": {"state": "recording"}, "uploads": uploads}, NOW - 1, NOW - 100)
+
+
 def done(**extra: Any) -> dict[str, Any]:
     return {"state": UploadState.COMPLETE, "verified": True, "blob_id": "b" * 32, "codec": Codec.NONE, **extra}
 
@@ -73,15 +78,11 @@ def test_an_unfinished_upload_has_no_finished_time() -> None:
 
 def test_an_upload_waiting_out_a_429_shows_the_reason_and_the_retry_time() -> None:
     """The client's heartbeat (core/client/status.py): items with ``blocked`` and ``blocked_until``."""
-    uploads = {
-        "items": [
-            {"job_id": "j1", "name": "a.mcap", "state": "uploading", "size": 10, "bytes_sent": 4,
-             "blocked": "rate_limited", "blocked_until": NOW + 40},
-            {"job_id": "j2", "name": "b.mcap", "state": "queued", "size": 10},
-        ],
-        "queue_length": 2,
-    }  # fmt: skip
-    robot = RobotStatus("robot-1", {"recorder": {"state": "recording"}, "uploads": uploads}, NOW - 1, NOW - 100)
+    robot = heartbeat(
+        {"job_id": "j1", "name": "a.mcap", "state": "uploading", "size": 10, "bytes_sent": 4,
+         "blocked": "rate_limited", "blocked_until": NOW + 40},
+        {"job_id": "j2", "name": "b.mcap", "state": "queued", "size": 10},
+    )  # fmt: skip
 
     waiting, queued = rows([], [robot])
     fleet = snapshot.robot_row(robot, NOW, 30)
@@ -98,11 +99,6 @@ def test_retry_in_seconds_is_turned_into_a_time_from_the_heartbeats_arrival() ->
 
     assert snapshot.blocked(entry, reported_at=NOW) == {"reason": "rate_limited", "retry_at": NOW + 30}
     assert snapshot.blocked({"state": "queued"}, reported_at=NOW) is None
-
-
-def heartbeat(*items: dict[str, Any]) -> RobotStatus:
-    uploads = {"items": list(items), "queue_length": len(items)}
-    return RobotStatus("robot-1", {"recorder": {"state": "recording"}, "uploads": uploads}, NOW - 1, NOW - 100)
 
 
 def test_a_client_job_keeps_its_job_identity_while_the_server_assigns_the_upload_id() -> None:
