@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import sys
 import uuid
 from pathlib import Path
@@ -14,8 +13,7 @@ import requests
 from tests.helpers.processes import ManagedProcess, free_port, wait_until
 
 WEED = Path(sys.executable).parent / "weed"
-# gRPC listens on each HTTP port + 10000; stay below 55535 so that port exists too.
-_GRPC_OFFSET = 10000
+SERVICES = ("master", "volume", "filer", "s3")
 REGION = "us-east-1"
 # SeaweedFS without an S3 identity file accepts any key pair; boto3 still needs one to sign requests.
 ACCESS_KEY = "test-access-key"
@@ -26,27 +24,17 @@ def weed_available() -> bool:
     return WEED.is_file() or shutil.which("weed") is not None
 
 
-def _free_port_pair() -> int:
-    """A free port whose +10000 gRPC sibling is free too."""
-    for _ in range(200):
-        port = free_port()
-        if port + _GRPC_OFFSET < 65535:
-            with socket.socket() as grpc:
-                try:
-                    grpc.bind(("127.0.0.1", port + _GRPC_OFFSET))
-                except OSError:
-                    continue
-            return port
-    msg = "no free port pair for SeaweedFS"
-    raise RuntimeError(msg)
-
-
 class SeaweedFS:
     """``with SeaweedFS(tmp) as s3: s3.client().create_bucket(...)`` — master, volume, filer and S3 in one process."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.ports = {name: _free_port_pair() for name in ("master", "volume", "filer", "s3")}
+        picked = [free_port() for _ in range(2 * len(SERVICES))]
+        while len(set(picked)) < len(picked):
+            picked = [free_port() for _ in picked]
+        self.ports = dict(zip(SERVICES, picked, strict=False))
+        # Named too: weed's default gRPC port (HTTP port + 10000) may lie in another test worker's share.
+        self.grpc_ports = dict(zip(SERVICES, picked[len(SERVICES) :], strict=True))
         self.process: ManagedProcess | None = None
 
     @property
@@ -71,12 +59,10 @@ class SeaweedFS:
             f"-dir={data}",
             "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1",
-            f"-master.port={self.ports['master']}",
-            f"-volume.port={self.ports['volume']}",
             "-filer",
-            f"-filer.port={self.ports['filer']}",
             "-s3",
-            f"-s3.port={self.ports['s3']}",
+            *(f"-{name}.port={port}" for name, port in self.ports.items()),
+            *(f"-{name}.port.grpc={port}" for name, port in self.grpc_ports.items()),
             # Off: they listen on fixed ports (8181, 9101), which a second SeaweedFS or anything else may hold.
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
