@@ -22,6 +22,7 @@ from typing import Any
 
 import requests
 
+from core.client.session import robot_session
 from core.config import ClientConfig
 from core.protocol import (
     AUTH_SCHEME,
@@ -76,12 +77,13 @@ class HeartbeatReporter:
         self.interval = interval
         self.max_backoff = max_backoff
         self.timeout = timeout
-        # Like the uploader: UPLOAD_CA_BUNDLE, passed per request so it beats REQUESTS_CA_BUNDLE.
+        # Like the uploader: UPLOAD_CA_BUNDLE beats REQUESTS_CA_BUNDLE, passed per request so that
+        # it does with a caller's own session too.
         if verify is None:
             ca_bundle = ClientConfig.from_env().ca_bundle
             verify = str(ca_bundle) if ca_bundle else True
-        self.verify: bool | str = verify
-        self.session = session or requests.Session()
+        self.session = session or robot_session(self.url, verify)
+        self.verify: bool | str = verify if session else self.session.verify
         self._stop = threading.Event()
         self._wait = wait or self._stop.wait
         self._jitter = jitter

@@ -29,6 +29,7 @@ from core.client.chunk_sizing import PieceSizer
 from core.client.errors import StalledTransferError, TransientUploadError, UploadError
 from core.client.retry import classify_response, transient_from_exception
 from core.client.send_pace import MIN_PIECE, PaceMeter, SendPace
+from core.client.session import robot_session
 from core.client.wire import WireSample
 from core.protocol import (
     AUTH_SCHEME,
@@ -199,16 +200,10 @@ class ServerClient:
     def session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = requests.Session()
+            session = robot_session(self.upload_url, self.verify)
             adapter = AbortableAdapter(pool_connections=4, pool_maxsize=8)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
-            # The environment once per session, not once per request as requests does for a session
-            # that trusts it (every proxy variable re-read and parsed, ~/.netrc searched: measurable
-            # CPU at ~128 chunk PUTs per GiB). A netrc login would also replace the API key.
-            settings = session.merge_environment_settings(self.upload_url, {}, None, self.verify, None)
-            session.proxies, session.verify = settings["proxies"], settings["verify"]
-            session.trust_env = False
             if self.api_key:
                 session.headers[HEADER_AUTHORIZATION] = f"{AUTH_SCHEME} {self.api_key}"
             self._local.session = session

@@ -1,4 +1,4 @@
-"""What the robot's HTTP session takes from its environment: proxies and CA bundle once, never a netrc login.
+"""What the robot's HTTP sessions (uploads, heartbeats) take from the environment: proxies and CA bundle once, no netrc.
 
 requests consults the environment on every request of a session that trusts it: every proxy
 variable (and ``NO_PROXY``) is re-read and re-parsed, and ``~/.netrc`` is searched for the host.
@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 
 from core.client.transfer import ServerClient
+from core.heartbeat import HeartbeatReporter
 from core.protocol import HEADER_AUTHORIZATION
 
 STATUS = {"success": True, "upload_id": "u1", "state": "uploading", "received": []}
 
 
 class Recorder(ThreadingHTTPServer):
-    """A 127.0.0.1 HTTP server that answers every GET with ``STATUS`` and keeps each request line and headers."""
+    """A 127.0.0.1 HTTP server that answers a status GET or a heartbeat POST and keeps each request line and headers."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, dict[str, str]]] = []
@@ -39,8 +40,15 @@ class _Handler(BaseHTTPRequestHandler):
     server: Recorder
 
     def do_GET(self) -> None:
+        self._answer(STATUS)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._answer({"success": True, "commands": []})
+
+    def _answer(self, reply: dict[str, object]) -> None:
         self.server.seen.append((self.requestline, dict(self.headers)))
-        body = json.dumps(STATUS).encode()
+        body = json.dumps(reply).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -95,11 +103,10 @@ def test_a_netrc_login_for_the_server_never_replaces_the_api_key(
 ) -> None:
     (tmp_path / ".netrc").write_text("machine 127.0.0.1 login someone password secret\n")
     (tmp_path / ".netrc").chmod(0o600)
-    client = ServerClient(recorder.url + "/upload", api_key="robot-key")
+    ServerClient(recorder.url + "/upload", api_key="robot-key").status("u1", 5.0)
+    HeartbeatReporter(recorder.url + "/upload", "robot-1", sources={}, api_key="robot-key").beat()
 
-    client.status("u1", 5.0)
-
-    assert recorder.seen[0][1][HEADER_AUTHORIZATION] == "Bearer robot-key"
+    assert [headers[HEADER_AUTHORIZATION] for _, headers in recorder.seen] == ["Bearer robot-key"] * 2
 
 
 def test_requests_read_the_proxy_environment_once_per_session(
