@@ -32,7 +32,7 @@ class SeaweedFS:
         picked = [free_port() for _ in range(2 * len(SERVICES))]
         while len(set(picked)) < len(picked):
             picked = [free_port() for _ in picked]
-        self.ports = dict(zip(SERVICES, picked, strict=False))
+        self.ports = dict(zip(SERVICES, picked[: len(SERVICES)], strict=True))
         # Named too: weed's default gRPC port (HTTP port + 10000) may lie in another test worker's share.
         self.grpc_ports = dict(zip(SERVICES, picked[len(SERVICES) :], strict=True))
         self.process: ManagedProcess | None = None

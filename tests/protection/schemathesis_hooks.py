@@ -60,6 +60,7 @@ MAX_FITTED_CHUNK = 256 * KiB
 CHUNK_OPERATION = openapi_path(CHUNK_PATH)
 DOWNLOAD_OPERATION = openapi_path(DOWNLOAD_PATH)
 FINALIZE_OPERATION = openapi_path(FINALIZE_PATH)
+INIT_OPERATION = openapi_path(INIT_PATH)
 # Uploads up to this size get their digests declared and their missing chunks sent before finalize.
 MAX_FITTED_UPLOAD = 4 * MiB
 MAX_FILLED_CHUNKS = 64  # a generated chunk_size of a few bytes would otherwise mean a million PUTs
@@ -112,10 +113,7 @@ def _complete_upload(base_url: str, upload_id: str, status: dict[str, Any]) -> i
     return size
 
 
-def _fit_finalize(case: Any, base_url: str, upload_id: str) -> None:
-    status = _upload_status(base_url, upload_id)
-    if status is None or status.get("state") != UploadState.UPLOADING.value:
-        return
+def _fit_finalize(case: Any, base_url: str, upload_id: str, status: dict[str, Any]) -> None:
     size = _complete_upload(base_url, upload_id, status)
     if size is not None and isinstance(case.body, dict) and case.body.get("sha256"):
         case.body["sha256"] = sha256_hex(bytes(size))
@@ -166,7 +164,7 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     """Fit positive inits, chunks and finalizes to the zeros sent; let a download find a finalizing upload stored."""
     method, operation = case.method.upper(), case.operation.path
     positive = _is_positive(case)
-    if positive and method == "POST" and operation == openapi_path(INIT_PATH):
+    if positive and method == "POST" and operation == INIT_OPERATION:
         _fit_init(case)
         return
     chunk = positive and method == "PUT" and operation == CHUNK_OPERATION
@@ -181,11 +179,12 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     if download:
         _wait_for_finalize(base_url, upload_id)
         return
-    if finalize:
-        _fit_finalize(case, base_url, upload_id)
-        return
     status = _upload_status(base_url, upload_id)
-    if status is not None and status.get("state") == UploadState.UPLOADING.value:
+    if status is None or status.get("state") != UploadState.UPLOADING.value:
+        return
+    if finalize:
+        _fit_finalize(case, base_url, upload_id, status)
+    else:
         _fit_chunk(case, status)
 
 

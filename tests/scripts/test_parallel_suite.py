@@ -35,6 +35,9 @@ def test_outside_xdist_any_free_port_is_taken(monkeypatch: pytest.MonkeyPatch) -
     assert {port // 2 % 2 for port in alone} == {0, 1}
 
 
+TCP_LISTEN = "0A"  # the state column of /proc/net/tcp
+
+
 def listening_ports(pid: int) -> set[int]:
     """TCP ports process ``pid`` listens on, from its socket inodes and /proc/net/tcp."""
     fds = Path(f"/proc/{pid}/fd")
@@ -48,14 +51,9 @@ def listening_ports(pid: int) -> set[int]:
     return ports
 
 
-TCP_LISTEN = "0A"
-
-
-@pytest.mark.parametrize("workers", [3])
-def test_seaweedfs_listens_only_on_ports_of_its_workers_share(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, workers: int
-) -> None:
+def test_seaweedfs_listens_only_on_ports_of_its_workers_share(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """weed puts each gRPC port at its HTTP port + 10000 unless told: with 3 workers that is another worker's share."""
+    workers = 3
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
     monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", str(workers))
 
