@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core.checksums import ChunkChecksum, StreamingDigests, fingerprint, iter_file
+from core.checksums import ChunkChecksum, Hasher, StreamingDigests, chunk_hasher, fingerprint, iter_file
 from core.client.bandwidth import TokenBucket
+from core.client.chunk_reader import ChunkBuffers, read_hashed
 from core.client.compressibility import worth_compressing
 from core.client.errors import (
     FileChangedError,
@@ -62,6 +63,7 @@ PROGRESS_EVENT_INTERVAL = 0.25
 # Replies to a chunk piece after which the chunk is started over from its first byte, once.
 _PIECE_REFUSALS = frozenset({ErrorCode.CHUNK_SIZE_MISMATCH.value, ErrorCode.CHECKSUM_MISMATCH.value})
 T = TypeVar("T")
+Chunk = tuple[int, memoryview, ChunkChecksum]  # index, bytes (lent by ChunkBuffers), checksum
 
 
 class _FinalizeRefused(UploadError):
@@ -528,15 +530,17 @@ class UploadJob:
         """
         whole = None if self.record.sha256 else hashlib.sha256()
         order = range(known(self.record.chunks, "chunks")) if whole is not None else missing
+        buffers = ChunkBuffers(known(self.record.chunk_size, "chunk_size"))
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            chunks = self._chunks_to_send(fd, order, set(missing), whole)
+            chunks = self._chunks_to_send(fd, order, set(missing), whole, buffers)
             width = max(1, min(self.settings.chunk_parallelism, len(missing)))
             if width == 1:
-                for index, data in chunks:
-                    self._send_chunk(index, data)
+                for chunk in chunks:
+                    self._send_chunk(*chunk)
+                    buffers.give_back(chunk[1])
             else:
-                self._send_parallel(chunks, width)
+                self._send_parallel(chunks, width, buffers)
         finally:
             os.close(fd)
         if whole is not None:
@@ -544,18 +548,23 @@ class UploadJob:
             self._save(sha256=whole.hexdigest())
 
     def _chunks_to_send(
-        self, fd: int, order: Iterable[int], wanted: set[int], whole: hashlib._Hash | None
-    ) -> Iterator[tuple[int, bytes]]:
-        """(index, bytes) of each wanted chunk, read in ``order``; every chunk read feeds ``whole``."""
+        self, fd: int, order: Iterable[int], wanted: set[int], whole: hashlib._Hash | None, buffers: ChunkBuffers
+    ) -> Iterator[Chunk]:
+        """(index, bytes, checksum) of each wanted chunk, read in ``order``; every chunk read feeds ``whole``.
+
+        Each chunk's bytes are lent by ``buffers``; the consumer gives them back once the chunk was sent.
+        """
+        algorithm = self.client.chunk_algorithm
         for index in order:
             self._check_stopping()
-            data = self._read_chunk(fd, index)
-            if whole is not None:
-                whole.update(data)
-            if index in wanted:
-                yield index, data
+            chunk = chunk_hasher(algorithm) if index in wanted else None
+            data = self._read_chunk(fd, index, [h for h in (whole, chunk) if h is not None], buffers)
+            if chunk is None:
+                buffers.give_back(data)
+            else:
+                yield index, data, ChunkChecksum(algorithm, chunk.hexdigest())
 
-    def _send_parallel(self, chunks: Iterator[tuple[int, bytes]], width: int) -> None:
+    def _send_parallel(self, chunks: Iterator[Chunk], width: int, buffers: ChunkBuffers) -> None:
         """``width`` threads send chunks as they are read; reading (and the whole-file hash) stays in order."""
         lock = threading.Lock()
         failures: list[BaseException] = []
@@ -576,6 +585,7 @@ class UploadJob:
                     if chunk is None:
                         return
                     self._send_chunk(*chunk)
+                    buffers.give_back(chunk[1])
                 except BaseException as err:
                     with lock:
                         failures.append(err)
@@ -589,14 +599,15 @@ class UploadJob:
         if failures:
             raise failures[0]
 
-    def _read_chunk(self, fd: int, index: int) -> bytes:
+    def _read_chunk(self, fd: int, index: int, hashers: Iterable[Hasher], buffers: ChunkBuffers) -> memoryview:
+        """Chunk ``index`` in a buffer lent by ``buffers``; every byte read is fed to ``hashers`` (``chunk_reader``)."""
         rec = self.record
         chunk_size = known(rec.chunk_size, "chunk_size")
         length = chunk_length(known(rec.size, "size"), chunk_size, index)
-        offset = index * chunk_size
-        data = os.pread(fd, length, offset)
-        if len(data) != length:
-            msg = f"{rec.path} shrank while uploading (chunk {index} short by {length - len(data)} bytes)"
+        data = buffers.lend(length)
+        read = read_hashed(fd, data, index * chunk_size, hashers)
+        if read != length:
+            msg = f"{rec.path} shrank while uploading (chunk {index} short by {length - read} bytes)"
             raise FileChangedError(msg)
         # The bytes must come from the file whose identity was noted: a rewrite (same inode, so fstat sees it) or a
         # replacement (a new inode at the path) between hash and read is re-hashed.
@@ -604,14 +615,13 @@ class UploadJob:
         self._check_unchanged(when=f"before chunk {index} was read")
         return data
 
-    def _send_chunk(self, index: int, data: bytes) -> None:
+    def _send_chunk(self, index: int, data: memoryview, chunk_checksum: ChunkChecksum) -> None:
         """Send chunk ``index`` whole, or in pieces while the link keeps breaking (``core.client.chunk_sizing``).
 
         Acknowledged pieces are kept across attempts, so each retry sends only what the server does not
         have; the chunk counts as sent once the server acknowledged the piece that completes it.
         """
         upload_id = known(self.record.upload_id, "upload_id")
-        chunk_checksum = ChunkChecksum.of(self.client.chunk_algorithm, (data,))
         sizer = self.client.sizer
         acked = 0  # bytes of this chunk acknowledged as pieces
         restarted = False  # the chunk was started over once after a refused piece

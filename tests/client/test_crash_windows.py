@@ -37,10 +37,10 @@ def hang(*_args, **_kwargs):
 if window == "mid-send":
     # Chunk 0 was read, hashed and acknowledged; the whole-file sha256 is not journaled yet.
     real_read = job.UploadJob._read_chunk
-    def read_chunk(self, fd, index):
+    def read_chunk(self, fd, index, *rest):
         if index == 1:
             hang()
-        return real_read(self, fd, index)
+        return real_read(self, fd, index, *rest)
     job.UploadJob._read_chunk = read_chunk
 elif window == "after-finalize":
     real_finalize = ServerClient.finalize

@@ -190,8 +190,11 @@ def test_the_bag_is_read_once_and_its_sha256_is_declared_at_finalize(run_job, ba
     responses.post(init_url(URL), status=201, json=init_reply("u1", CHUNK))
     serve_upload("u1", bag)
     read: list[int] = []
-    pread = os.pread
+    pread, preadv = os.pread, os.preadv
     monkeypatch.setattr(os, "pread", lambda fd, n, offset: read.append(n) or pread(fd, n, offset))
+    monkeypatch.setattr(
+        os, "preadv", lambda fd, buffers, offset: read.append(sum(map(len, buffers))) or preadv(fd, buffers, offset)
+    )
 
     job = run_job(chunk_parallelism=parallelism)
 
