@@ -178,6 +178,8 @@ class ChunkBody:
             yield piece
             offset += len(piece)
             self._on_piece(len(piece))
+        if self._meter is not None:
+            self._meter.finish()
 
 
 @dataclass

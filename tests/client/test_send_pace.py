@@ -110,6 +110,25 @@ def test_a_connection_is_sampled_at_most_once_per_interval(clock):
     assert len(calls) == 3  # at 0, 1 and 2 intervals
 
 
+def test_requests_shorter_than_the_sampling_interval_still_set_the_pace(clock):
+    """On loopback a chunk is handed over within SAMPLE_EVERY: each request's one span must still count."""
+    pace = SendPace(clock=clock)
+    rate = 4 * HISTORY_BYTES / HISTORY
+    link = FakeLink(clock, rate)
+    requests = 0
+    while pace.piece != MAX_PIECE and requests < 1000:
+        meter = pace.meter(link.sample, SEND_TIMEOUT)
+        meter.piece()
+        clock.advance(SAMPLE_EVERY / 2)
+        meter.piece()  # within the interval: not sampled
+        meter.finish()
+        clock.advance(0.05)  # awaiting the reply: not a span of sending
+        requests += 1
+    assert pace.piece == MAX_PIECE
+    # As soon as the spans hold HISTORY_BYTES: one more for the fake link's whole-byte rounding.
+    assert requests <= HISTORY_BYTES / (rate * SAMPLE_EVERY / 2) + 1
+
+
 def test_without_the_kernels_count_the_piece_stays_where_it_is(clock):
     pace = SendPace(clock=clock)
     link = FakeLink(clock, 100e6)
@@ -127,18 +146,22 @@ def test_a_body_without_a_meter_or_under_a_bandwidth_limit_uses_small_pieces(clo
 
 
 @pytest.mark.gunicorn
-def test_pieces_grow_to_the_largest_on_a_fast_real_link(server):
-    """Loopback to a real gunicorn: once HISTORY_BYTES were acknowledged, pieces reach 1 MiB."""
+def test_pieces_grow_to_the_largest_within_a_few_chunks_on_a_fast_real_link(server):
+    """Loopback to a real gunicorn, 8 MiB chunks as the client sends them: each is handed over in a few ms.
+
+    Each request adds at least its chunk less the kernel's send buffer (at most 4 MiB) to the pace's
+    acknowledged bytes, so HISTORY_BYTES are reached by the fourth; six leave room.
+    """
     client = ServerClient(server.upload_url)
-    chunk = os.urandom(16 * MiB)
+    chunk = os.urandom(8 * MiB)
     upload_id = one_chunk_upload(client, chunk, "pace.bag")
     first = sent_pieces(client, upload_id, chunk, send_timeout=SEND_TIMEOUT)
-    for _ in range(64):  # resending the same chunk is idempotent
-        if client.pace.piece == MAX_PIECE:
-            break
-        sent_pieces(client, upload_id, chunk, send_timeout=SEND_TIMEOUT)
+    requests = 1
+    while client.pace.piece != MAX_PIECE and requests < 6:
+        sent_pieces(client, upload_id, chunk, send_timeout=SEND_TIMEOUT)  # resending a chunk is idempotent
+        requests += 1
     last = sent_pieces(client, upload_id, chunk, send_timeout=SEND_TIMEOUT)
     client.close()
     assert set(first) == {MIN_PIECE}
-    assert client.pace.piece == MAX_PIECE
+    assert client.pace.piece == MAX_PIECE, f"still {client.pace.piece} after {requests} chunks"
     assert set(last) == {MAX_PIECE}
