@@ -314,3 +314,45 @@ def test_an_init_that_resumes_an_upload_that_failed_us_is_redone_by_sha256(run_j
     assert job.record.upload_id == "u2"
     inits = [json.loads(c.request.body) for c in responses.calls if c.request.url == init_url(URL)]
     assert ["sha256" in body for body in inits] == [False, False, True]
+
+
+def progress_saves(monkeypatch) -> list[dict]:
+    """The journal writes made while the job runs, as their changed columns."""
+    saves: list[dict] = []
+    update = Journal.update
+    monkeypatch.setattr(
+        Journal, "update", lambda self, job_id, **changes: saves.append(changes) or update(self, job_id, **changes)
+    )
+    return saves
+
+
+@responses.activate
+def test_progress_alone_is_journaled_at_most_once_a_second_and_in_full_at_the_end(run_job, bag, monkeypatch):
+    responses.post(init_url(URL), status=201, json=init_reply("u1", CHUNK))
+    serve_upload("u1", bag)
+    saves = progress_saves(monkeypatch)
+
+    job = run_job()
+
+    assert job.record.state is JobState.COMPLETE
+    only_progress = [
+        s for s in saves if set(s) == {"attempts", "parks", "error", "blocked", "blocked_until", "bytes_sent"}
+    ]
+    assert only_progress == []  # three chunks in well under PROGRESS_SAVE_INTERVAL: none written for progress alone
+    assert job.journal.get(job.record.job_id).bytes_sent == bag.stat().st_size
+
+
+@responses.activate
+def test_progress_after_a_retry_clears_the_error_in_the_journal_at_once(run_job, bag, monkeypatch):
+    responses.post(init_url(URL), status=201, json=init_reply("u1", CHUNK))
+    responses.put(chunk_url(URL, "u1", 0), status=503, json={"success": False})
+    serve_upload("u1", bag)
+    saves = progress_saves(monkeypatch)
+
+    job = run_job()
+
+    assert job.record.state is JobState.COMPLETE
+    failed = next(i for i, s in enumerate(saves) if s.get("attempts") == 1)
+    assert saves[failed + 1]["attempts"] == 0  # the chunk that then went through was journaled with the reset
+    assert saves[failed + 1]["error"] is None
+    assert saves[failed + 1]["bytes_sent"] == CHUNK
