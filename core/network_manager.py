@@ -253,7 +253,10 @@ class NetworkManager:
         return heartbeat_uploads(active, recent, self._journal.counts())
 
     def job(self, job_id: str) -> JobRecord:
-        return self._journal.get(job_id)
+        """A running job's own record (its progress reaches the journal at most once a second), else the journal's."""
+        with self._cond:
+            pair = self._active.get(job_id)
+        return pair[1].record if pair else self._journal.get(job_id)
 
     def failed(self) -> list[JobRecord]:
         """Uploads that can never succeed as they are (file too large, name refused), oldest first."""

@@ -140,6 +140,26 @@ def test_resume_sends_only_the_chunks_the_server_lacks(server, make_manager, mak
     assert proxy.bytes_up < 2 * bag.stat().st_size - acked + 2 * 256 * 1024
 
 
+def test_a_running_jobs_progress_is_seen_before_the_journal_has_it(server, make_manager, make_file, events):
+    """Progress alone reaches the journal at most once a second; ``job()`` of a running job is its live record."""
+    bag = make_file(8 * 256 * 1024)
+    manager = make_manager(server.upload_url, chunk_size=256 * 1024, chunk_parallelism=1)
+    seen: list[int] = []
+
+    def look(event) -> None:  # runs in the sending thread, right after the chunk's bookkeeping
+        if event.kind is EventKind.PROGRESS and event.bytes_sent >= 2 * 256 * 1024 and not seen:
+            seen.append(manager.job(job_id).bytes_sent)
+
+    events.hooks.append(look)
+    job_id = manager.add_upload(bag)
+    manager.start()
+    assert manager.wait(60, job_ids=[job_id])
+
+    assert manager.job(job_id).state is JobState.COMPLETE
+    assert len(seen) == 1
+    assert seen[0] >= 256 * 1024  # one stream: with two chunks' bytes sent, the first was acknowledged
+
+
 def test_an_upload_the_server_forgot_starts_over(server, make_manager, make_file, events):
     bag = make_file(2 * MiB)
     first = make_manager(server.upload_url, bandwidth_limit=2 * MiB)
